@@ -1,0 +1,18 @@
+"""aa_jax: Adaptable Adapters (Moosavi et al., NAACL 2022) in JAX/Flax.
+
+Adapters whose nonlinearity is a learnable rational function and whose layers are switched
+on or off by learnable Gumbel-softmax switches, in a frozen BERT.
+"""
+
+from aa_jax.adapters import Architecture, LayerSpec
+from aa_jax.errors import UserError
+from aa_jax.models.bert import BertForSequenceClassification, BertModel
+from aa_jax.models.loader import load_pretrained
+from aa_jax.rational import Rational, fit_rational, init_coefficients, rational
+from aa_jax.switch import GumbelSwitch
+
+__all__ = [
+    "Architecture", "LayerSpec", "UserError", "BertForSequenceClassification", "BertModel",
+    "load_pretrained", "Rational", "fit_rational", "init_coefficients", "rational",
+    "GumbelSwitch",
+]

@@ -1,0 +1,331 @@
+"""Bottleneck adapters, the adaptable adapter layer, and the architecture that places them.
+
+An :class:`Architecture` says, for every transformer layer, whether it has an adapter,
+which nonlinearity that adapter uses, and whether a Gumbel-softmax switch may turn it off.
+Every method of the paper is one such description (see :mod:`aa_jax.methods`), and it is
+plain data: it round-trips through JSON and is validated when read back.
+
+The adapter sits after the feed-forward block (Pfeiffer / AdapterHub ``seq_bn``). With
+``h`` the FFN output (after its dense + dropout), ``inp`` the FFN block's input and ``LN``
+the layer's own pretrained output LayerNorm::
+
+    no adapter     out = LN(h + inp)                                  # the pretrained layer
+    Pfeiffer       x = LN(h + inp);  a = up(f(down(x)));  out = LN(a + h + inp)
+    switched (AA)  out = LN(y_adapter * a + y_identity * h + inp),  y = GumbelSwitch(...)
+
+The switched adapter branch has no skip connection (the paper); ``adapter_skip=True`` uses
+``a + h`` instead, which is what the released code appears to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aa_jax.errors import UserError
+from aa_jax.rational import INITS, VERSIONS, Rational
+from aa_jax.switch import GumbelSwitch
+
+# Fixed nonlinearities an adapter may use besides the learnable rational.
+FIXED_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "tanh": jnp.tanh,
+    "swish": jax.nn.swish,
+    "identity": lambda x: x,
+}
+ACTIVATIONS = ("rational", *FIXED_ACTIVATIONS)
+SCHEMA = "aa_jax.architecture/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What one transformer layer carries.
+
+    Attributes:
+      adapter: whether the layer has a bottleneck adapter at all.
+      activation: the adapter's nonlinearity, ``"rational"`` or one of FIXED_ACTIVATIONS.
+      switch: whether a Gumbel-softmax switch chooses between the adapter and identity.
+    """
+
+    adapter: bool = False
+    activation: str = "relu"
+    switch: bool = False
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise UserError(
+                f"Unknown adapter activation {self.activation!r}; choose one of: "
+                f"{', '.join(ACTIVATIONS)}.")
+        if self.switch and not self.adapter:
+            raise UserError("A layer cannot have a switch without an adapter; set "
+                            "adapter=True or switch=False.")
+
+    def describe(self) -> str:
+        if not self.adapter:
+            return "-"
+        return f"{self.activation}{' +switch' if self.switch else ''}"
+
+
+NO_ADAPTER = LayerSpec()
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Where the adapters go and how they are built; one per run, serialisable.
+
+    Attributes:
+      layers: one :class:`LayerSpec` per transformer layer (its length is the depth).
+      reduction_factor: bottleneck = hidden_size // reduction_factor (16: 48 for d=768).
+      rational_version / rational_degrees / rational_init: the rational activation.
+      temperature: the Gumbel-softmax temperature tau of every switch.
+      hard_switch: straight-through switches (one-hot forward, soft backward).
+      adapter_skip: give the switched adapter branch a skip connection (released code).
+    """
+
+    layers: tuple[LayerSpec, ...]
+    reduction_factor: int = 16
+    rational_version: str = "A"
+    rational_degrees: tuple[int, int] = (5, 4)
+    rational_init: str = "one"
+    temperature: float = 0.1
+    hard_switch: bool = False
+    adapter_skip: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "rational_degrees", tuple(self.rational_degrees))
+        if not self.layers:
+            raise UserError("An architecture needs at least one layer; give one entry per "
+                            "transformer layer.")
+        if not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
+            raise UserError(f"reduction_factor must be a positive integer, got "
+                            f"{self.reduction_factor!r}; the paper uses 16.")
+        if self.rational_version not in VERSIONS:
+            raise UserError(f"Unknown rational version {self.rational_version!r}; choose "
+                            f"one of: {', '.join(VERSIONS)}.")
+        if self.rational_init not in INITS:
+            raise UserError(f"Unknown rational init {self.rational_init!r}; choose one of: "
+                            f"{', '.join(INITS)}.")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise UserError(f"Switch temperature must be a positive number, got "
+                            f"{self.temperature!r}; the paper uses 0.1.")
+
+    # -- constructors for the paper's methods -------------------------------------------
+    @classmethod
+    def none(cls, depth: int, **kw) -> Architecture:
+        """No adapter anywhere: the plain pretrained encoder."""
+        return cls(layers=(NO_ADAPTER,) * depth, **kw)
+
+    @classmethod
+    def uniform(cls, depth: int, activation: str = "relu", switch: bool = False,
+                **kw) -> Architecture:
+        """The same adapter in every layer (Pfeiffer baseline, AA, ablations)."""
+        return cls(layers=(LayerSpec(True, activation, switch),) * depth, **kw)
+
+    @classmethod
+    def at_layers(cls, depth: int, layers: Sequence[int], activation: str = "rational",
+                  **kw) -> Architecture:
+        """Adapters only in ``layers`` (0-based): AA-focused and last-n."""
+        chosen = validate_layer_indices(layers, depth)
+        return cls(layers=tuple(LayerSpec(True, activation) if i in chosen else NO_ADAPTER
+                                for i in range(depth)), **kw)
+
+    # -- queries ------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def adapter_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, spec in enumerate(self.layers) if spec.adapter)
+
+    @property
+    def switched_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, spec in enumerate(self.layers) if spec.switch)
+
+    def check_depth(self, depth: int) -> None:
+        if self.depth != depth:
+            raise UserError(
+                f"The architecture describes {self.depth} layers but the model has {depth}; "
+                f"use an architecture learned on a model of the same depth.")
+
+    def describe(self) -> str:
+        return " ".join(f"{i}:{s.describe()}" for i, s in enumerate(self.layers))
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = [dataclasses.asdict(s) for s in self.layers]
+        d["rational_degrees"] = list(self.rational_degrees)
+        return {"schema": SCHEMA, **d}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Architecture:
+        """Builds an architecture from its :meth:`to_dict` form, validating every field."""
+        if not isinstance(d, dict):
+            raise UserError("An architecture must be a JSON object with a 'layers' list; "
+                            "write it with Architecture.to_dict().")
+        d = dict(d)
+        schema = d.pop("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise UserError(f"Unsupported architecture schema {schema!r}; expected {SCHEMA!r}.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise UserError(f"Unknown architecture field(s) {', '.join(unknown)}; allowed: "
+                            f"{', '.join(fields)}.")
+        layers = d.get("layers")
+        if not isinstance(layers, list):
+            raise UserError("The architecture's 'layers' must be a list with one entry per "
+                            "transformer layer.")
+        specs = []
+        for i, entry in enumerate(layers):
+            if not isinstance(entry, dict) or set(entry) - {"adapter", "activation", "switch"}:
+                raise UserError(f"Layer {i} of the architecture must be an object with keys "
+                                f"adapter, activation, switch.")
+            for key, kind in (("adapter", bool), ("switch", bool), ("activation", str)):
+                if key in entry and not isinstance(entry[key], kind):
+                    raise UserError(f"Layer {i}: '{key}' must be a {kind.__name__}.")
+            specs.append(LayerSpec(**entry))
+        d["layers"] = specs
+        checks = {"reduction_factor": int, "rational_version": str, "rational_init": str,
+                  "hard_switch": bool, "adapter_skip": bool}
+        for key, kind in checks.items():
+            if key in d and (not isinstance(d[key], kind) or
+                             (kind is int and isinstance(d[key], bool))):
+                raise UserError(f"Architecture field '{key}' must be a {kind.__name__}.")
+        if "temperature" in d and (isinstance(d["temperature"], bool) or
+                                   not isinstance(d["temperature"], (int, float))):
+            raise UserError("Architecture field 'temperature' must be a number.")
+        if "rational_degrees" in d:
+            deg = d["rational_degrees"]
+            if (not isinstance(deg, list) or len(deg) != 2 or
+                    not all(isinstance(k, int) and not isinstance(k, bool) for k in deg)):
+                raise UserError("Architecture field 'rational_degrees' must be two integers "
+                                "[numerator, denominator], e.g. [5, 4].")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"The architecture is not valid JSON ({e.msg} at line {e.lineno}); "
+                            f"fix or regenerate the file.") from None
+        return cls.from_dict(d)
+
+
+def validate_layer_indices(layers: Sequence[Any], depth: int) -> set[int]:
+    """Checks 0-based layer indices: integers, in range, no duplicates."""
+    chosen = []
+    for i in layers:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise UserError(f"Layer index {i!r} is not an integer; give 0-based layer numbers.")
+        if not 0 <= i < depth:
+            raise UserError(f"Layer {i} is out of range for a model with {depth} layers; "
+                            f"use 0-based indices from 0 to {depth - 1}.")
+        chosen.append(i)
+    if len(set(chosen)) != len(chosen):
+        dup = sorted({i for i in chosen if chosen.count(i) > 1})
+        raise UserError(f"Layer(s) {dup} are listed more than once; list each layer once.")
+    return set(chosen)
+
+
+def bottleneck_size(hidden_size: int, reduction_factor: int) -> int:
+    return max(1, hidden_size // reduction_factor)
+
+
+def adapter_weight_count(hidden_size: int, architecture: Architecture) -> tuple[int, int]:
+    """(weights, biases) of all adapters, from the sizes alone (the paper counts weights)."""
+    r = bottleneck_size(hidden_size, architecture.reduction_factor)
+    n = len(architecture.adapter_layers)
+    return n * 2 * hidden_size * r, n * (r + hidden_size)
+
+
+class BottleneckAdapter(nn.Module):
+    """``up(f(down(x)))``: d -> d / reduction_factor -> d.
+
+    Weights N(0, 0.02), biases 0. The rational activation (if any) holds one set of
+    coefficients shared by all units, as in the paper.
+    """
+
+    hidden_size: int
+    reduction_factor: int = 16
+    activation: str = "relu"
+    rational_version: str = "A"
+    rational_degrees: tuple[int, int] = (5, 4)
+    rational_init: str = "one"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: <dtype>[batch, length, hidden] -> same shape."""
+        init = nn.initializers.normal(stddev=0.02)
+        r = bottleneck_size(self.hidden_size, self.reduction_factor)
+        z = nn.Dense(r, kernel_init=init, dtype=self.dtype, name="down")(x)
+        if self.activation == "rational":
+            z = Rational(version=self.rational_version, degrees=self.rational_degrees,
+                         init=self.rational_init, name="rational")(z)
+        else:
+            z = FIXED_ACTIVATIONS[self.activation](z)
+        return nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="up")(z)
+
+
+class AdapterSlot(nn.Module):
+    """The end of a transformer layer: residual + LayerNorm, with whatever adapter it has.
+
+    Call with the FFN output ``h``, the FFN block input ``inp`` and the layer's own
+    LayerNorm; returns the layer output. ``drop`` (a traced bool) removes the adapter for
+    this call (AdapterDrop) without changing shapes.
+    """
+
+    spec: LayerSpec
+    architecture: Architecture
+    hidden_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, inp, layer_norm, deterministic: bool = True, drop=None):
+        """h, inp: <dtype>[batch, length, hidden] -> <dtype>[batch, length, hidden]."""
+        arch = self.architecture
+        x = layer_norm(h + inp)
+        if not self.spec.adapter:
+            return x
+        adapter = BottleneckAdapter(
+            self.hidden_size, arch.reduction_factor, self.spec.activation,
+            arch.rational_version, arch.rational_degrees, arch.rational_init,
+            dtype=self.dtype, name="adapter")
+        if not self.spec.switch:
+            out = layer_norm(adapter(x) + h + inp)
+        else:
+            switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
+                                  hard=arch.hard_switch, name="switch")
+            y = switch(h.shape[0], deterministic=deterministic).astype(h.dtype)
+            if deterministic:
+                # Inference: one branch for the whole batch; compute only that one.
+                use_adapter = y[0, 0] > y[0, 1]
+                if self.is_initializing():
+                    adapter(x)  # both cond branches must see the same (created) params
+                a = nn.cond(use_adapter, lambda mdl, x_: mdl(x_),
+                            lambda mdl, x_: jnp.zeros_like(x_), adapter, x)
+                skip = h if arch.adapter_skip else 0.0
+                out = jnp.where(use_adapter, layer_norm(a + skip + inp), x)
+            else:
+                a = adapter(x)
+                if arch.adapter_skip:
+                    a = a + h
+                y_adapter = y[:, 0, None, None]
+                y_identity = y[:, 1, None, None]
+                out = layer_norm(y_adapter * a + y_identity * h + inp)
+        if drop is not None:
+            out = jnp.where(drop, x, out)
+        return out

@@ -1,0 +1,111 @@
+"""Run directories: atomic files and orbax checkpoints of what trains.
+
+A checkpoint holds only what training changes (levanter's habit): the trainable params,
+the optimizer state, the best epoch's trainable params so far, the learned architecture
+as JSON and the loop's bookkeeping as JSON. The frozen backbone is reloaded from its own
+checkpoint, so a BERT-large run's checkpoints are a few MB.
+
+Orbax writes each step to a temporary folder and renames it when complete, and every
+plain file here is written to a temporary file and moved into place with ``os.replace``,
+so a reader (or a killed run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from aa_jax.errors import UserError
+
+ITEMS = ("params", "opt_state", "best_params", "architecture", "meta")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Reads a JSON file, or explains in one sentence why it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; is this an aa_jax run directory?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} ({what}) is not valid JSON; delete the run directory and "
+                        f"train again.") from None
+
+
+def manager(directory: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over ``directory`` keeping the last ``max_to_keep`` epochs."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                 item_names=ITEMS)
+
+
+def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
+         architecture: dict, meta: dict) -> None:
+    mgr.save(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        best_params=ocp.args.StandardSave(best_params),
+        architecture=ocp.args.JsonSave(architecture),
+        meta=ocp.args.JsonSave(meta)))
+    mgr.wait_until_finished()
+
+
+def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
+            epoch: int | None = None) -> dict[str, Any]:
+    """Restores the latest (or given) epoch into the structure of the ``*_like`` trees."""
+    epoch = mgr.latest_step() if epoch is None else epoch
+    try:
+        return mgr.restore(epoch, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(params_like),
+            opt_state=ocp.args.StandardRestore(opt_state_like),
+            best_params=ocp.args.StandardRestore(params_like),
+            architecture=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+    except Exception as e:  # a checkpoint of another model/method has other shapes
+        raise UserError(f"The checkpoint in {mgr.directory} does not fit this model and "
+                        f"method ({type(e).__name__}); use a new --out directory.") from None
+
+
+def restore_params(directory: str | Path, params_like, which: str = "best_params"):
+    """Only the trainable params of the latest checkpoint (for evaluation)."""
+    mgr = manager(directory)
+    epoch = mgr.latest_step()
+    if epoch is None:
+        raise UserError(f"{directory} holds no checkpoint; train first or pass a complete "
+                        f"run directory.")
+    try:
+        out = mgr.restore(epoch, args=ocp.args.Composite(
+            **{which: ocp.args.StandardRestore(params_like)},
+            meta=ocp.args.JsonRestore()))
+    except Exception as e:
+        raise UserError(f"The checkpoint in {directory} does not fit this model and method "
+                        f"({type(e).__name__}); check the run's config.json.") from None
+    finally:
+        mgr.close()
+    return out[which], out["meta"]

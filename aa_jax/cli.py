@@ -1,0 +1,163 @@
+"""The ``aa-jax`` command line: parse, call the library, print. The work is in the library.
+
+    aa-jax train --task rte --method aa --model minilm --train-size 100 --seed 42 --out DIR
+    aa-jax eval DIR
+    aa-jax architecture DIR
+
+A user's mistake ends with one sentence on stderr and exit status 2 (``--debug`` shows
+the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aa_jax.errors import UserError
+from aa_jax.methods import METHODS
+
+
+def _train_size(text: str):
+    if text in ("full", "all"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of examples; pass e.g. 100, or 'full'.") from None
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in (s.strip() for s in text.split(",")) if t]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aa-jax", description="Adaptable Adapters in JAX: train adapters in a frozen "
+        "BERT and learn which layers need one.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate one method on one task")
+    t.add_argument("--task", default="rte", help="GLUE task (cola, sst2, mrpc, qqp, stsb, "
+                   "mnli, qnli, rte, wnli); ignored with --data")
+    t.add_argument("--method", default="aa", choices=METHODS)
+    t.add_argument("--model", default="minilm",
+                   help="minilm (offline), bert-base, bert-large, a folder or a hub id")
+    t.add_argument("--train-size", type=_train_size, default=100,
+                   help="examples sampled for train+dev (75/25), or 'full'")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-length", type=int, default=128)
+    t.add_argument("--lr", dest="learning_rate", type=float, default=1e-4,
+                   help="adapters and classifier")
+    t.add_argument("--switch-lr", dest="switch_learning_rate", type=float, default=0.05)
+    t.add_argument("--rational-lr", dest="rational_learning_rate", type=float, default=0.01)
+    t.add_argument("--glue-dir", default=None,
+                   help="local GLUE Parquet folder (else $AA_JAX_GLUE_DIR, else the hub)")
+    t.add_argument("--architecture", default=None,
+                   help="aa_focused: an AA run directory or its architecture.json")
+    t.add_argument("--last-n", type=int, default=None, help="last_n: number of layers")
+    t.add_argument("--activation", default="rational", help="last_n: rational or relu")
+    t.add_argument("--rational-version", default="A", choices=("A", "B", "C", "N"))
+    t.add_argument("--hard-switch", action="store_true", help="straight-through switches")
+    t.add_argument("--adapter-skip", action="store_true",
+                   help="skip connection on the switched adapter branch (released code)")
+    t.add_argument("--adapterdrop-max", type=int, default=None)
+    t.add_argument("--drop-first", type=int, default=0,
+                   help="adapterdrop: drop the first k layers' adapters at evaluation")
+    t.add_argument("--data", type=_csv, default=None,
+                   help="own dataset: TRAIN_FILE,TEST_FILE (csv, tsv, jsonl, parquet)")
+    t.add_argument("--text-columns", type=_csv, default=None)
+    t.add_argument("--label-column", default="label")
+    t.add_argument("--out", default=None, help="run directory (default runs/<...>)")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="re-evaluate a run's best epoch on dev and test")
+    e.add_argument("run_dir")
+
+    a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
+    a.add_argument("run_dir")
+    a.add_argument("--png", default=None, help="where to write the picture "
+                   "(default RUN_DIR/architecture.png)")
+    return parser
+
+
+def _config_from_args(args):
+    from aa_jax.train import TrainConfig
+
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_train(args) -> int:
+    from aa_jax.train import train
+
+    config = _config_from_args(args)
+    config.validate()
+    task = "custom" if config.data else config.task
+    size = "full" if config.train_size is None else config.train_size
+    out = Path(args.out or f"runs/{task}-{config.method}-{Path(config.model).name}-{size}"
+                           f"-{config.seed}")
+    result = train(config, out, progress=not args.no_progress)
+    test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+    print(f"{result['task']} {result['method']} ({result['model']}, "
+          f"{result['train_size'] or 'full'} examples, seed {result['seed']}): test {test} "
+          f"(best epoch {result['best_epoch']})")
+    print(f"selected layers: {result['selected_layers']}")
+    print(f"trainable params {result['trainable_params']:,}; adapter weights "
+          f"{result['adapter_weights']:,}; {result['train_seconds']:.1f} s; run: {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from aa_jax.train import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run_dir), indent=2))
+    return 0
+
+
+def cmd_architecture(args) -> int:
+    from aa_jax.methods import read_learned
+    from aa_jax.plots import plot_architecture
+
+    run = Path(args.run_dir)
+    learned = read_learned(run)
+    src = learned["source"]
+    print(f"learned on {src.get('task')} / {src.get('train_size')} examples / seed "
+          f"{src.get('seed')} / {src.get('model')} ({src.get('method')})")
+    print(f"selected layers ({len(learned['selected_layers'])} of {learned['depth']}): "
+          f"{learned['selected_layers']}")
+    for e in learned["layers"]:
+        probs = e.get("switch_probs")
+        p = f"p(adapter)={probs[0]:.3f}" if probs else "no switch"
+        rat = " rational" if "rational" in e else ""
+        print(f"  layer {e['layer']:2d}: {'selected' if e['selected'] else '-':8s} {p}{rat}")
+    png = Path(args.png) if args.png else (run if run.is_dir() else run.parent) / \
+        "architecture.png"
+    plot_architecture(learned, png)
+    print(f"wrote {png}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture}
+    try:
+        return commands[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"aa-jax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Tokenisation and fixed-shape batching, in numpy, for jit-compiled training.
+
+:func:`encode` runs a Hugging Face tokenizer once over a split (sentence pairs as segment
+A / segment B, truncated to ``max_length``, unpadded). :func:`batches` then shuffles,
+chunks, and pads each chunk to a few fixed shapes:
+
+* the sequence axis is padded to the smallest *bucket* length (by default 32, 64, ...,
+  ``max_length``) that holds the chunk's longest example, so ``jax.jit`` compiles one
+  program per bucket instead of one per distinct length;
+* the batch axis is always ``batch_size``: a short final chunk is filled with copies of
+  its first example whose ``weights`` entry is 0. Copies of a real example (rather than
+  all-padding rows) keep every row's attention mask non-empty, so the model's outputs
+  stay finite, and the zero weight removes them from the loss and the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aa_jax.errors import UserError
+
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """Token ids of one split, unpadded.
+
+    ``input_ids[i]`` and ``token_type_ids[i]`` are ``int32[len_i]`` with
+    ``len_i <= max_length``; token type 0 marks segment A (with ``[CLS]`` and its
+    ``[SEP]``), 1 segment B. ``pad_id`` fills the sequence axis when batching.
+    """
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    max_length: int
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``int64[N]`` token count of each example."""
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
+                           count=len(self.input_ids))
+
+
+def load_tokenizer(path_or_name: str | os.PathLike):
+    """A Hugging Face tokenizer from a local folder (``tokenizer.json`` / ``vocab.txt``).
+
+    A hub model id also works when the hub is reachable.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path_or_name))
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"Could not load a tokenizer from {path_or_name} ({reason}); point it "
+                        f"at a folder with tokenizer.json or vocab.txt.") from error
+
+
+def encode(tokenizer, texts: Sequence[Sequence[str]] | Sequence[str],
+           max_length: int = DEFAULT_MAX_LENGTH) -> Encoded:
+    """Tokenise one split.
+
+    ``texts`` is one or two columns of ``N`` strings (``Examples.texts``), or a single
+    list of strings. Two columns are passed to the tokenizer as a pair, so the second
+    one gets token type 1; pairs are truncated longest-first to ``max_length`` tokens.
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode expects columns of strings, not one string")
+    if len(texts) and isinstance(texts[0], str):
+        texts = (texts,)
+    if not 1 <= len(texts) <= 2:
+        raise ValueError(f"encode expects one or two text columns, got {len(texts)}")
+    first = list(texts[0])
+    second = list(texts[1]) if len(texts) == 2 else None
+    if second is not None and len(second) != len(first):
+        raise ValueError("the two text columns have different lengths")
+    if not first:
+        return Encoded(input_ids=[], token_type_ids=[], max_length=max_length,
+                       pad_id=_pad_id(tokenizer))
+    out = tokenizer(first, second, truncation=True, max_length=max_length, padding=False,
+                    return_token_type_ids=True, return_attention_mask=False)
+    return Encoded(
+        input_ids=[np.asarray(ids, dtype=np.int32) for ids in out["input_ids"]],
+        token_type_ids=[np.asarray(ids, dtype=np.int32) for ids in out["token_type_ids"]],
+        max_length=max_length,
+        pad_id=_pad_id(tokenizer),
+    )
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def default_buckets(max_length: int = DEFAULT_MAX_LENGTH) -> tuple[int, ...]:
+    """Sequence-length buckets 32, 64, 128, ... below ``max_length``, then ``max_length``."""
+    buckets, size = [], 32
+    while size < max_length:
+        buckets.append(size)
+        size *= 2
+    return (*buckets, max_length)
+
+
+def bucket_length(n: int, buckets: Sequence[int] = default_buckets()) -> int:
+    """The smallest bucket that holds ``n`` tokens (``buckets`` sorted ascending)."""
+    for size in buckets:
+        if n <= size:
+            return int(size)
+    raise ValueError(f"sequence of {n} tokens is longer than the largest bucket {buckets[-1]}")
+
+
+def num_batches(num_examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches :func:`batches` yields for ``num_examples`` (steps per epoch)."""
+    full, rest = divmod(num_examples, batch_size)
+    return full + (1 if rest and not drop_last else 0)
+
+
+def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
+            shuffle_seed: int | None = None, drop_last: bool = False,
+            buckets: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield fixed-shape batches over one encoded split.
+
+    Each batch is a dict of numpy arrays, ``B = batch_size`` and ``L`` the bucket of the
+    longest example in the batch:
+
+    * ``input_ids``, ``token_type_ids``, ``attention_mask``: ``int32[B, L]``;
+    * ``labels``: ``int32[B]`` class ids, or ``float32[B]`` when ``labels`` is floating;
+    * ``weights``: ``float32[B]``, 1 for real examples and 0 for the filler rows of a
+      short final batch.
+
+    ``shuffle_seed=None`` keeps dataset order (evaluation); an integer shuffles with
+    ``np.random.default_rng(shuffle_seed)``, so a given seed always gives the same
+    order. ``drop_last`` skips a short final batch instead of filling it. ``buckets``
+    defaults to :func:`default_buckets` of ``encoded.max_length``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != (len(encoded),):
+        raise ValueError(f"labels {labels.shape} do not match {len(encoded)} encoded examples")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(encoded.max_length)
+    label_dtype = np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int32
+    labels = labels.astype(label_dtype)
+    lengths = encoded.lengths
+
+    order = np.arange(len(encoded))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(encoded))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            if drop_last:
+                return
+            chunk = np.concatenate([chunk, np.full(batch_size - real, chunk[0])])
+        width = bucket_length(int(lengths[chunk].max()), buckets)
+        input_ids = np.full((batch_size, width), encoded.pad_id, dtype=np.int32)
+        token_type_ids = np.zeros((batch_size, width), dtype=np.int32)
+        attention_mask = np.zeros((batch_size, width), dtype=np.int32)
+        for row, i in enumerate(chunk):
+            n = lengths[i]
+            input_ids[row, :n] = encoded.input_ids[i]
+            token_type_ids[row, :n] = encoded.token_type_ids[i]
+            attention_mask[row, :n] = 1
+        weights = np.zeros(batch_size, dtype=np.float32)
+        weights[:real] = 1.0
+        yield {
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "attention_mask": attention_mask,
+            "labels": labels[chunk],
+            "weights": weights,
+        }

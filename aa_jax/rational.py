@@ -1,0 +1,498 @@
+"""Learnable rational activation R(x) = P(x) / Q(x).
+
+Adaptable Adapters replace the fixed nonlinearity of each adapter with a rational function
+whose coefficients are trained with the rest of the adapter, so every layer can learn the
+activation it needs. The numerator is always
+
+    P(x) = a_0 + a_1 x + ... + a_m x^m                          (m + 1 coefficients)
+
+and the denominator comes in four versions (b are the denominator coefficients):
+
+    A: Q(x) = 1 + sum_{k=1..n} |b_k x^k|        (n coefficients; the official AA default)
+    B: Q(x) = 1 + |sum_{k=1..n} b_k x^k|        (n coefficients)
+    C: Q(x) = 0.1 + |b_0 + sum_{k=1..n} b_k x^k|  (n + 1 coefficients)
+    N: Q(x) = 1 + sum_{k=1..n} b_k x^k          (n coefficients; may have poles, for comparison)
+
+A, B and C keep Q >= 1 (or >= 0.1), so R has no poles for any coefficients; N does not.
+The default degrees are (m, n) = (5, 4).
+
+Named initialisations (``INITS``) are least-squares fits of familiar activations on
+[-3, 3] (see :func:`fit_rational`), except ``one``, which is exactly R(x) = 1:
+a = (1, 0, ..., 0), b = 0 for A, B and N, and a = (0.1, 0, ..., 0), b = 0 for C, whose
+denominator is then exactly the 0.1 floor. Every version has a nonzero gradient with
+respect to each b_k at ``one`` for x != 0 because ``jnp.abs`` has slope +1 at 0.
+
+``FIT_MAX_ERROR`` records, for the default degrees, the largest absolute error of each
+fitted init over 10001 evenly spaced float32 points on [-3, 3] when evaluated by
+:func:`rational` in float32 against the float64 target, rounded up to two significant
+digits:
+
+    | init       | A       | B       | C       | N       |
+    |------------|---------|---------|---------|---------|
+    | identity   | 0       | 0       | 0       | 0       |
+    | relu       | 0.030   | 0.034   | 0.034   | 0.034   |
+    | leaky_relu | 0.030   | 0.034   | 0.034   | 0.034   |
+    | gelu       | 0.0029  | 0.00092 | 0.00092 | 0.00092 |
+    | tanh       | 2.5e-06 | 3.5e-06 | 3.5e-06 | 3.5e-06 |
+    | sigmoid    | 9.0e-08 | 9.0e-08 | 9.0e-08 | 9.0e-08 |
+    | swish      | 1.2e-06 | 1.2e-06 | 1.3e-06 | 1.2e-06 |
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import least_squares, lsq_linear
+from scipy.special import erf, expit
+
+from aa_jax.errors import UserError
+
+VERSIONS = ("A", "B", "C", "N")
+INITS = ("one", "identity", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "swish")
+DEFAULT_DEGREES = (5, 4)
+
+# The lower bound of Q in version C.
+_C_FLOOR = 0.1
+
+# Float64 targets of the named fits; ``one`` is set exactly instead of fitted.
+_TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "leaky_relu": lambda x: np.where(x >= 0.0, x, 0.01 * x),
+    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0))),
+    "tanh": np.tanh,
+    "sigmoid": expit,
+    "swish": lambda x: x * expit(x),
+}
+
+FIT_MAX_ERROR: dict[tuple[str, str], float] = {
+    ("identity", "A"): 0.0,
+    ("identity", "B"): 0.0,
+    ("identity", "C"): 0.0,
+    ("identity", "N"): 0.0,
+    ("relu", "A"): 0.030,
+    ("relu", "B"): 0.034,
+    ("relu", "C"): 0.034,
+    ("relu", "N"): 0.034,
+    ("leaky_relu", "A"): 0.030,
+    ("leaky_relu", "B"): 0.034,
+    ("leaky_relu", "C"): 0.034,
+    ("leaky_relu", "N"): 0.034,
+    ("gelu", "A"): 0.0029,
+    ("gelu", "B"): 0.00092,
+    ("gelu", "C"): 0.00092,
+    ("gelu", "N"): 0.00092,
+    ("tanh", "A"): 2.5e-06,
+    ("tanh", "B"): 3.5e-06,
+    ("tanh", "C"): 3.5e-06,
+    ("tanh", "N"): 3.5e-06,
+    ("sigmoid", "A"): 9.0e-08,
+    ("sigmoid", "B"): 9.0e-08,
+    ("sigmoid", "C"): 9.0e-08,
+    ("sigmoid", "N"): 9.0e-08,
+    ("swish", "A"): 1.2e-06,
+    ("swish", "B"): 1.2e-06,
+    ("swish", "C"): 1.3e-06,
+    ("swish", "N"): 1.2e-06,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+def _check_version(version: str) -> str:
+    if not isinstance(version, str) or version not in VERSIONS:
+        raise UserError(
+            f"Unknown rational version {version!r}; choose one of: {', '.join(VERSIONS)}."
+        )
+    return version
+
+
+def _check_init(init: str) -> str:
+    if not isinstance(init, str) or init not in INITS:
+        raise UserError(f"Unknown rational init {init!r}; choose one of: {', '.join(INITS)}.")
+    return init
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_degrees(degrees: tuple[int, int]) -> tuple[int, int]:
+    """Return ``degrees`` as a hashable ``(m, n)`` pair of plain non-negative ints."""
+    ok = (
+        isinstance(degrees, (tuple, list))
+        and len(degrees) == 2
+        and all(_is_int(d) and d >= 0 for d in degrees)
+    )
+    if not ok:
+        raise UserError(
+            "Rational degrees must be a pair of non-negative integers (numerator degree, "
+            f"denominator degree) such as (5, 4), got {degrees!r}."
+        )
+    return int(degrees[0]), int(degrees[1])
+
+
+def denominator_size(version: str, n: int) -> int:
+    """Number of denominator coefficients for denominator degree ``n``: C also has b_0."""
+    return n + 1 if _check_version(version) == "C" else n
+
+
+def _check_coefficient_shapes(numerator: jax.Array, denominator: jax.Array, version: str):
+    if numerator.ndim != 1 or numerator.shape[0] < 1:
+        raise UserError(
+            "Rational numerator must be a 1-D array of m + 1 coefficients a_0..a_m, "
+            f"got shape {tuple(numerator.shape)}."
+        )
+    if version == "C":
+        if denominator.ndim != 1 or denominator.shape[0] < 1:
+            raise UserError(
+                "Rational denominator for version C must be a 1-D array of n + 1 "
+                f"coefficients b_0..b_n, got shape {tuple(denominator.shape)}."
+            )
+    elif denominator.ndim != 1:
+        raise UserError(
+            f"Rational denominator for version {version} must be a 1-D array of n "
+            f"coefficients b_1..b_n, got shape {tuple(denominator.shape)}."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+
+def _horner(coefficients: jax.Array, x: jax.Array) -> jax.Array:
+    """sum_j c_j x^j for coefficients c_0..c_d; one multiply-add per degree."""
+    acc = jnp.broadcast_to(coefficients[-1], x.shape)
+    for j in range(coefficients.shape[0] - 2, -1, -1):
+        acc = acc * x + coefficients[j]
+    return acc
+
+
+def _denominator(x: jax.Array, b: jax.Array, version: str) -> jax.Array:
+    n = b.shape[0]
+    one = jnp.ones_like(x)
+    if version == "A":
+        # |b_k x^k| term by term (not |b_k| |x|^k): jnp.abs has slope +1 at 0, so
+        # dQ/db_k = x^k at b_k = 0 and a zero-initialised denominator still learns.
+        q, power = one, x
+        for k in range(n):
+            q = q + jnp.abs(b[k] * power)
+            power = power * x
+        return q
+    if version == "C":
+        return _C_FLOOR + jnp.abs(_horner(b, x))
+    # B and N share s(x) = sum_{k>=1} b_k x^k = x * (b_1 + b_2 x + ...).
+    s = x * _horner(b, x) if n else jnp.zeros_like(x)
+    return one + (jnp.abs(s) if version == "B" else s)
+
+
+def rational(
+    x: jax.Array, numerator: jax.Array, denominator: jax.Array, version: str = "A"
+) -> jax.Array:
+    """Evaluate R(x) = P(x) / Q(x) elementwise.
+
+    Args:
+      x: any shape. Low-precision floats (bfloat16, float16) are computed in float32 and
+        the result is cast back, because the high powers of x lose all precision in 8 or
+        11 mantissa bits; float32 and float64 inputs are computed in their own precision.
+        Non-float inputs are computed and returned in float32.
+      numerator: <float>[m + 1], a_0..a_m.
+      denominator: <float>[n] = b_1..b_n for versions A, B and N, or <float>[n + 1] =
+        b_0..b_n for version C.
+      version: one of ``VERSIONS``.
+
+    Returns:
+      R(x), same shape as ``x``, in the dtype of ``x`` if it is a float, else float32.
+    """
+    _check_version(version)
+    x = jnp.asarray(x)
+    numerator = jnp.asarray(numerator)
+    denominator = jnp.asarray(denominator)
+    _check_coefficient_shapes(numerator, denominator, version)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        out_dtype = x.dtype
+        compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    else:
+        out_dtype = compute_dtype = jnp.dtype(jnp.float32)
+    xc = x.astype(compute_dtype)
+    p = _horner(numerator.astype(compute_dtype), xc)
+    q = _denominator(xc, denominator.astype(compute_dtype), version)
+    return (p / q).astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------
+
+
+def _np_denominator(u: np.ndarray, b: np.ndarray, version: str):
+    """Float64 Q(u) and dQ/db <[points, len(b)]>, for the least-squares refinement.
+
+    For version A the fit uses c_k = |b_k| >= 0 directly (Q = 1 + sum c_k |u|^k), which
+    is the same function but smooth in c, so the bounded solver converges quickly.
+    """
+    if version == "A":
+        basis = np.abs(u)[:, None] ** np.arange(1, b.size + 1)
+        return 1.0 + basis @ b, basis
+    if version == "C":
+        basis = u[:, None] ** np.arange(b.size)
+        t = basis @ b
+        # +1 at t = 0, the same one-sided slope jnp.abs uses.
+        sign = np.where(t >= 0.0, 1.0, -1.0)
+        return _C_FLOOR + np.abs(t), basis * sign[:, None]
+    basis = u[:, None] ** np.arange(1, b.size + 1)
+    s = basis @ b
+    if version == "B":
+        sign = np.where(s >= 0.0, 1.0, -1.0)
+        return 1.0 + np.abs(s), basis * sign[:, None]
+    return 1.0 + s, basis
+
+
+def _normalise_c(u: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """Rescale a version C fit to Q(0) = 1 without changing R on the fit points.
+
+    Where t = b_0 + b_1 u + ... keeps one sign, Q = 0.1 + |t| is a plain polynomial, so
+    (kappa a, kappa (0.1 + t) - 0.1) gives the same R for every kappa that keeps the new t
+    non-negative: C has one redundant scale, along which the solver may drift to
+    coefficients in the hundreds, which then train slowly. kappa = 1 / Q(0) fixes it at
+    the scale of the other versions (and of the ``one`` init, b_0 = 0.9).
+    """
+    t = (u[:, None] ** np.arange(b.size)) @ b
+    if np.all(t <= 0.0):
+        b, t = -b, -t
+    if not np.all(t > 0.0):
+        return a, b  # t changes sign: a genuine kink, no free scale to remove.
+    kappa = 1.0 / (_C_FLOOR + b[0])
+    if kappa * (_C_FLOOR + t.min()) < _C_FLOOR:
+        return a, b  # Q(0) = 1 would push t below 0 somewhere on the interval.
+    scaled = kappa * b
+    scaled[0] = kappa * (_C_FLOOR + b[0]) - _C_FLOOR
+    return kappa * a, scaled
+
+
+def _starting_points(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str):
+    """Candidate (a, b) vectors for the nonlinear refinement.
+
+    One is the best polynomial with a neutral denominator (Q = 1); the other linearises
+    y Q = P, which is linear in (a, b) once the absolute values are dropped: for A with
+    the constraint b >= 0 (then it is exact), for B and N as Q = 1 + s, and for C as
+    Q = 0.1 + |0.9 + s|, which equals 1 + s wherever 1 + s >= 0.1.
+    """
+    vander = u[:, None] ** np.arange(m + 1)
+    powers = u[:, None] ** np.arange(1, n + 1)
+    poly = np.linalg.lstsq(vander, y, rcond=None)[0]
+    neutral_b = np.zeros(denominator_size(version, n))
+    if version == "C":
+        neutral_b[0] = 1.0 - _C_FLOOR
+    starts = [np.concatenate([poly, neutral_b])]
+    if version == "A":
+        design = np.hstack([vander, -y[:, None] * np.abs(powers)])
+        lower = np.concatenate([np.full(m + 1, -np.inf), np.zeros(n)])
+        starts.append(lsq_linear(design, y, bounds=(lower, np.inf)).x)
+    else:
+        design = np.hstack([vander, -y[:, None] * powers])
+        linear = np.linalg.lstsq(design, y, rcond=None)[0]
+        if version == "C":
+            linear = np.concatenate([linear[: m + 1], [1.0 - _C_FLOOR], linear[m + 1 :]])
+        starts.append(linear)
+    return starts
+
+
+def fit_rational(
+    fn: Callable[[np.ndarray], np.ndarray],
+    degrees: tuple[int, int] = DEFAULT_DEGREES,
+    version: str = "A",
+    interval: tuple[float, float] = (-3.0, 3.0),
+    num_points: int = 2001,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares fit of R to ``fn`` on ``num_points`` evenly spaced points.
+
+    The fit runs in float64 on u = x / s with s = max(|lo|, |hi|), so the powers stay
+    near 1 whatever the interval, and the coefficients are rescaled back afterwards.
+    Each linearised starting point (see ``_starting_points``) is refined with
+    ``scipy.optimize.least_squares`` on the true formula of ``version``; the lowest cost
+    wins, and near-ties (within 0.1 % of it) go to the smallest coefficients, because
+    version C can trade scale between P and Q almost for free and large coefficients
+    train slowly. Deterministic.
+
+    Args:
+      fn: maps a float64 array of points to an array of the same shape.
+      degrees: (m, n), non-negative ints.
+      version: one of ``VERSIONS``.
+      interval: (lo, hi), finite, lo < hi.
+      num_points: at least the number of coefficients.
+
+    Returns:
+      (numerator <float32>[m + 1], denominator <float32>[n], or [n + 1] for version C).
+      For version A the denominator is non-negative (only |b_k| matters).
+    """
+    m, n = _check_degrees(degrees)
+    _check_version(version)
+    if not callable(fn):
+        raise UserError(f"fit_rational needs a callable to fit, got {type(fn).__name__}.")
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"Fit interval must be a pair of numbers (lo, hi) such as (-3.0, 3.0), got {interval!r}."
+        ) from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise UserError(f"Fit interval must be finite with lo < hi, got {interval!r}.")
+    num_coefficients = m + 1 + denominator_size(version, n)
+    if not _is_int(num_points) or num_points < num_coefficients:
+        raise UserError(
+            f"num_points must be an integer of at least {num_coefficients} (the number of "
+            f"coefficients to fit), got {num_points!r}."
+        )
+
+    x = np.linspace(lo, hi, int(num_points))
+    y = np.asarray(fn(x), dtype=np.float64)
+    if y.shape != x.shape or not np.all(np.isfinite(y)):
+        raise UserError(
+            "The function to fit must return finite values of the same shape as its input "
+            f"on the interval {interval!r}; check its formula or narrow the interval."
+        )
+    scale = max(abs(lo), abs(hi))
+    u = x / scale
+    vander = u[:, None] ** np.arange(m + 1)
+
+    def split(params):
+        return params[: m + 1], params[m + 1 :]
+
+    def residuals(params):
+        a, b = split(params)
+        q, _ = _np_denominator(u, b, version)
+        return vander @ a / q - y
+
+    def jacobian(params):
+        a, b = split(params)
+        q, dq = _np_denominator(u, b, version)
+        p = vander @ a
+        return np.hstack([vander / q[:, None], -(p / q**2)[:, None] * dq])
+
+    tol = 1e-12
+    if version == "A":
+        lower = np.concatenate([np.full(m + 1, -np.inf), np.zeros(n)])
+        bounds = (lower, np.full(num_coefficients, np.inf))
+        method = "trf"
+    else:
+        bounds, method = (-np.inf, np.inf), "lm"
+    results = []
+    for start in _starting_points(u, y, m, n, version):
+        if version == "A":
+            start = np.maximum(start, bounds[0])
+        fit = least_squares(
+            residuals,
+            start,
+            jac=jacobian,
+            bounds=bounds,
+            method=method,
+            x_scale="jac",
+            xtol=tol,
+            ftol=tol,
+            gtol=tol,
+            max_nfev=100 * (num_coefficients + 1),
+        )
+        if np.all(np.isfinite(fit.x)):
+            results.append((fit.cost, fit.x))
+    if not results:
+        raise UserError(
+            "The rational fit diverged; try another version, lower degrees or a narrower interval."
+        )
+    # Rational fits are not unique (P and Q may share a factor, as in x = x Q / Q), so
+    # among fits whose cost is equal up to 0.1 % or rounding, keep the smallest one.
+    best_cost = min(cost for cost, _ in results)
+    tie = best_cost * 1e-3 + 1e-20 * float(y @ y)
+    params = min((p for cost, p in results if cost <= best_cost + tie), key=np.linalg.norm)
+
+    a, b = split(params)
+    if version == "C":
+        a, b = _normalise_c(u, a, b)
+    # Undo the u = x / s substitution: a_j u^j = (a_j / s^j) x^j, likewise for b_k.
+    a = a / scale ** np.arange(m + 1)
+    first_power = 0 if version == "C" else 1
+    b = b / scale ** np.arange(first_power, first_power + b.size)
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_coefficients(init: str, version: str, degrees: tuple[int, int]):
+    m, n = degrees
+    if init == "one":
+        a = np.zeros(m + 1, np.float32)
+        a[0] = 1.0
+        b = np.zeros(denominator_size(version, n), np.float32)
+        if version == "C":
+            # float32(0.1) + float32(0.9) rounds to exactly 1 in float32.
+            b[0] = 1.0 - _C_FLOOR
+    else:
+        a, b = fit_rational(_TARGETS[init], degrees, version)
+    # Read-only so the cached arrays cannot be changed through a returned copy's base.
+    a.flags.writeable = False
+    b.flags.writeable = False
+    return a, b
+
+
+def init_coefficients(
+    init: str = "one", version: str = "A", degrees: tuple[int, int] = DEFAULT_DEGREES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Starting coefficients for a named init.
+
+    ``one`` is exact (R = 1, see the module docstring); the others are
+    ``fit_rational(target, degrees, version)`` on [-3, 3], computed once per
+    (init, version, degrees) and cached, so building many layers is cheap.
+
+    Returns:
+      (numerator <float32>[m + 1], denominator <float32>[n] or [n + 1] for version C),
+      fresh writable copies.
+    """
+    _check_init(init)
+    _check_version(version)
+    degrees = _check_degrees(degrees)
+    a, b = _cached_coefficients(init, version, degrees)
+    return a.copy(), b.copy()
+
+
+# ---------------------------------------------------------------------------------------
+# Flax module
+# ---------------------------------------------------------------------------------------
+
+
+class Rational(nn.Module):
+    """A rational activation with one set of coefficients shared by all units.
+
+    Params: ``numerator`` <float32>[m + 1] and ``denominator`` <float32>[n] ([n + 1] for
+    version C), initialised by :func:`init_coefficients`. Sharing the coefficients keeps
+    the activation a handful of parameters per adapter, as in Adaptable Adapters.
+    """
+
+    version: str = "A"
+    degrees: tuple[int, int] = DEFAULT_DEGREES
+    init: str = "one"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: any shape -> R(x), same shape and dtype (see :func:`rational`)."""
+        _check_version(self.version)
+        _check_init(self.init)
+        degrees = _check_degrees(self.degrees)
+
+        def coefficient(index):
+            def initializer(_rng):
+                return jnp.asarray(init_coefficients(self.init, self.version, degrees)[index])
+
+            return initializer
+
+        numerator = self.param("numerator", coefficient(0))
+        denominator = self.param("denominator", coefficient(1))
+        return rational(x, numerator, denominator, self.version)

@@ -1,0 +1,131 @@
+"""Gumbel-softmax switch: a learnable, differentiable choice among a few branches.
+
+Adaptable Adapters put one switch in each layer to choose between the adapter and the
+identity, and keep only the layers whose switch prefers the adapter.
+
+Convention: choice 0 is the adapter, choice 1 the identity. A layer is selected when its
+switch picks choice 0 at inference, i.e. when argmax(logits) == 0: for two choices,
+logits[0] > logits[1], with an exact tie (as at the zero init) going to choice 0 because
+argmax returns the first maximum. :func:`is_selected` applies exactly this rule.
+
+Training draws per-example Gumbel noise, so each example in a batch gets its own sample
+of the relaxed one-hot; inference is deterministic and needs no rng.
+
+Observability: every call sows softmax(logits) as ``intermediates/switch_probs``; read it
+with ``module.apply(variables, ..., mutable=["intermediates"])``, which returns
+``(out, {"intermediates": {"switch_probs": (probs,)}})`` (one tuple entry per call).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aa_jax.errors import UserError
+
+
+def switch_probabilities(logits: jax.Array) -> jax.Array:
+    """softmax over the last axis: <float>[..., num_choices] -> <float32>[..., num_choices]."""
+    return jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+
+
+def is_selected(logits: jax.Array, adapter_index: int = 0) -> jax.Array:
+    """Whether the switch picks the adapter at inference.
+
+    Args:
+      logits: <float>[..., num_choices].
+      adapter_index: which choice is the adapter (0 by the module's convention).
+
+    Returns:
+      <bool>[...], True where argmax(logits) == adapter_index (ties go to the lower
+      index, exactly as the deterministic forward pass resolves them).
+    """
+    logits = jnp.asarray(logits)
+    if logits.ndim < 1 or logits.shape[-1] < 2:
+        raise UserError(
+            "Switch logits must have a last axis of at least 2 choices, "
+            f"got shape {tuple(logits.shape)}."
+        )
+    num_choices = logits.shape[-1]
+    if isinstance(adapter_index, bool) or not isinstance(adapter_index, numbers.Integral) or not (
+        0 <= adapter_index < num_choices
+    ):
+        raise UserError(
+            f"adapter_index must be an integer in [0, {num_choices}), got {adapter_index!r}."
+        )
+    return jnp.argmax(logits, axis=-1) == adapter_index
+
+
+class GumbelSwitch(nn.Module):
+    """Per-example relaxed one-hot over ``num_choices`` branches.
+
+    Params: ``logits`` <float32>[num_choices], zeros at init (all choices equally likely).
+
+    Attributes:
+      num_choices: number of branches, at least 2.
+      temperature: tau > 0 of the Gumbel-softmax; small tau gives near one-hot samples.
+      hard: straight-through estimator: the forward value is the exact one-hot of the
+        sample's argmax and the gradient is that of the soft sample.
+    """
+
+    num_choices: int = 2
+    temperature: float = 0.1
+    hard: bool = False
+
+    @nn.compact
+    def __call__(self, batch_size: int, deterministic: bool) -> jax.Array:
+        """Switch weights for a batch.
+
+        Args:
+          batch_size: number of examples; each gets its own noise when training.
+          deterministic: True at inference: the one-hot of argmax(logits) for every
+            example, no rng needed. False when training: needs the ``gumbel`` rng stream.
+
+        Returns:
+          <float32>[batch_size, num_choices], each row summing to 1.
+        """
+        self._check(batch_size)
+        logits = self.param("logits", nn.initializers.zeros_init(), (self.num_choices,), jnp.float32)
+        self.sow("intermediates", "switch_probs", switch_probabilities(logits))
+
+        if deterministic:
+            choice = jax.nn.one_hot(jnp.argmax(logits), self.num_choices, dtype=jnp.float32)
+            return jnp.broadcast_to(choice, (batch_size, self.num_choices))
+
+        noise = jax.random.gumbel(
+            self.make_rng("gumbel"), (batch_size, self.num_choices), jnp.float32
+        )
+        soft = jax.nn.softmax((logits + noise) / self.temperature, axis=-1)
+        if not self.hard:
+            return soft
+        one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), self.num_choices, dtype=jnp.float32)
+        # soft - stop_gradient(soft) is exactly 0 in the forward pass, so the values are
+        # exactly 0/1 (one_hot - stop_gradient(soft) + soft could round 1 - y + y), while
+        # the gradient is that of the soft sample.
+        return one_hot + (soft - jax.lax.stop_gradient(soft))
+
+    def _check(self, batch_size: int) -> None:
+        if (
+            isinstance(self.num_choices, bool)
+            or not isinstance(self.num_choices, numbers.Integral)
+            or self.num_choices < 2
+        ):
+            raise UserError(
+                f"GumbelSwitch num_choices must be an integer of at least 2, got {self.num_choices!r}."
+            )
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, numbers.Real)
+            or not 0 < self.temperature < math.inf
+        ):
+            raise UserError(
+                f"Switch temperature must be a positive finite number, got {self.temperature!r}."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
+            raise UserError(
+                f"GumbelSwitch batch_size must be a non-negative integer, got {batch_size!r}."
+            )

@@ -1,0 +1,481 @@
+"""Training and evaluation of adapters in a frozen BERT, following the paper's protocol.
+
+The core is :func:`make_train_step`: one jitted, pure ``(state, batch, rng) -> (state,
+metrics)`` with the state donated. Only the trainable subtree (adapters, switches,
+rationals, classifier) is differentiated and has optimizer state; the frozen backbone
+rides along in the state untouched. Randomness is explicit: the seed is split once into an
+init key and a training key, and the step folds its own step number into the training key
+before splitting it into the ``dropout`` and ``gumbel`` streams (and AdapterDrop's draw).
+
+:func:`train` runs a whole experiment into a run directory: data, model, epochs, dev
+evaluation after each epoch, best-epoch selection, test evaluation, checkpoints every
+epoch (resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from aa_jax import checkpoint
+from aa_jax.adapters import Architecture, adapter_weight_count
+from aa_jax.data import glue, pipeline
+from aa_jax.data.metrics import compute_metrics
+from aa_jax.errors import UserError
+from aa_jax.methods import METHODS, architecture_for, learned_architecture, selected_layers_from
+from aa_jax.models.bert import BertForSequenceClassification
+from aa_jax.models.loader import load_pretrained
+
+TRAINABLE = ("adapter", "switch", "classifier")
+CONFIG_SCHEMA = "aa_jax.train_config/v1"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a run; saved as ``config.json`` beside its results."""
+
+    task: str = "rte"
+    method: str = "aa"
+    model: str = "minilm"
+    train_size: int | None = 100
+    seed: int = 42
+    epochs: int = 20
+    batch_size: int = 32
+    max_length: int = 128
+    learning_rate: float = 1e-4
+    switch_learning_rate: float = 0.05
+    rational_learning_rate: float = 0.01
+    glue_dir: str | None = None
+    # aa_focused: a run directory or architecture.json whose selected layers to use.
+    architecture: str | None = None
+    # last_n: how many of the last layers get an adapter, and which activation.
+    last_n: int | None = None
+    activation: str = "rational"
+    rational_version: str = "A"
+    hard_switch: bool = False
+    adapter_skip: bool = False
+    # adapterdrop: drop the first n ~ U{0..max} layers' adapters per training step
+    # (None: 10 of 24 layers, as the released code, scaled to the depth), and the first
+    # `drop_first` layers' adapters at evaluation.
+    adapterdrop_max: int | None = None
+    drop_first: int = 0
+    # A user dataset instead of GLUE: [train_file, test_file] and its columns.
+    data: list[str] | None = None
+    text_columns: list[str] | None = None
+    label_column: str = "label"
+    checkpoints_to_keep: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise UserError("A run config must be a JSON object; rerun 'aa-jax train' to "
+                            "write a fresh config.json.")
+        d = dict(d)
+        if d.pop("schema", CONFIG_SCHEMA) != CONFIG_SCHEMA:
+            raise UserError(f"Unsupported run config schema; expected {CONFIG_SCHEMA!r}.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise UserError(f"Unknown run config field(s) {', '.join(unknown)}; allowed: "
+                            f"{', '.join(fields)}.")
+        config = cls(**d)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Type and range checks that need no files; each failure is one sentence."""
+        def need(ok: bool, message: str):
+            if not ok:
+                raise UserError(message)
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(isinstance(self.task, str) and bool(self.task), "--task must be a task name.")
+        need(self.method in METHODS,
+             f"Unknown method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        need(isinstance(self.model, str) and bool(self.model),
+             "--model must be a preset, a folder or a hub id.")
+        need(self.train_size is None or is_int(self.train_size),
+             "--train-size must be a whole number of examples (or omitted for the full set).")
+        need(is_int(self.seed) and self.seed >= 0, "--seed must be a non-negative integer.")
+        need(is_int(self.epochs) and self.epochs >= 1, "--epochs must be a positive integer.")
+        need(is_int(self.batch_size) and self.batch_size >= 1,
+             "--batch-size must be a positive integer.")
+        need(is_int(self.max_length) and self.max_length >= 8,
+             "--max-length must be an integer of at least 8 tokens.")
+        for name in ("learning_rate", "switch_learning_rate", "rational_learning_rate"):
+            value = getattr(self, name)
+            need(is_num(value) and value > 0,
+                 f"--{name.replace('_', '-')} must be a positive number.")
+        need(self.last_n is None or is_int(self.last_n),
+             "--last-n must be a whole number of layers.")
+        need(self.adapterdrop_max is None or (is_int(self.adapterdrop_max) and
+                                              self.adapterdrop_max >= 0),
+             "--adapterdrop-max must be a non-negative integer.")
+        need(is_int(self.drop_first) and self.drop_first >= 0,
+             "--drop-first must be a non-negative integer.")
+        need(is_int(self.checkpoints_to_keep) and self.checkpoints_to_keep >= 1,
+             "checkpoints_to_keep must be a positive integer.")
+        need(self.data is None or (isinstance(self.data, list) and
+                                   all(isinstance(f, str) for f in self.data)),
+             "--data must be a comma-separated list of files.")
+        need(self.data is None or bool(self.text_columns),
+             "--data needs --text-columns naming one or two text columns.")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What the step reads and writes. ``frozen`` is carried, never updated."""
+
+    step: jax.Array
+    trainable: Any
+    frozen: Any
+    opt_state: Any
+
+
+# -- parameters -------------------------------------------------------------------------
+
+def is_trainable(path: tuple[str, ...]) -> bool:
+    return any(name in TRAINABLE for name in path)
+
+
+def partition(params: dict) -> tuple[dict, dict]:
+    """Splits params into (trainable, frozen) subtrees by path."""
+    flat = flatten_dict(params)
+    trainable = {k: v for k, v in flat.items() if is_trainable(k)}
+    frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
+    for k in frozen:  # every frozen param must be part of the pretrained backbone
+        if k[0] != "bert" or k[1] not in ("embeddings", "encoder", "pooler"):
+            raise ValueError(f"param {'/'.join(k)} is neither trainable nor backbone")
+    return unflatten_dict(trainable), unflatten_dict(frozen)
+
+
+def merge(trainable: dict, frozen: dict) -> dict:
+    return unflatten_dict({**flatten_dict(frozen), **flatten_dict(trainable)})
+
+
+def param_group(path: tuple[str, ...]) -> str:
+    """Which learning rate a trainable param gets: switch, rational, or the adapter one."""
+    if "switch" in path:
+        return "switch"
+    if "rational" in path:
+        return "rational"
+    return "adapter"
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def make_optimizer(config: TrainConfig, total_steps: int, trainable: dict):
+    """Adam with three learning rates, each decaying linearly to 0 over the run."""
+    def adam(lr):
+        return optax.adam(optax.linear_schedule(lr, 0.0, max(total_steps, 1)))
+
+    labels = unflatten_dict({k: param_group(k) for k in flatten_dict(trainable)})
+    return optax.multi_transform(
+        {"adapter": adam(config.learning_rate), "switch": adam(config.switch_learning_rate),
+         "rational": adam(config.rational_learning_rate)}, labels)
+
+
+# -- the step ---------------------------------------------------------------------------
+
+def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
+    """Mean loss over real examples (weights 0 mark batch padding)."""
+    w = batch["weights"]
+    if regression:
+        per_example = jnp.square(logits[:, 0] - batch["labels"])
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Callable:
+    """The jitted ``(state, batch, rng) -> (state, metrics)``.
+
+    ``rng`` is the run's training key; the step folds ``state.step`` into it, so the same
+    state and key always give the same update (and an interrupted run resumes exactly).
+    With ``adapterdrop_max > 0`` each step drops the adapters of the first
+    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop).
+    """
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
+        drop = (jax.random.randint(drop_key, (), 0, adapterdrop_max + 1)
+                if adapterdrop_max > 0 else None)
+
+        def compute_loss(trainable):
+            logits, _ = model.apply(
+                {"params": merge(trainable, state.frozen)}, batch["input_ids"],
+                batch["token_type_ids"], batch["attention_mask"], deterministic=False,
+                adapter_drop=drop, rngs={"dropout": dropout_key, "gumbel": gumbel_key})
+            return loss_fn(logits, batch, regression)
+
+        loss, grads = jax.value_and_grad(compute_loss)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        new_state = state.replace(step=state.step + 1, trainable=trainable,
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_predict(model, regression: bool, drop_first: int = 0) -> Callable:
+    """Jitted ``(trainable, frozen, batch) -> predictions`` (scores or class ids)."""
+    def predict(trainable, frozen, batch):
+        logits, _ = model.apply(
+            {"params": merge(trainable, frozen)}, batch["input_ids"],
+            batch["token_type_ids"], batch["attention_mask"], deterministic=True,
+            adapter_drop=jnp.int32(drop_first) if drop_first else None)
+        return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
+
+    return jax.jit(predict)
+
+
+def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> dict:
+    preds, gold, weights = [], [], []
+    for batch in pipeline.batches(encoded, labels, batch_size):
+        preds.append(np.asarray(predict(trainable, frozen, batch)))
+        gold.append(batch["labels"])
+        weights.append(batch["weights"])
+    return compute_metrics(task, np.concatenate(preds), np.concatenate(gold),
+                           np.concatenate(weights))
+
+
+# -- setting a run up -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run needs, built and validated before anything is written."""
+
+    config: TrainConfig
+    task: glue.Task
+    encoded: dict
+    labels: dict
+    model: BertForSequenceClassification
+    architecture: Architecture
+    params: dict
+    pretrained: Any
+
+    @property
+    def source(self) -> dict:
+        c = self.config
+        return {"model": c.model, "task": self.task.name, "train_size": c.train_size,
+                "seed": c.seed, "method": c.method}
+
+
+def build_architecture(config: TrainConfig, depth: int) -> Architecture:
+    selected = (selected_layers_from(config.architecture, depth)
+                if config.method == "aa_focused" and config.architecture else None)
+    return architecture_for(config.method, depth, selected_layers=selected,
+                            last_n=config.last_n, activation=config.activation,
+                            rational_version=config.rational_version,
+                            hard_switch=config.hard_switch, adapter_skip=config.adapter_skip)
+
+
+def load_data(config: TrainConfig):
+    if config.data:
+        return glue.load_custom(config.data, config.text_columns, config.label_column,
+                                train_size=config.train_size, seed=config.seed)
+    task = glue.get_task(config.task)
+    return task, glue.make_splits(task, config.train_size, config.seed, config.glue_dir)
+
+
+def setup(config: TrainConfig, pretrained=None) -> Experiment:
+    """Loads data and model and builds the initial params; raises UserError on bad input."""
+    config.validate()
+    pretrained = pretrained or load_pretrained(config.model)
+    c = pretrained.config
+    if config.max_length > c.max_position_embeddings:
+        raise UserError(f"--max-length {config.max_length} exceeds the model's "
+                        f"{c.max_position_embeddings} position embeddings; use at most "
+                        f"{c.max_position_embeddings}.")
+    architecture = build_architecture(config, c.num_hidden_layers)
+    task, splits = load_data(config)
+    encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
+               for name, ex in splits.items()}
+    labels = {name: ex.labels for name, ex in splits.items()}
+    model = BertForSequenceClassification(c, task.num_labels, architecture)
+    init_key = jax.random.split(jax.random.key(config.seed))[0]
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    params = jax.jit(lambda k: model.init(k, dummy))(init_key)["params"]
+    params = _load_backbone(params, pretrained.params)
+    return Experiment(config, task, encoded, labels, model, architecture, params, pretrained)
+
+
+def _load_backbone(params: dict, backbone: dict) -> dict:
+    flat = flatten_dict(params)
+    for k, v in flatten_dict(backbone).items():
+        flat[("bert",) + k] = v
+    return unflatten_dict(flat)
+
+
+# -- the whole run ----------------------------------------------------------------------
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="epoch", disable=not enabled, leave=False)
+
+
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
+          pretrained=None) -> dict:
+    """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``."""
+    out = Path(out_dir)
+    if (out / "result.json").is_file():
+        done = checkpoint.read_json(out / "result.json", "run result")
+        _check_same_config(out, config)
+        return done
+    exp = setup(config, pretrained)
+    _check_same_config(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json_atomic(out / "config.json", config.to_dict())
+
+    task, c = exp.task, config
+    trainable, frozen = partition(exp.params)
+    steps_per_epoch = pipeline.num_batches(len(exp.labels["train"]), c.batch_size)
+    tx = make_optimizer(c, steps_per_epoch * c.epochs, trainable)
+    state = TrainState(step=jnp.int32(0), trainable=trainable, frozen=frozen,
+                       opt_state=tx.init(trainable))
+    depth = exp.architecture.depth
+    drop_max = (0 if c.method != "adapterdrop" else
+                c.adapterdrop_max if c.adapterdrop_max is not None else (10 * depth) // 24)
+    step_fn = make_train_step(exp.model, tx, task.is_regression, drop_max)
+    predict = make_predict(exp.model, task.is_regression,
+                           c.drop_first if c.method == "adapterdrop" else 0)
+    train_key = jax.random.split(jax.random.key(c.seed))[1]
+
+    mgr = checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep)
+    best = {"epoch": 0, "score": -math.inf, "dev": None, "params": trainable}
+    history: list[dict] = []
+    start_epoch, elapsed = 1, 0.0
+    if mgr.latest_step() is not None:
+        restored = checkpoint.restore(mgr, trainable, state.opt_state)
+        meta = restored["meta"]
+        state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
+                              opt_state=restored["opt_state"])
+        best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
+                "dev": meta["best_dev"], "params": restored["best_params"]}
+        history = meta["history"]
+        start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
+    _write_history(out, history)
+
+    select = task.select_metric
+    bar = _progress(c.epochs, progress)
+    bar.update(start_epoch - 1)
+    t0 = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, c.epochs + 1):
+        shuffle_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0])
+        losses = []
+        for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
+                                      c.batch_size, shuffle_seed=shuffle_seed):
+            state, metrics = step_fn(state, batch, train_key)
+            losses.append(metrics["loss"])
+        losses = np.asarray(jax.device_get(losses), dtype=np.float64)
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmin(np.isfinite(losses))) + int(state.step) - len(losses) + 1
+            raise UserError(f"The training loss became non-finite at step {bad} (epoch "
+                            f"{epoch}); the last good checkpoint is kept in "
+                            f"{out / 'checkpoints'}; lower the learning rates.")
+        dev = evaluate(predict, state.trainable, state.frozen, exp.encoded["dev"],
+                       exp.labels["dev"], task, c.batch_size)
+        if dev[select] > best["score"]:
+            best = {"epoch": epoch, "score": dev[select], "dev": dev,
+                    "params": jax.tree.map(jnp.copy, state.trainable)}
+        record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
+                  "dev": dev}
+        learned = learned_architecture(state.trainable, exp.architecture, exp.source)
+        if exp.architecture.switched_layers:
+            record["switch_probs"] = {str(e["layer"]): e["switch_probs"][0]
+                                      for e in learned["layers"] if "switch_probs" in e}
+        history.append(record)
+        _write_history(out, history)
+        meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
+                "best_score": best["score"], "best_dev": best["dev"], "history": history,
+                "train_seconds": time.perf_counter() - t0}
+        checkpoint.save(mgr, epoch, state.trainable, state.opt_state, best["params"],
+                        learned, meta)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{dev[select]:.4f}"})
+    bar.close()
+    mgr.close()
+    train_seconds = time.perf_counter() - t0
+
+    test = evaluate(predict, best["params"], state.frozen, exp.encoded["test"],
+                    exp.labels["test"], task, c.batch_size)
+    learned = learned_architecture(best["params"], exp.architecture, exp.source)
+    weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
+                                           exp.architecture)
+    result = {
+        "task": task.name, "method": c.method, "model": c.model,
+        "train_size": c.train_size, "seed": c.seed,
+        "dev": best["dev"], "test": test, "best_epoch": best["epoch"],
+        "select_metric": select,
+        "selected_layers": learned["selected_layers"] if c.method in ("aa", "switch_only")
+        else list(exp.architecture.adapter_layers),
+        "trainable_params": count_params(state.trainable),
+        "adapter_weights": weights, "adapter_biases": biases,
+        "train_seconds": round(train_seconds, 2),
+        "examples": {k: int(len(v)) for k, v in exp.labels.items()},
+    }
+    checkpoint.write_json_atomic(out / "architecture.json", learned)
+    checkpoint.write_json_atomic(out / "result.json", result)
+    return result
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    checkpoint.write_text_atomic(out / "metrics.jsonl",
+                                 "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _check_same_config(out: Path, config: TrainConfig) -> None:
+    """A run directory belongs to one config; reusing it for another is a mistake."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    old = checkpoint.read_json(path, "run config")
+    if old != config.to_dict():
+        diff = sorted(k for k in set(old) | set(config.to_dict())
+                      if old.get(k) != config.to_dict().get(k))
+        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}); "
+                        f"use a new --out directory or the same settings to resume.")
+
+
+def load_run(run_dir: str | Path, pretrained=None) -> tuple[Experiment, dict, dict]:
+    """Rebuilds a finished or interrupted run: (experiment, best trainable params, meta)."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json", "run config"))
+    exp = setup(config, pretrained)
+    trainable, _ = partition(exp.params)
+    params, meta = checkpoint.restore_params(run_dir / "checkpoints", trainable)
+    return exp, params, meta
+
+
+def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
+    """Dev and test metrics of a run's best epoch, recomputed from its checkpoint."""
+    exp, params, meta = load_run(run_dir, pretrained)
+    _, frozen = partition(exp.params)
+    c = exp.config
+    predict = make_predict(exp.model, exp.task.is_regression,
+                           c.drop_first if c.method == "adapterdrop" else 0)
+    return {split: evaluate(predict, params, frozen, exp.encoded[split], exp.labels[split],
+                            exp.task, c.batch_size) for split in ("dev", "test")}

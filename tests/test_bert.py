@@ -1,0 +1,153 @@
+"""The Flax encoder against Hugging Face's PyTorch BertModel, and the adapter slot's identities."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers import BertConfig
+
+from aa_jax.adapters import Architecture, LayerSpec
+from aa_jax.models.bert import BertForSequenceClassification, BertModel
+
+REFERENCE = Path(__file__).parent / "reference" / "minilm_bert_reference.npz"
+TOL = 1e-4
+
+
+def _run(pre, inputs, architecture=None, params=None):
+    model = BertModel(pre.config, architecture)
+    return model.apply({"params": params or pre.params},
+                       jnp.asarray(inputs["input_ids"], jnp.int32),
+                       jnp.asarray(inputs["token_type_ids"], jnp.int32),
+                       jnp.asarray(inputs["attention_mask"], jnp.int32))
+
+
+def test_matches_committed_pytorch_reference(minilm):
+    ref = np.load(REFERENCE)
+    last, pooled = _run(minilm, ref)
+    mask = ref["attention_mask"][..., None].astype(bool)
+    # Padded positions are not defined by either model's contract; compare real tokens.
+    err_last = np.max(np.abs(np.where(mask, np.asarray(last) - ref["last_hidden_state"], 0)))
+    err_pooled = np.max(np.abs(np.asarray(pooled) - ref["pooler_output"]))
+    assert ref["attention_mask"].min() == 0, "the reference batch must contain padding"
+    assert err_last <= TOL, err_last
+    assert err_pooled <= TOL, err_pooled
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_matches_live_pytorch(minilm):
+    import sys
+
+    sys.path.insert(0, str(REFERENCE.parent))
+    from make_bert_reference import reference_inputs, run_torch
+
+    inputs = reference_inputs(minilm.tokenizer)
+    last_ref, pooled_ref = run_torch(minilm.path, inputs)
+    last, pooled = _run(minilm, inputs)
+    mask = inputs["attention_mask"][..., None].astype(bool)
+    assert np.max(np.abs(np.where(mask, np.asarray(last) - last_ref, 0))) <= TOL
+    assert np.max(np.abs(np.asarray(pooled) - pooled_ref)) <= TOL
+
+
+def _tiny_config(layers=2):
+    return BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=layers,
+                      num_attention_heads=4, intermediate_size=64,
+                      max_position_embeddings=16)
+
+
+def _tiny_inputs():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, size=(3, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    return ids, np.zeros_like(ids), mask
+
+
+def _graft(dst, src):
+    """dst with every param that src also has replaced by src's value."""
+    flat, other = flatten_dict(dst), flatten_dict(src)
+    return unflatten_dict({k: other.get(k, v) for k, v in flat.items()})
+
+
+def test_no_adapter_architecture_is_the_plain_encoder_bit_for_bit():
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    plain = BertModel(config)
+    params = plain.init(jax.random.key(0), ids)["params"]
+    none = BertModel(config, Architecture.none(2))
+    a = plain.apply({"params": params}, ids, tt, mask)
+    b = none.apply({"params": params}, ids, tt, mask)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("activation", ["relu", "rational"])
+def test_adapter_with_zero_up_projection_equals_plain_layer(activation):
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    plain = BertModel(config)
+    base = plain.init(jax.random.key(0), ids)["params"]
+    arch = Architecture.uniform(2, activation)
+    model = BertModel(config, arch)
+    params = _graft(model.init(jax.random.key(1), ids)["params"], base)
+    flat = flatten_dict(params)
+    ups = [k for k in flat if "up" in k]
+    assert ups, "the adapter should have an up-projection"
+    params = unflatten_dict({k: (jnp.zeros_like(v) if "up" in k else v)
+                             for k, v in flat.items()})
+    a = plain.apply({"params": base}, ids, tt, mask)
+    b = model.apply({"params": params}, ids, tt, mask)
+    # LN(0 + h + inp) after LN(h + inp): not the same float ops, but the same function.
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+def test_switch_at_identity_equals_plain_layer_at_inference():
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    plain = BertModel(config)
+    base = plain.init(jax.random.key(0), ids)["params"]
+    model = BertModel(config, Architecture.uniform(2, "rational", switch=True))
+    flat = flatten_dict(_graft(model.init(jax.random.key(1), ids)["params"], base))
+    # logits favour identity (index 1): the adapter is skipped entirely.
+    flat = {k: (jnp.array([0.0, 1.0]) if k[-1] == "logits" else v) for k, v in flat.items()}
+    a = plain.apply({"params": base}, ids, tt, mask)
+    b = model.apply({"params": unflatten_dict(flat)}, ids, tt, mask)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_switched_adapter_training_mixes_branches_per_example():
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    model = BertModel(config, Architecture.uniform(2, "relu", switch=True))
+    variables = model.init(jax.random.key(0), ids)
+    rngs = {"dropout": jax.random.key(1), "gumbel": jax.random.key(2)}
+    (_, pooled), state = model.apply(variables, ids, tt, mask, deterministic=False, rngs=rngs,
+                                     mutable=["intermediates"])
+    probs = jax.tree.leaves(state["intermediates"])
+    assert len(probs) == 2 and all(np.allclose(p, 0.5) for p in probs)
+    again, _ = model.apply(variables, ids, tt, mask, deterministic=False, rngs=rngs,
+                           mutable=["intermediates"])
+    np.testing.assert_array_equal(np.asarray(pooled), np.asarray(again[1]))
+
+
+def test_classifier_head_shapes_and_adapter_drop():
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    model = BertForSequenceClassification(config, 3, Architecture.uniform(2, "relu"))
+    variables = model.init(jax.random.key(0), ids)
+    logits, _ = model.apply(variables, ids, tt, mask)
+    assert logits.shape == (3, 3) and logits.dtype == jnp.float32
+    # Dropping the adapters of every layer gives the plain encoder's head output.
+    plain = BertForSequenceClassification(config, 3)
+    plain_params = {"bert": {k: v for k, v in variables["params"]["bert"].items()},
+                    "classifier": variables["params"]["classifier"]}
+    dropped, _ = model.apply(variables, ids, tt, mask, adapter_drop=jnp.int32(2))
+    ref, _ = plain.apply({"params": _graft(plain.init(jax.random.key(0), ids)["params"],
+                                           plain_params)}, ids, tt, mask)
+    np.testing.assert_array_equal(np.asarray(dropped), np.asarray(ref))
+    assert not np.allclose(np.asarray(dropped), np.asarray(logits))
