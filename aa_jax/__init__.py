@@ -8,11 +8,11 @@ from aa_jax.adapters import Architecture, LayerSpec
 from aa_jax.errors import UserError
 from aa_jax.models.bert import BertForSequenceClassification, BertModel
 from aa_jax.models.loader import load_pretrained
-from aa_jax.rational import Rational, fit_rational, init_coefficients, rational
+from aa_jax.rational import Rational, fit_rational, init_coefficients
 from aa_jax.switch import GumbelSwitch
 
 __all__ = [
     "Architecture", "LayerSpec", "UserError", "BertForSequenceClassification", "BertModel",
-    "load_pretrained", "Rational", "fit_rational", "init_coefficients", "rational",
+    "load_pretrained", "Rational", "fit_rational", "init_coefficients",
     "GumbelSwitch",
 ]

@@ -274,7 +274,7 @@ class BottleneckAdapter(nn.Module):
         z = nn.Dense(r, kernel_init=init, dtype=self.dtype, name="down")(x)
         if self.activation == "rational":
             z = Rational(version=self.rational_version, degrees=self.rational_degrees,
-                         init=self.rational_init, name="rational")(z)
+                         initialization=self.rational_init, name="rational")(z)
         else:
             z = FIXED_ACTIVATIONS[self.activation](z)
         return nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="up")(z)

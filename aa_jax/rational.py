@@ -17,10 +17,14 @@ A, B and C keep Q >= 1 (or >= 0.1), so R has no poles for any coefficients; N do
 The default degrees are (m, n) = (5, 4).
 
 Named initialisations (``INITS``) are least-squares fits of familiar activations on
-[-3, 3] (see :func:`fit_rational`), except ``one``, which is exactly R(x) = 1:
-a = (1, 0, ..., 0), b = 0 for A, B and N, and a = (0.1, 0, ..., 0), b = 0 for C, whose
-denominator is then exactly the 0.1 floor. Every version has a nonzero gradient with
-respect to each b_k at ``one`` for x != 0 because ``jnp.abs`` has slope +1 at 0.
+[-3, 3] (see :func:`fit_rational`), except ``one``, which is R(x) = 1 exactly in float32:
+a = (1, 0, ..., 0) and b = 0 for A, B and N; for C, b = (0.9, 0, ..., 0), so that
+Q = 0.1 + 0.9 = 1 (float32(0.1) + float32(0.9) rounds to exactly 1; in float64 R is 1 to
+within 3e-8). At ``one`` every version has dR/db_k = -x^k, nonzero for x != 0: for A and B
+because ``jnp.abs`` has slope +1 at 0, for C because t = 0.9 keeps it off the kink of |t|.
+Fitted C inits are likewise scaled to Q(0) = 1 where that leaves R unchanged. Targets:
+``leaky_relu`` has slope 0.01 for x < 0, ``gelu`` is the exact x Phi(x) (erf, not tanh),
+``swish`` is x sigmoid(x).
 
 ``FIT_MAX_ERROR`` records, for the default degrees, the largest absolute error of each
 fitted init over 10001 evenly spaced float32 points on [-3, 3] when evaluated by
@@ -29,13 +33,13 @@ digits:
 
     | init       | A       | B       | C       | N       |
     |------------|---------|---------|---------|---------|
-    | identity   | 0       | 0       | 0       | 0       |
+    | identity   | 2.6e-16 | 2.0e-16 | 2.0e-16 | 2.0e-16 |
     | relu       | 0.030   | 0.034   | 0.034   | 0.034   |
     | leaky_relu | 0.030   | 0.034   | 0.034   | 0.034   |
-    | gelu       | 0.0029  | 0.00092 | 0.00092 | 0.00092 |
-    | tanh       | 2.5e-06 | 3.5e-06 | 3.5e-06 | 3.5e-06 |
-    | sigmoid    | 9.0e-08 | 9.0e-08 | 9.0e-08 | 9.0e-08 |
-    | swish      | 1.2e-06 | 1.2e-06 | 1.3e-06 | 1.2e-06 |
+    | gelu       | 0.0029  | 0.00093 | 0.00093 | 0.00093 |
+    | tanh       | 2.5e-06 | 3.6e-06 | 3.6e-06 | 3.6e-06 |
+    | sigmoid    | 1.9e-07 | 1.7e-07 | 1.5e-07 | 1.6e-07 |
+    | swish      | 1.4e-06 | 1.5e-06 | 1.4e-06 | 1.5e-06 |
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 from scipy.special import erf, expit
+from threadpoolctl import threadpool_limits
 
 from aa_jax.errors import UserError
 
@@ -72,10 +77,10 @@ _TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 FIT_MAX_ERROR: dict[tuple[str, str], float] = {
-    ("identity", "A"): 0.0,
-    ("identity", "B"): 0.0,
-    ("identity", "C"): 0.0,
-    ("identity", "N"): 0.0,
+    ("identity", "A"): 2.6e-16,
+    ("identity", "B"): 2.0e-16,
+    ("identity", "C"): 2.0e-16,
+    ("identity", "N"): 2.0e-16,
     ("relu", "A"): 0.030,
     ("relu", "B"): 0.034,
     ("relu", "C"): 0.034,
@@ -85,21 +90,21 @@ FIT_MAX_ERROR: dict[tuple[str, str], float] = {
     ("leaky_relu", "C"): 0.034,
     ("leaky_relu", "N"): 0.034,
     ("gelu", "A"): 0.0029,
-    ("gelu", "B"): 0.00092,
-    ("gelu", "C"): 0.00092,
-    ("gelu", "N"): 0.00092,
+    ("gelu", "B"): 0.00093,
+    ("gelu", "C"): 0.00093,
+    ("gelu", "N"): 0.00093,
     ("tanh", "A"): 2.5e-06,
-    ("tanh", "B"): 3.5e-06,
-    ("tanh", "C"): 3.5e-06,
-    ("tanh", "N"): 3.5e-06,
-    ("sigmoid", "A"): 9.0e-08,
-    ("sigmoid", "B"): 9.0e-08,
-    ("sigmoid", "C"): 9.0e-08,
-    ("sigmoid", "N"): 9.0e-08,
-    ("swish", "A"): 1.2e-06,
-    ("swish", "B"): 1.2e-06,
-    ("swish", "C"): 1.3e-06,
-    ("swish", "N"): 1.2e-06,
+    ("tanh", "B"): 3.6e-06,
+    ("tanh", "C"): 3.6e-06,
+    ("tanh", "N"): 3.6e-06,
+    ("sigmoid", "A"): 1.9e-07,
+    ("sigmoid", "B"): 1.7e-07,
+    ("sigmoid", "C"): 1.5e-07,
+    ("sigmoid", "N"): 1.6e-07,
+    ("swish", "A"): 1.4e-06,
+    ("swish", "B"): 1.5e-06,
+    ("swish", "C"): 1.4e-06,
+    ("swish", "N"): 1.5e-06,
 }
 
 
@@ -141,7 +146,7 @@ def _check_degrees(degrees: tuple[int, int]) -> tuple[int, int]:
     return int(degrees[0]), int(degrees[1])
 
 
-def denominator_size(version: str, n: int) -> int:
+def _denominator_size(version: str, n: int) -> int:
     """Number of denominator coefficients for denominator degree ``n``: C also has b_0."""
     return n + 1 if _check_version(version) == "C" else n
 
@@ -272,6 +277,8 @@ def _normalise_c(u: np.ndarray, a: np.ndarray, b: np.ndarray):
         b, t = -b, -t
     if not np.all(t > 0.0):
         return a, b  # t changes sign: a genuine kink, no free scale to remove.
+    if _C_FLOOR + b[0] <= 0.0:
+        return a, b  # Q(0) is not Q's value anywhere on an interval that excludes 0.
     kappa = 1.0 / (_C_FLOOR + b[0])
     if kappa * (_C_FLOOR + t.min()) < _C_FLOOR:
         return a, b  # Q(0) = 1 would push t below 0 somewhere on the interval.
@@ -291,7 +298,7 @@ def _starting_points(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str)
     vander = u[:, None] ** np.arange(m + 1)
     powers = u[:, None] ** np.arange(1, n + 1)
     poly = np.linalg.lstsq(vander, y, rcond=None)[0]
-    neutral_b = np.zeros(denominator_size(version, n))
+    neutral_b = np.zeros(_denominator_size(version, n))
     if version == "C":
         neutral_b[0] = 1.0 - _C_FLOOR
     starts = [np.concatenate([poly, neutral_b])]
@@ -308,6 +315,56 @@ def _starting_points(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str)
     return starts
 
 
+def _least_squares(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str) -> np.ndarray:
+    """Coefficients (a_0..a_m, b...) in u-space minimising sum (R(u) - y)^2, float64.
+
+    Each starting point is refined with ``scipy.optimize.least_squares`` on the true
+    formula of ``version``, with an analytic Jacobian. Rational fits are not unique (P
+    and Q may share a factor, as in x = x Q / Q), so among the candidates whose cost is
+    the lowest up to 0.1 % or rounding, the one with the smallest norm wins.
+    """
+    vander = u[:, None] ** np.arange(m + 1)
+
+    def residuals(params):
+        q, _ = _np_denominator(u, params[m + 1 :], version)
+        return vander @ params[: m + 1] / q - y
+
+    def jacobian(params):
+        q, dq = _np_denominator(u, params[m + 1 :], version)
+        p = vander @ params[: m + 1]
+        return np.hstack([vander / q[:, None], -(p / q**2)[:, None] * dq])
+
+    size = m + 1 + _denominator_size(version, n)
+    if version == "A":
+        lower = np.concatenate([np.full(m + 1, -np.inf), np.zeros(n)])
+        bounds, method = (lower, np.full(size, np.inf)), "trf"
+    else:
+        lower, bounds, method = np.full(size, -np.inf), (-np.inf, np.inf), "lm"
+    candidates = []
+    # One BLAS thread: on matrices this small, threads only add overhead (seconds when
+    # the CPUs are busy) and may change the last bits of the fit from run to run.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in _starting_points(u, y, m, n, version):
+            start = np.maximum(start, lower)
+            fit = least_squares(
+                residuals, start, jac=jacobian, bounds=bounds, method=method, x_scale="jac",
+                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100 * (size + 1),
+            )
+            # The start competes too: from an exact start the solver may still wander
+            # along the directions where P and Q share a factor.
+            for params in (start, fit.x):
+                r = residuals(params)
+                if np.all(np.isfinite(r)):
+                    candidates.append((0.5 * float(r @ r), params))
+    if not candidates:
+        raise UserError(
+            "The rational fit diverged; try another version, lower degrees or a narrower interval."
+        )
+    best = min(cost for cost, _ in candidates)
+    tie = best * 1e-3 + 1e-20 * float(y @ y)
+    return min((p for cost, p in candidates if cost <= best + tie), key=np.linalg.norm)
+
+
 def fit_rational(
     fn: Callable[[np.ndarray], np.ndarray],
     degrees: tuple[int, int] = DEFAULT_DEGREES,
@@ -319,11 +376,9 @@ def fit_rational(
 
     The fit runs in float64 on u = x / s with s = max(|lo|, |hi|), so the powers stay
     near 1 whatever the interval, and the coefficients are rescaled back afterwards.
-    Each linearised starting point (see ``_starting_points``) is refined with
-    ``scipy.optimize.least_squares`` on the true formula of ``version``; the lowest cost
-    wins, and near-ties (within 0.1 % of it) go to the smallest coefficients, because
-    version C can trade scale between P and Q almost for free and large coefficients
-    train slowly. Deterministic.
+    Linearised starting points are refined on the true formula of ``version`` (see
+    ``_least_squares``); version C is then scaled to Q(0) = 1 (see ``_normalise_c``).
+    Deterministic; a default fit takes a few tens of milliseconds.
 
     Args:
       fn: maps a float64 array of points to an array of the same shape.
@@ -344,15 +399,16 @@ def fit_rational(
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
         raise UserError(
-            f"Fit interval must be a pair of numbers (lo, hi) such as (-3.0, 3.0), got {interval!r}."
+            "Fit interval must be a pair of numbers (lo, hi) such as (-3.0, 3.0), "
+            f"got {interval!r}."
         ) from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise UserError(f"Fit interval must be finite with lo < hi, got {interval!r}.")
-    num_coefficients = m + 1 + denominator_size(version, n)
-    if not _is_int(num_points) or num_points < num_coefficients:
+    size = m + 1 + _denominator_size(version, n)
+    if not _is_int(num_points) or num_points < size:
         raise UserError(
-            f"num_points must be an integer of at least {num_coefficients} (the number of "
-            f"coefficients to fit), got {num_points!r}."
+            f"num_points must be an integer of at least {size} (the number of coefficients "
+            f"to fit), got {num_points!r}."
         )
 
     x = np.linspace(lo, hi, int(num_points))
@@ -364,61 +420,11 @@ def fit_rational(
         )
     scale = max(abs(lo), abs(hi))
     u = x / scale
-    vander = u[:, None] ** np.arange(m + 1)
-
-    def split(params):
-        return params[: m + 1], params[m + 1 :]
-
-    def residuals(params):
-        a, b = split(params)
-        q, _ = _np_denominator(u, b, version)
-        return vander @ a / q - y
-
-    def jacobian(params):
-        a, b = split(params)
-        q, dq = _np_denominator(u, b, version)
-        p = vander @ a
-        return np.hstack([vander / q[:, None], -(p / q**2)[:, None] * dq])
-
-    tol = 1e-12
-    if version == "A":
-        lower = np.concatenate([np.full(m + 1, -np.inf), np.zeros(n)])
-        bounds = (lower, np.full(num_coefficients, np.inf))
-        method = "trf"
-    else:
-        bounds, method = (-np.inf, np.inf), "lm"
-    results = []
-    for start in _starting_points(u, y, m, n, version):
-        if version == "A":
-            start = np.maximum(start, bounds[0])
-        fit = least_squares(
-            residuals,
-            start,
-            jac=jacobian,
-            bounds=bounds,
-            method=method,
-            x_scale="jac",
-            xtol=tol,
-            ftol=tol,
-            gtol=tol,
-            max_nfev=100 * (num_coefficients + 1),
-        )
-        if np.all(np.isfinite(fit.x)):
-            results.append((fit.cost, fit.x))
-    if not results:
-        raise UserError(
-            "The rational fit diverged; try another version, lower degrees or a narrower interval."
-        )
-    # Rational fits are not unique (P and Q may share a factor, as in x = x Q / Q), so
-    # among fits whose cost is equal up to 0.1 % or rounding, keep the smallest one.
-    best_cost = min(cost for cost, _ in results)
-    tie = best_cost * 1e-3 + 1e-20 * float(y @ y)
-    params = min((p for cost, p in results if cost <= best_cost + tie), key=np.linalg.norm)
-
-    a, b = split(params)
+    params = _least_squares(u, y, m, n, version)
+    a, b = params[: m + 1], params[m + 1 :]
     if version == "C":
         a, b = _normalise_c(u, a, b)
-    # Undo the u = x / s substitution: a_j u^j = (a_j / s^j) x^j, likewise for b_k.
+    # Undo u = x / s: a_j u^j = (a_j / s^j) x^j, and likewise for b_k.
     a = a / scale ** np.arange(m + 1)
     first_power = 0 if version == "C" else 1
     b = b / scale ** np.arange(first_power, first_power + b.size)
@@ -431,13 +437,13 @@ def _cached_coefficients(init: str, version: str, degrees: tuple[int, int]):
     if init == "one":
         a = np.zeros(m + 1, np.float32)
         a[0] = 1.0
-        b = np.zeros(denominator_size(version, n), np.float32)
+        b = np.zeros(_denominator_size(version, n), np.float32)
         if version == "C":
             # float32(0.1) + float32(0.9) rounds to exactly 1 in float32.
             b[0] = 1.0 - _C_FLOOR
     else:
         a, b = fit_rational(_TARGETS[init], degrees, version)
-    # Read-only so the cached arrays cannot be changed through a returned copy's base.
+    # Read-only: callers get copies, and the cached originals must never change.
     a.flags.writeable = False
     b.flags.writeable = False
     return a, b
@@ -474,22 +480,25 @@ class Rational(nn.Module):
     Params: ``numerator`` <float32>[m + 1] and ``denominator`` <float32>[n] ([n + 1] for
     version C), initialised by :func:`init_coefficients`. Sharing the coefficients keeps
     the activation a handful of parameters per adapter, as in Adaptable Adapters.
+
+    ``initialization`` names the starting function (one of INITS); it is not called
+    ``init`` so that ``Module.init`` keeps working on a standalone instance.
     """
 
     version: str = "A"
     degrees: tuple[int, int] = DEFAULT_DEGREES
-    init: str = "one"
+    initialization: str = "one"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: any shape -> R(x), same shape and dtype (see :func:`rational`)."""
         _check_version(self.version)
-        _check_init(self.init)
+        _check_init(self.initialization)
         degrees = _check_degrees(self.degrees)
 
         def coefficient(index):
             def initializer(_rng):
-                return jnp.asarray(init_coefficients(self.init, self.version, degrees)[index])
+                return jnp.asarray(init_coefficients(self.initialization, self.version, degrees)[index])
 
             return initializer
 

@@ -89,7 +89,9 @@ class GumbelSwitch(nn.Module):
           <float32>[batch_size, num_choices], each row summing to 1.
         """
         self._check(batch_size)
-        logits = self.param("logits", nn.initializers.zeros_init(), (self.num_choices,), jnp.float32)
+        logits = self.param(
+            "logits", nn.initializers.zeros_init(), (self.num_choices,), jnp.float32
+        )
         self.sow("intermediates", "switch_probs", switch_probabilities(logits))
 
         if deterministic:
@@ -115,7 +117,8 @@ class GumbelSwitch(nn.Module):
             or self.num_choices < 2
         ):
             raise UserError(
-                f"GumbelSwitch num_choices must be an integer of at least 2, got {self.num_choices!r}."
+                "GumbelSwitch num_choices must be an integer of at least 2, "
+                f"got {self.num_choices!r}."
             )
         if (
             isinstance(self.temperature, bool)
@@ -125,7 +128,11 @@ class GumbelSwitch(nn.Module):
             raise UserError(
                 f"Switch temperature must be a positive finite number, got {self.temperature!r}."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 0
+        ):
             raise UserError(
                 f"GumbelSwitch batch_size must be a non-negative integer, got {batch_size!r}."
             )

@@ -196,6 +196,14 @@ def make_optimizer(config: TrainConfig, total_steps: int, trainable: dict):
          "rational": adam(config.rational_learning_rate)}, labels)
 
 
+def init_state(trainable: dict, frozen: dict, tx) -> TrainState:
+    """A fresh state that owns its arrays: the step donates the state, so arrays shared
+    with the caller (e.g. a loaded backbone used again elsewhere) are copied in."""
+    trainable, frozen = jax.tree.map(jnp.copy, (trainable, frozen))
+    return TrainState(step=jnp.int32(0), trainable=trainable, frozen=frozen,
+                      opt_state=tx.init(trainable))
+
+
 # -- the step ---------------------------------------------------------------------------
 
 def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
@@ -234,7 +242,7 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Ca
         trainable = optax.apply_updates(state.trainable, updates)
         new_state = state.replace(step=state.step + 1, trainable=trainable,
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=0)
 
@@ -354,8 +362,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     trainable, frozen = partition(exp.params)
     steps_per_epoch = pipeline.num_batches(len(exp.labels["train"]), c.batch_size)
     tx = make_optimizer(c, steps_per_epoch * c.epochs, trainable)
-    state = TrainState(step=jnp.int32(0), trainable=trainable, frozen=frozen,
-                       opt_state=tx.init(trainable))
+    state = init_state(trainable, frozen, tx)
     depth = exp.architecture.depth
     drop_max = (0 if c.method != "adapterdrop" else
                 c.adapterdrop_max if c.adapterdrop_max is not None else (10 * depth) // 24)

@@ -1,0 +1,134 @@
+"""Training: the frozen backbone, the step's purity, and every method end to end on a tiny BERT."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from aa_jax import cli
+from aa_jax.data import pipeline
+from aa_jax.models.loader import load_pretrained
+from aa_jax.train import (TrainConfig, init_state, make_optimizer, make_train_step, partition,
+                          setup)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return load_pretrained(str(tiny_checkpoint))
+
+
+def _first_batch(exp, size=8):
+    return next(pipeline.batches(exp.encoded["train"], exp.labels["train"], size,
+                                 shuffle_seed=0))
+
+
+@pytest.mark.parametrize("method", ["aa", "baseline"])
+def test_backbone_stays_bitwise_frozen(tiny, tiny_checkpoint, fake_glue, method):
+    config = TrainConfig(task="rte", method=method, model=str(tiny_checkpoint),
+                         train_size=40, glue_dir=str(fake_glue), batch_size=8)
+    exp = setup(config, tiny)
+    trainable, frozen = partition(exp.params)
+    before = jax.tree.map(np.array, frozen)
+    tx = make_optimizer(config, 10, trainable)
+    state = init_state(trainable, frozen, tx)
+    step = make_train_step(exp.model, tx, exp.task.is_regression)
+    batch = _first_batch(exp)
+    key = jax.random.key(0)
+    for _ in range(4):
+        state, metrics = step(state, batch, key)
+    assert np.isfinite(float(metrics["loss"]))
+    for path, value in flatten_dict(state.frozen).items():
+        np.testing.assert_array_equal(np.asarray(value), flatten_dict(before)[path],
+                                      err_msg="/".join(path))
+    # The trainable params did move.
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(state.trainable), jax.tree.leaves(trainable))]
+    assert any(moved)
+    # No optimizer array is as large as a backbone matrix (the smallest is hidden x hidden).
+    hidden = tiny.config.hidden_size
+    sizes = [x.size for x in jax.tree.leaves(state.opt_state)]
+    biggest_trainable = max(x.size for x in jax.tree.leaves(trainable))
+    assert max(sizes) <= biggest_trainable < 30522 * hidden
+    frozen_paths = {"/".join(k) for k in flatten_dict(frozen)}
+    assert not any("adapter" in p or "switch" in p or "classifier" in p for p in frozen_paths)
+    assert any("word_embeddings" in p for p in frozen_paths)
+
+
+def test_step_is_pure_same_inputs_same_outputs(tiny, tiny_checkpoint, fake_glue):
+    config = TrainConfig(task="rte", method="aa", model=str(tiny_checkpoint), train_size=40,
+                         glue_dir=str(fake_glue), batch_size=8)
+    exp = setup(config, tiny)
+    trainable, frozen = partition(exp.params)
+    tx = make_optimizer(config, 10, trainable)
+    step = make_train_step(exp.model, tx, False)
+    batch = _first_batch(exp)
+    outs = []
+    for _ in range(2):
+        state, m = step(init_state(trainable, frozen, tx), batch, jax.random.key(3))
+        outs.append((float(m["loss"]), jax.tree.map(np.asarray, state.trainable)))
+    assert outs[0][0] == outs[1][0]
+    jax.tree.map(np.testing.assert_array_equal, outs[0][1], outs[1][1])
+    _, m_other = step(init_state(trainable, frozen, tx), batch, jax.random.key(4))
+    assert float(m_other["loss"]) != outs[0][0]  # Gumbel noise and dropout follow the key
+
+
+def _train(tmp_path, ckpt, glue, *extra):
+    out = tmp_path / "_".join(a.strip("-") for a in extra[:4])
+    code = cli.main(["train", "--model", str(ckpt), "--glue-dir", str(glue),
+                     "--train-size", "32", "--epochs", "2", "--batch-size", "8",
+                     "--max-length", "64", "--no-progress", "--out", str(out), *extra])
+    assert code == 0
+    return out, json.loads((out / "result.json").read_text())
+
+
+METHOD_ARGS = {
+    "baseline": [], "adapterdrop": ["--drop-first", "1"], "aa": [], "switch_only": [],
+    "rational_only": [], "last_n": ["--last-n", "1"],
+}
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb", "cola"])
+def test_cli_trains_every_method(tmp_path, tiny_checkpoint, fake_glue, task, capsys):
+    aa_out = None
+    for method, args in METHOD_ARGS.items():
+        out, result = _train(tmp_path, tiny_checkpoint, fake_glue, "--task", task,
+                             "--method", method, *args)
+        assert result["method"] == method and result["task"] == task
+        assert set(result["test"]) == {"rte": {"accuracy"}, "stsb": {"pearson", "spearman"},
+                                       "cola": {"mcc"}}[task]
+        for name in ("config.json", "architecture.json", "metrics.jsonl", "result.json"):
+            assert (out / name).is_file(), name
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+        if method == "aa":
+            aa_out = out
+    assert "test" in capsys.readouterr().out
+    selected = json.loads((aa_out / "architecture.json").read_text())["selected_layers"]
+    focused = ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+               "--train-size", "32", "--epochs", "1", "--batch-size", "8", "--no-progress",
+               "--task", task, "--method", "aa_focused", "--architecture", str(aa_out),
+               "--out", str(tmp_path / "focused")]
+    if selected:
+        assert cli.main(focused) == 0
+        result = json.loads((tmp_path / "focused" / "result.json").read_text())
+        assert result["selected_layers"] == selected
+    else:  # a short AA run may switch every adapter off; AA-focused then refuses
+        assert cli.main(focused) == 2
+        assert "selects no layer" in capsys.readouterr().err
+        assert not (tmp_path / "focused").exists()
+
+
+def test_aa_focused_trains_only_selected_layers(tmp_path, tiny, tiny_checkpoint, fake_glue):
+    arch = {"schema": "aa_jax.learned_architecture/v1", "depth": 2, "selected_layers": [1],
+            "source": {}, "layers": []}
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    out, result = _train(tmp_path, tiny_checkpoint, fake_glue, "--task", "rte", "--method",
+                         "aa_focused", "--architecture", str(tmp_path / "arch.json"))
+    assert result["selected_layers"] == [1]
+    hidden, r = 32, 32 // 16
+    adapter = 2 * hidden * r + r + hidden + 10  # down + up (+ biases) + rational (6 + 4)
+    classifier = hidden * 2 + 2
+    assert result["trainable_params"] == adapter + classifier
+    assert result["adapter_weights"] == 2 * hidden * r
