@@ -35,7 +35,7 @@ from aa_jax.data.metrics import compute_metrics
 from aa_jax.errors import UserError
 from aa_jax.methods import METHODS, architecture_for, learned_architecture, selected_layers_from
 from aa_jax.models.bert import BertForSequenceClassification
-from aa_jax.models.loader import load_pretrained
+from aa_jax.models.loader import load_pretrained, with_backbone
 
 TRAINABLE = ("adapter", "switch", "classifier")
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
@@ -326,15 +326,8 @@ def setup(config: TrainConfig, pretrained=None) -> Experiment:
     init_key = jax.random.split(jax.random.key(config.seed))[0]
     dummy = jnp.zeros((1, 8), jnp.int32)
     params = jax.jit(lambda k: model.init(k, dummy))(init_key)["params"]
-    params = _load_backbone(params, pretrained.params)
+    params = with_backbone(params, pretrained.params)
     return Experiment(config, task, encoded, labels, model, architecture, params, pretrained)
-
-
-def _load_backbone(params: dict, backbone: dict) -> dict:
-    flat = flatten_dict(params)
-    for k, v in flatten_dict(backbone).items():
-        flat[("bert",) + k] = v
-    return unflatten_dict(flat)
 
 
 # -- the whole run ----------------------------------------------------------------------

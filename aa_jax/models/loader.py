@@ -247,3 +247,16 @@ def load_pretrained(name_or_path: str | Path = "minilm", tokenizer: bool = True)
     tok = load_tokenizer(path) if tokenizer else None
     return Pretrained(str(name_or_path), path, config, jax.tree.map(jnp.asarray, params),
                       tok, has_pooler)
+
+
+def with_backbone(params: dict, backbone: dict) -> dict:
+    """``params`` of a model with a ``bert`` submodule, its backbone replaced by ``backbone``.
+
+    Adapter, switch and head params keep their values; every pretrained weight is
+    overwritten (a missing pooler keeps its init).
+    """
+    flat = flatten_dict(params)
+    for k, v in flatten_dict(backbone).items():
+        flat[("bert",) + k] = v
+    return unflatten_dict(flat)
+
