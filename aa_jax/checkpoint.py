@@ -57,6 +57,19 @@ def read_json(path: str | Path, what: str) -> Any:
                         f"train again.") from None
 
 
+def is_complete(run_dir: str | Path) -> bool:
+    """Whether a run finished: its result.json exists and is a whole JSON result.
+
+    result.json is written last and atomically, so a run that was interrupted, or is
+    still running, is never counted as done.
+    """
+    try:
+        result = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and "test" in result
+
+
 def manager(directory: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
     """An orbax CheckpointManager over ``directory`` keeping the last ``max_to_keep`` epochs."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
