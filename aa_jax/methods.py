@@ -29,7 +29,7 @@ from flax.traverse_util import flatten_dict
 
 from aa_jax.adapters import Architecture, validate_layer_indices
 from aa_jax.errors import UserError
-from aa_jax.switch import switch_probabilities
+from aa_jax.switch import is_selected, switch_probabilities
 
 METHODS = ("baseline", "adapterdrop", "aa", "aa_focused", "last_n", "switch_only",
            "rational_only")
@@ -94,7 +94,10 @@ def learned_architecture(params: dict, architecture: Architecture,
         if logits is not None:
             entry["switch_logits"] = logits.tolist()
             entry["switch_probs"] = np.asarray(switch_probabilities(logits)).tolist()
-            entry["selected"] = bool(logits[0] > logits[1])
+            # The layer is selected when inference runs its adapter: argmax(logits) is the
+            # adapter (logits[0] > logits[1]; an exact tie, possible only for an
+            # untrained switch, resolves to the adapter as argmax does).
+            entry["selected"] = bool(is_selected(logits))
         else:
             entry["selected"] = spec.adapter
         num, den = leaf("rational", "numerator"), leaf("rational", "denominator")
