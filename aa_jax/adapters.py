@@ -178,8 +178,8 @@ class Architecture:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise UserError(f"Unknown architecture field(s) {', '.join(unknown)}; allowed: "
-                            f"{', '.join(fields)}.")
+            raise UserError(f"Unknown architecture field(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(fields)}.")
         layers = d.get("layers")
         if not isinstance(layers, list):
             raise UserError("The architecture's 'layers' must be a list with one entry per "
@@ -221,6 +221,9 @@ class Architecture:
         except json.JSONDecodeError as e:
             raise UserError(f"The architecture is not valid JSON ({e.msg} at line {e.lineno}); "
                             f"fix or regenerate the file.") from None
+        except (UnicodeDecodeError, RecursionError, TypeError) as e:
+            raise UserError(f"The architecture is not valid JSON ({type(e).__name__}); fix or "
+                            f"regenerate the file.") from None
         return cls.from_dict(d)
 
 

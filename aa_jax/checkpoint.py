@@ -35,10 +35,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(directory: str | Path) -> None:
+    """Deletes temporary files that a killed :func:`write_text_atomic` left in ``directory``."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file() and tmp.name.count(".") >= 3:  # .<name>.<random>.tmp
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -52,9 +66,12 @@ def read_json(path: str | Path, what: str) -> Any:
         raise UserError(f"{path} does not exist; is this an aa_jax run directory?")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{path} ({what}) is not valid JSON; delete the run directory and "
                         f"train again.") from None
+    except OSError as e:
+        raise UserError(f"{path} ({what}) could not be read ({e.strerror or e}); check its "
+                        f"permissions.") from None
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -65,7 +82,7 @@ def is_complete(run_dir: str | Path) -> bool:
     """
     try:
         result = json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(result, dict) and "test" in result
 

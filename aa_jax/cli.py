@@ -126,12 +126,12 @@ def cmd_architecture(args) -> int:
 
     run = Path(args.run_dir)
     learned = read_learned(run)
-    src = learned["source"]
+    src = learned.get("source", {})
     print(f"learned on {src.get('task')} / {src.get('train_size')} examples / seed "
           f"{src.get('seed')} / {src.get('model')} ({src.get('method')})")
     print(f"selected layers ({len(learned['selected_layers'])} of {learned['depth']}): "
           f"{learned['selected_layers']}")
-    for e in learned["layers"]:
+    for e in learned.get("layers", []):
         probs = e.get("switch_probs")
         p = f"p(adapter)={probs[0]:.3f}" if probs else "no switch"
         rat = " rational" if "rational" in e else ""
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"aa-jax: error: {e}", file=sys.stderr)
+        print(f"aa-jax: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)

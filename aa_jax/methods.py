@@ -21,6 +21,7 @@ the same depth.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -123,20 +124,68 @@ def read_learned(path: str | Path) -> dict[str, Any]:
                         f"architecture.json.")
     try:
         data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{file} is not valid JSON ({getattr(e, 'msg', e)}); regenerate it "
-                        f"with 'aa-jax architecture RUN_DIR'.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{file} is not valid JSON ({getattr(e, 'msg', type(e).__name__)}); "
+                        f"pass the architecture.json an AA run wrote.") from None
+    except OSError as e:
+        raise UserError(f"{file} could not be read ({e.strerror or e}); check its "
+                        f"permissions.") from None
     if not isinstance(data, dict) or data.get("schema") != LEARNED_SCHEMA:
         raise UserError(f"{file} is not an aa_jax learned architecture (schema "
                         f"{LEARNED_SCHEMA!r}); pass the architecture.json an AA run wrote.")
-    depth = data.get("depth")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise UserError(f"{file} has no valid 'depth'; regenerate it from its run.")
-    selected = data.get("selected_layers")
-    if not isinstance(selected, list):
-        raise UserError(f"{file} has no 'selected_layers' list; regenerate it from its run.")
-    validate_layer_indices(selected, depth)
+    _check_learned(data, file)
     return data
+
+
+_LEARNED_FIELDS = ("schema", "selected_layers", "depth", "source", "architecture", "layers")
+_LAYER_FIELDS = ("layer", "adapter", "activation", "selected", "switch_logits",
+                 "switch_probs", "rational")
+
+
+def _check_learned(data: dict, file: Path) -> None:
+    """Types and ranges of every field a learned architecture may have; one sentence each."""
+    def need(ok: bool, problem: str):
+        if not ok:
+            raise UserError(f"{file} {problem}; pass the architecture.json an AA run wrote.")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def numbers(v, size=None):
+        return (isinstance(v, list) and bool(v) and (size is None or len(v) == size) and
+                all(isinstance(x, (int, float)) and not isinstance(x, bool) and
+                    math.isfinite(x) for x in v))
+
+    unknown = sorted(set(data) - set(_LEARNED_FIELDS))
+    need(not unknown, f"has unknown field(s) {', '.join(map(repr, unknown))}")
+    depth = data.get("depth")
+    need(is_int(depth) and depth >= 1, "has no valid 'depth' (a positive integer)")
+    need(isinstance(data.get("selected_layers"), list), "has no 'selected_layers' list")
+    validate_layer_indices(data["selected_layers"], depth)
+    need(isinstance(data.get("source", {}), dict), "has a 'source' that is not an object")
+    if "architecture" in data:
+        Architecture.from_dict(data["architecture"]).check_depth(depth)
+    layers = data.get("layers", [])
+    need(isinstance(layers, list), "has a 'layers' entry that is not a list")
+    need(not layers or len(layers) == depth, f"has {len(layers)} 'layers' entries for a "
+         f"{depth}-layer model")
+    for e in layers:
+        need(isinstance(e, dict) and not set(e) - set(_LAYER_FIELDS) and
+             is_int(e.get("layer")) and isinstance(e.get("selected"), bool) and
+             isinstance(e.get("adapter"), bool),
+             f"has a 'layers' entry that is not an object with an integer 'layer' and "
+             f"boolean 'adapter' and 'selected' (allowed keys: {', '.join(_LAYER_FIELDS)})")
+        need(e.get("activation") is None or isinstance(e["activation"], str),
+             f"has a non-text activation for layer {e['layer']}")
+        for key in ("switch_logits", "switch_probs"):
+            need(key not in e or numbers(e[key], 2),
+                 f"has a '{key}' for layer {e['layer']} that is not two finite numbers")
+        rat = e.get("rational")
+        need(rat is None or (isinstance(rat, dict) and set(rat) == {"numerator", "denominator"}
+                             and numbers(rat["numerator"]) and numbers(rat["denominator"])),
+             f"has a 'rational' for layer {e['layer']} that is not numerator and denominator "
+             f"lists of finite numbers")
+    validate_layer_indices([e["layer"] for e in layers], depth)
 
 
 def selected_layers_from(path: str | Path, depth: int) -> list[int]:

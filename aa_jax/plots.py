@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aa_jax.errors import UserError
+
 
 def plot_architecture(learned: dict, path: str | Path) -> Path:
     """Writes a PNG: p(adapter) per layer on top, each layer's learned R(x) on [-3, 3] below."""
@@ -16,8 +18,8 @@ def plot_architecture(learned: dict, path: str | Path) -> Path:
 
     from aa_jax.rational import rational
 
-    layers = learned["layers"]
-    version = learned["architecture"].get("rational_version", "A")
+    layers = learned.get("layers", [])
+    version = (learned.get("architecture") or {}).get("rational_version", "A")
     rationals = [e for e in layers if "rational" in e]
     cols = min(6, max(1, len(rationals)))
     rows = 1 + (len(rationals) + cols - 1) // cols if rationals else 1
@@ -35,7 +37,7 @@ def plot_architecture(learned: dict, path: str | Path) -> Path:
     ax.set_xticks(idx)
     ax.set_xlabel("layer")
     ax.set_ylabel("p(adapter)")
-    src = learned.get("source", {})
+    src = learned.get("source") or {}
     ax.set_title(f"{src.get('task')} / {src.get('train_size')} ex. / seed {src.get('seed')}: "
                  f"selected {learned['selected_layers']}", fontsize=9)
 
@@ -51,9 +53,15 @@ def plot_architecture(learned: dict, path: str | Path) -> Path:
         a.tick_params(labelsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"Could not write the picture {path} ({e.strerror or e}); pass a "
+                        f"writable --png path.") from None
+    finally:
+        plt.close(fig)
     return path

@@ -90,8 +90,8 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise UserError(f"Unknown run config field(s) {', '.join(unknown)}; allowed: "
-                            f"{', '.join(fields)}.")
+            raise UserError(f"Unknown run config field(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(fields)}.")
         config = cls(**d)
         config.validate()
         return config
@@ -105,8 +105,12 @@ class TrainConfig:
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        def is_num(v):  # ints are finite however large (math.isfinite would overflow)
+            return (isinstance(v, (int, float)) and not isinstance(v, bool) and
+                    (isinstance(v, int) or math.isfinite(v)))
+
+        def is_str_list(v):
+            return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
         need(isinstance(self.task, str) and bool(self.task), "--task must be a task name.")
         need(self.method in METHODS,
@@ -115,6 +119,9 @@ class TrainConfig:
              "--model must be a preset, a folder or a hub id.")
         need(self.train_size is None or is_int(self.train_size),
              "--train-size must be a whole number of examples (or omitted for the full set).")
+        need(self.train_size is None or self.train_size >= glue.MIN_TRAIN_SIZE,
+             f"--train-size {self.train_size} is too small to give both a training and a dev "
+             f"set; use at least {glue.MIN_TRAIN_SIZE}.")
         need(is_int(self.seed) and self.seed >= 0, "--seed must be a non-negative integer.")
         need(is_int(self.epochs) and self.epochs >= 1, "--epochs must be a positive integer.")
         need(is_int(self.batch_size) and self.batch_size >= 1,
@@ -134,11 +141,23 @@ class TrainConfig:
              "--drop-first must be a non-negative integer.")
         need(is_int(self.checkpoints_to_keep) and self.checkpoints_to_keep >= 1,
              "checkpoints_to_keep must be a positive integer.")
-        need(self.data is None or (isinstance(self.data, list) and
-                                   all(isinstance(f, str) for f in self.data)),
+        need(self.data is None or is_str_list(self.data),
              "--data must be a comma-separated list of files.")
+        need(self.text_columns is None or is_str_list(self.text_columns),
+             "--text-columns must be a comma-separated list of column names.")
         need(self.data is None or bool(self.text_columns),
              "--data needs --text-columns naming one or two text columns.")
+        need(isinstance(self.label_column, str) and bool(self.label_column),
+             "--label-column must be a column name.")
+        for name in ("glue_dir", "architecture"):
+            need(getattr(self, name) is None or isinstance(getattr(self, name), str),
+                 f"--{name.replace('_', '-')} must be a path.")
+        for name in ("activation", "rational_version"):
+            need(isinstance(getattr(self, name), str),
+                 f"--{name.replace('_', '-')} must be a name.")
+        for name in ("hard_switch", "adapter_skip"):
+            need(isinstance(getattr(self, name), bool),
+                 f"{name} must be true or false.")
 
 
 @flax.struct.dataclass
@@ -342,14 +361,19 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
           pretrained=None) -> dict:
     """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``."""
     out = Path(out_dir)
-    if (out / "result.json").is_file():
-        done = checkpoint.read_json(out / "result.json", "run result")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory for the run.")
+    if checkpoint.is_complete(out):
         _check_same_config(out, config)
-        return done
+        return checkpoint.read_json(out / "result.json", "run result")
     exp = setup(config, pretrained)
     _check_same_config(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json_atomic(out / "config.json", config.to_dict())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"Cannot create the run directory {out} ({e.strerror or e}); choose "
+                        f"a writable --out.") from None
+    checkpoint.remove_stale_temp_files(out)
 
     task, c = exp.task, config
     trainable, frozen = partition(exp.params)
@@ -377,6 +401,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
                 "dev": meta["best_dev"], "params": restored["best_params"]}
         history = meta["history"]
         start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
+    # Written only once the checkpoint (if any) is known to fit, so that a refused resume
+    # leaves the directory as it was.
+    checkpoint.write_json_atomic(out / "config.json", config.to_dict())
     _write_history(out, history)
 
     select = task.select_metric
@@ -385,17 +412,15 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, c.epochs + 1):
         shuffle_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0])
-        losses = []
+        losses, grad_norms = [], []
         for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
                                       c.batch_size, shuffle_seed=shuffle_seed):
             state, metrics = step_fn(state, batch, train_key)
             losses.append(metrics["loss"])
+            grad_norms.append(metrics["grad_norm"])
         losses = np.asarray(jax.device_get(losses), dtype=np.float64)
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmin(np.isfinite(losses))) + int(state.step) - len(losses) + 1
-            raise UserError(f"The training loss became non-finite at step {bad} (epoch "
-                            f"{epoch}); the last good checkpoint is kept in "
-                            f"{out / 'checkpoints'}; lower the learning rates.")
+        _check_finite(losses, np.asarray(jax.device_get(grad_norms), dtype=np.float64),
+                      state, epoch, mgr)
         dev = evaluate(predict, state.trainable, state.frozen, exp.encoded["dev"],
                        exp.labels["dev"], task, c.batch_size)
         if dev[select] > best["score"]:
@@ -442,6 +467,30 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     return result
 
 
+def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState, epoch: int,
+                  mgr) -> None:
+    """Stops a diverged run before its epoch is evaluated or checkpointed.
+
+    Checked once per epoch (a per-step check would stall the device every step): the
+    first step whose loss or gradient is non-finite, or, if only the final update
+    overflowed, the epoch's last step. The epoch's state is dropped, so the newest
+    checkpoint on disk is the last good one.
+    """
+    finite = np.isfinite(losses) & np.isfinite(grad_norms)
+    params_ok = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.trainable))
+    if finite.all() and params_ok:
+        return
+    first = int(np.argmin(finite)) if not finite.all() else len(losses) - 1
+    step = int(state.step) - len(losses) + first + 1
+    last = mgr.latest_step()
+    kept = (f"the checkpoint of epoch {last} in {mgr.directory} is the last good state"
+            if last is not None else "no checkpoint had been written yet")
+    raise UserError(f"Training diverged at step {step} (epoch {epoch}): the loss or its "
+                    f"gradients became non-finite and {kept}; lower the learning rates "
+                    f"(--lr, --switch-lr, --rational-lr) and train into a new --out "
+                    f"directory.")
+
+
 def _write_history(out: Path, history: list[dict]) -> None:
     checkpoint.write_text_atomic(out / "metrics.jsonl",
                                  "".join(json.dumps(r) + "\n" for r in history))
@@ -453,6 +502,8 @@ def _check_same_config(out: Path, config: TrainConfig) -> None:
     if not path.is_file():
         return
     old = checkpoint.read_json(path, "run config")
+    if not isinstance(old, dict):
+        raise UserError(f"{path} is not a run config; use a new --out directory.")
     if old != config.to_dict():
         diff = sorted(k for k in set(old) | set(config.to_dict())
                       if old.get(k) != config.to_dict().get(k))

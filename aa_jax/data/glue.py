@@ -176,28 +176,42 @@ def _read_parquet(path: Path, columns: Sequence[str], what: str) -> pa.Table:
                         f"replace it with an intact copy.") from error
     _require_columns(available, columns, what)
     try:
-        return pq.read_table(path, columns=list(columns))
+        table = pq.read_table(path, columns=list(columns))
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{what} is corrupt or truncated ({_first_line(error)}); "
                         f"replace it with an intact copy.") from error
+    return _check_valid(table, what)
+
+
+def _check_valid(table: pa.Table, what: str) -> pa.Table:
+    """Checks what the readers do not: valid UTF-8 in column names and string data."""
+    try:
+        table.schema.names
+        table.validate(full=True)
+    except (pa.ArrowException, UnicodeDecodeError) as error:
+        raise UserError(f"{what} holds invalid data ({_first_line(error)}); save it as UTF-8 "
+                        f"text or replace it with an intact copy.") from None
+    return table
 
 
 def _read_json(path: Path, what: str) -> pa.Table:
-    """A JSON-lines file, or a ``.json`` file holding one array of objects."""
-    import pyarrow.json as pj
+    """A JSON-lines file, or a ``.json`` file holding one array of objects.
 
+    Parsed with Python's ``json`` (which refuses absurd nesting with a RecursionError)
+    rather than Arrow's JSON reader, which crashes the process on deeply nested input.
+    """
     try:
-        with path.open("rb") as handle:
-            head = handle.read(4096).lstrip()
-        if head.startswith(b"["):
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not all(isinstance(row, dict) for row in rows):
-                raise ValueError("the array must hold one JSON object per example")
-            return pa.Table.from_pylist(rows)
-        return pj.read_json(path)
-    except (pa.ArrowException, ValueError, OSError) as error:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
+        if not all(isinstance(row, dict) for row in rows):
+            raise ValueError("each example must be one JSON object")
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowException, ValueError, OSError, OverflowError, RecursionError) as error:
         raise UserError(f"{what} is not valid JSON lines ({_first_line(error)}); write one "
-                        f"JSON object per line with the text and label fields.") from error
+                        f"JSON object per line with the text and label fields.") from None
 
 
 def _read_delimited(path: Path, delimiter: str, text_columns: Sequence[str], what: str) -> pa.Table:
@@ -232,6 +246,7 @@ def _read_user_file(path: Path, text_columns: Sequence[str], label_column: str) 
         table = _read_json(path, what)
     else:
         table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, what)
+    _check_valid(table, what)
     _require_columns(table.column_names, columns, what)
     return table.select(columns)
 
@@ -242,6 +257,10 @@ def _require_columns(available: Sequence[str], needed: Sequence[str], what: str)
         raise UserError(f"{what} has no column(s) {', '.join(missing)} (it has "
                         f"{', '.join(available) or 'none'}); use a file with those columns "
                         f"or name the right ones.")
+    repeated = [column for column in needed if list(available).count(column) > 1]
+    if repeated:
+        raise UserError(f"{what} has more than one column named {repeated[0]}; give its "
+                        f"columns distinct names.")
 
 
 def _first_line(error: BaseException) -> str:

@@ -48,6 +48,8 @@ KNOWN_CONFIGS = {
                                **_BERT_COMMON),
 }
 
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "type_vocab_size")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -118,7 +120,22 @@ def load_config(name_or_path: str | Path) -> BertConfig:
         kind = raw.get("model_type") if isinstance(raw, dict) else None
         raise UserError(f"{path} holds a {kind or 'non-BERT'} checkpoint, not BERT; aa_jax "
                         f"loads BERT checkpoints (model_type 'bert').")
-    return BertConfig.from_dict(raw)
+    defaults = BertConfig()
+    for field in _SIZE_FIELDS:
+        value = raw.get(field, getattr(defaults, field))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{config_file} has {field} {value!r}, not a positive integer; "
+                            f"re-download the checkpoint.")
+    hidden = raw.get("hidden_size", defaults.hidden_size)
+    heads = raw.get("num_attention_heads", defaults.num_attention_heads)
+    if hidden % heads:
+        raise UserError(f"{config_file} has hidden_size {hidden}, which its {heads} attention "
+                        f"heads do not divide; re-download the checkpoint.")
+    try:
+        return BertConfig.from_dict(raw)
+    except Exception as e:  # transformers' own field validation, whatever its error type
+        raise UserError(f"{config_file} is not a valid BERT config ({type(e).__name__}); "
+                        f"re-download the checkpoint.") from None
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:

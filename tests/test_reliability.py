@@ -1,0 +1,608 @@
+"""Reliability: exact resume after SIGKILL, determinism, atomic outputs, one-sentence
+answers to bad inputs, divergence handling, and safe loading.
+
+The training runs are tiny (a 2-layer random BERT, 32 examples, max length 32). The
+subprocess runs share a persistent JAX compilation cache, so only the first one compiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import orbax.checkpoint as ocp
+import pytest
+from conftest import write_tiny_checkpoint
+from fake_glue import write_split
+
+import aa_jax.train as train_module
+from aa_jax import checkpoint, cli
+from aa_jax.adapters import Architecture
+from aa_jax.data import glue
+from aa_jax.errors import UserError
+from aa_jax.methods import LEARNED_SCHEMA, read_learned
+from aa_jax.models.loader import load_pretrained
+from aa_jax.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+RESULT_KEYS = ("dev", "test", "best_epoch", "selected_layers", "trainable_params")
+
+
+@pytest.fixture(scope="module")
+def run_args(tiny_checkpoint, fake_glue):
+    """A tiny STS-B AA run; lr 1e-2 so that every epoch visibly changes the metrics."""
+    return ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+            "--task", "stsb", "--method", "aa", "--train-size", "32", "--epochs", str(EPOCHS),
+            "--batch-size", "8", "--max-length", "32", "--lr", "1e-2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax-cache")
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _start(args, env, prefix=()):
+    return subprocess.Popen([sys.executable, *(prefix or ("-m", "aa_jax.cli")), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc, timeout=180):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def _history(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "seconds" not in k and "time" not in k}
+            for r in records]
+
+
+def _epoch_dirs(run_dir: Path) -> list[int]:
+    ckpt = run_dir / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) \
+        if ckpt.is_dir() else []
+
+
+def _fingerprint(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, run_args, subprocess_env):
+    """An uninterrupted run (seed 42) in a subprocess, which also fills the compile cache,
+    then a repeat of it and a run with seed 7, left running in the background (the machine
+    has cores to spare while the other tests run) until a test collects them."""
+    root = tmp_path_factory.mktemp("runs")
+    paths = {name: root / name for name in ("reference", "again", "seed7")}
+    _finish(_start([*run_args, "--out", str(paths["reference"])], subprocess_env))
+    background = {"again": _start([*run_args, "--out", str(paths["again"])], subprocess_env),
+                  "seed7": _start([*run_args, "--seed", "7", "--out", str(paths["seed7"])],
+                                  subprocess_env)}
+    yield paths, background
+    for proc in background.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    return runs[0]["reference"]
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- 1. resume after SIGKILL ------------------------------------------------------------
+
+# Counts the epochs a run trains (calls of the training batch iterator with a shuffle seed).
+RESUME_PROBE = """
+import sys
+from aa_jax import cli
+from aa_jax.data import pipeline
+real, trained = pipeline.batches, []
+def counting(*args, **kwargs):
+    if kwargs.get("shuffle_seed") is not None:
+        trained.append(kwargs["shuffle_seed"])
+    return real(*args, **kwargs)
+pipeline.batches = counting
+code = cli.main(sys.argv[1:])
+print(f"epochs trained: {len(trained)}")
+sys.exit(code)
+"""
+
+
+def test_sigkilled_run_resumes_to_the_same_result(tmp_path, run_args, subprocess_env,
+                                                   reference):
+    seed = random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    kill_at_epoch = rng.randint(1, EPOCHS - 2)  # kill once this epoch is checkpointed ...
+    delay = rng.uniform(0.0, 0.3)  # ... plus a moment (often mid-epoch or mid-save)
+    print(f"kill seed {seed}: after epoch {kill_at_epoch} + {delay:.3f} s")
+    out = tmp_path / "run"
+    args = [*run_args, "--out", str(out)]
+    proc = _start(args, subprocess_env)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and max(_epoch_dirs(out), default=0) < kill_at_epoch:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {err[-2000:]}"
+    resumed_from = max(_epoch_dirs(out))
+    assert resumed_from >= kill_at_epoch
+    assert not checkpoint.is_complete(out)
+
+    stdout = _finish(_start(args, subprocess_env, prefix=("-c", RESUME_PROBE)))
+    # It continued from its last checkpoint instead of starting over ...
+    assert f"epochs trained: {EPOCHS - resumed_from}" in stdout
+    # ... and ended exactly where the uninterrupted run did.
+    got, want = _result(out), _result(reference)
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert _history(out) == _history(reference)
+    assert len(_history(out)) == EPOCHS
+    # Checkpoints stay bounded (checkpoints_to_keep = 2) and nothing temporary is left.
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert all(n.isdigit() for n in names) and 1 <= len(names) <= 2, names
+    assert max(_epoch_dirs(out)) == EPOCHS
+    assert not list(out.glob(".*tmp*"))
+
+
+# -- 2. determinism ---------------------------------------------------------------------
+
+def test_same_seed_same_result_other_seed_other_result(runs, reference, fake_glue):
+    paths, background = runs
+    for proc in background.values():
+        _finish(proc)
+    again, other = paths["again"], paths["seed7"]
+    want = _result(reference)
+    assert {k: _result(again)[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert _history(again) == _history(reference)
+    assert (again / "architecture.json").read_text() == \
+        (reference / "architecture.json").read_text()
+    # Another seed samples other train/dev examples and gives other results.
+    a, b = (glue.make_splits("stsb", 32, seed, fake_glue) for seed in (42, 7))
+    assert a["dev"].texts != b["dev"].texts and a["train"].texts != b["train"].texts
+    assert a["test"].texts == b["test"].texts  # the test set is the official one
+    assert _result(other)["test"] != want["test"]
+    assert _result(other)["dev"] != want["dev"]
+    assert [r["loss"] for r in _history(other)] != [r["loss"] for r in _history(reference)]
+
+
+# -- 3. atomic outputs and finished runs ------------------------------------------------
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    checkpoint.write_json_atomic(path, {"test": {"accuracy": 0.5}})
+    before = path.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+    def broken_replace(*args):
+        raise OSError("disk full")
+
+    def broken_fsync(fd):  # fails after part of the new text is written
+        raise OSError("I/O error")
+
+    def broken_dumps(*args, **kwargs):
+        raise TypeError("not serializable")
+
+    for target, name, broken in ((checkpoint.os, "replace", broken_replace),
+                                 (checkpoint.os, "fsync", broken_fsync),
+                                 (checkpoint.json, "dumps", broken_dumps)):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, broken)
+            with pytest.raises((OSError, TypeError)):
+                checkpoint.write_json_atomic(path, {"test": {"accuracy": 0.9}, "x": "y" * 9999})
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_is_complete_on_half_written_run_dirs(tmp_path):
+    run = tmp_path / "run"
+    assert not checkpoint.is_complete(run)  # does not exist
+    run.mkdir()
+    assert not checkpoint.is_complete(run)  # no result.json
+    full = json.dumps({"task": "rte", "dev": {"accuracy": 0.5}, "test": {"accuracy": 0.5}})
+    for text in (full[:len(full) // 2], "", "[1, 2]", '{"dev": {}}', "\x00\xff", "[" * 10**5):
+        (run / "result.json").write_text(text)
+        assert not checkpoint.is_complete(run), text[:20]
+    (run / "result.json").unlink()
+    (run / "result.json").mkdir()
+    assert not checkpoint.is_complete(run)
+    (run / "result.json").rmdir()
+    (run / "result.json").write_text(full)
+    assert checkpoint.is_complete(run)
+
+
+def test_unfinished_run_dir_resumes_and_finished_one_is_returned(tmp_path, reference,
+                                                                  monkeypatch, tiny_checkpoint):
+    pretrained = load_pretrained(str(tiny_checkpoint))
+    config = TrainConfig.from_dict(json.loads((reference / "config.json").read_text()))
+    want = _result(reference)
+
+    # A finished run is returned as stored, without training or even loading data.
+    done = _copy_run(reference, tmp_path / "done")
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "setup", lambda *a, **k: pytest.fail("retrained"))
+        assert train(config, done, progress=False, pretrained=pretrained) == want
+
+    # A run whose result.json failed to be written (or was truncated) is not done: training
+    # into it again resumes after its last checkpoint and writes the same result.
+    run = _copy_run(reference, tmp_path / "unfinished")
+    (run / "result.json").unlink()
+    history = (run / "metrics.jsonl").read_text()
+    real_replace = os.replace
+
+    def replace_failing_for_result(src, dst):
+        if Path(dst).name == "result.json":
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.os, "replace", replace_failing_for_result)
+        with pytest.raises(OSError, match="disk full"):
+            train(config, run, progress=False, pretrained=pretrained)
+    assert not (run / "result.json").exists() and not checkpoint.is_complete(run)
+    assert not list(run.glob(".*tmp*"))
+    (run / "result.json").write_text(json.dumps(want)[:40])  # a truncated copy
+    assert not checkpoint.is_complete(run)
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "make_train_step",
+                  lambda *a, **k: lambda *a2: pytest.fail("trained an epoch again"))
+        result = train(config, run, progress=False, pretrained=pretrained)
+    assert {k: result[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert checkpoint.is_complete(run) and (run / "metrics.jsonl").read_text() == history
+
+
+# -- 4. bad inputs ----------------------------------------------------------------------
+
+def _refused(capsys, args, match, out: Path | None = None, debug: bool = True) -> str:
+    """The CLI answers with one sentence on stderr and exit status 2; --debug raises."""
+    capsys.readouterr()
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aa-jax: error: "), err
+    assert "Traceback" not in err and lines[0].endswith((".", "?")), err
+    assert re.search(match, lines[0]), lines[0]
+    if out is not None:
+        assert not out.exists(), "an input error left a run directory behind"
+    if debug:
+        with pytest.raises(UserError, match=match):
+            cli.main(["--debug", *args])
+        if out is not None:
+            assert not out.exists()
+    return lines[0]
+
+
+@pytest.fixture
+def base(tiny_checkpoint, fake_glue, tmp_path):
+    out = tmp_path / "out"
+    args = ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+            "--task", "rte", "--method", "baseline", "--train-size", "24", "--epochs", "2",
+            "--batch-size", "8", "--max-length", "32", "--no-progress", "--out", str(out)]
+    return args, out
+
+
+def _with(args, **flags):
+    args = list(args)
+    for flag, value in flags.items():
+        flag = "--" + flag.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = str(value)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_cli_flags_and_model_errors(capsys, base, tmp_path, monkeypatch):
+    args, out = base
+    _refused(capsys, _with(args, task="nope"), r"Unknown task 'nope'; choose one of", out)
+    _refused(capsys, _with(args, model=tmp_path / "no-such-folder"),
+             r"Checkpoint folder .*no-such-folder does not exist", out)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _refused(capsys, _with(args, model="no-such-preset"),
+             r"Could not get checkpoint 'no-such-preset'.*use --model minilm offline", out)
+    _refused(capsys, _with(args, glue_dir=tmp_path / "no-glue"),
+             r"GLUE folder .*no-glue does not exist; pass --glue-dir pointing at", out)
+    _refused(capsys, _with(args, max_length=256),
+             r"--max-length 256 exceeds the model's 128 position embeddings", out)
+    for size, match in (("1000", r"--train-size 1000 is larger than rte's training split "
+                                 r"\(48 examples\)"),
+                        ("0", r"--train-size 0 is too small"),
+                        ("-5", r"--train-size -5 is too small")):
+        _refused(capsys, _with(args, train_size=size), match, out)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("not a directory")
+    _refused(capsys, args, r"--out .* is a file; pass a directory")
+    assert out.read_text() == "not a directory"
+    out.unlink()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own answer
+        cli.main(_with(args, method="nope"))
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err and not out.exists()
+
+
+def _glue_copy(fake_glue: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "glue"
+    shutil.copytree(fake_glue / "rte", root / "rte")
+    return root
+
+
+def test_cli_data_errors(capsys, base, fake_glue, tmp_path):
+    args, out = base
+    root = _glue_copy(fake_glue, tmp_path)
+    args = _with(args, glue_dir=root)
+    train_file = glue.glue_split_path(root, glue.get_task("rte"), "train")
+    good = train_file.read_bytes()
+
+    train_file.write_bytes(os.urandom(2000))
+    _refused(capsys, args, r"rte train split .* is not a readable Parquet file", out)
+    train_file.write_bytes(good[:len(good) // 2])
+    _refused(capsys, args, r"is not a readable Parquet file", out)
+    train_file.write_bytes(good[:-300] + bytes(300))
+    _refused(capsys, args, r"is not a readable Parquet file|is corrupt or truncated", out)
+    pq.write_table(pa.table({"sentence1": ["a"] * 8, "label": [0] * 8}), train_file)
+    _refused(capsys, args, r"has no column\(s\) sentence2 \(it has sentence1, label\)", out)
+    write_split(root, "rte", "train", 0)
+    _refused(capsys, args, r"has no rows; use a split that contains examples", out)
+    pq.write_table(pa.table({"sentence1": ["a b"] * 30, "sentence2": ["c"] * 30,
+                             "label": [0, 1, 5] * 10}), train_file)
+    _refused(capsys, args, r"has labels 5 outside rte's class ids 0\.\.1", out)
+    train_file.write_bytes(good)
+    (root / "rte" / "validation-00000-of-00001.parquet").unlink()
+    _refused(capsys, args, r"has no validation-00000-of-00001\.parquet", out)
+
+
+def _learned(depth=2, selected=(1,)):
+    return {"schema": LEARNED_SCHEMA, "depth": depth, "selected_layers": list(selected),
+            "source": {}, "layers": []}
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", r"is not valid JSON"),
+    ("", r"is not valid JSON"),
+    (json.dumps([1, 2]), r"is not an aa_jax learned architecture"),
+    (json.dumps({**_learned(), "schema": "other/v1"}), r"is not an aa_jax learned architecture"),
+    (json.dumps({**_learned(), "depth": "2"}), r"has no valid 'depth'"),
+    (json.dumps({**_learned(), "selected_layers": "1"}), r"has no 'selected_layers' list"),
+    (json.dumps({**_learned(), "colour": 1}), r"has unknown field\(s\) 'colour'"),
+    (json.dumps({**_learned(), "layers": [{"layer": 0}]}), r"has 1 'layers' entries"),
+    (json.dumps(_learned(selected=(2,))), r"Layer 2 is out of range for a model with 2 layers"),
+    (json.dumps(_learned(selected=(-1,))), r"Layer -1 is out of range"),
+    (json.dumps(_learned(selected=(1, 1))), r"Layer\(s\) \[1\] are listed more than once"),
+    (json.dumps(_learned(selected=(True,))), r"Layer index True is not an integer"),
+    (json.dumps(_learned(depth=12, selected=(3,))),
+     r"learned on a 12-layer model but this model has 2 layers"),
+    (json.dumps(_learned(selected=())), r"selects no layer"),
+])
+def test_cli_architecture_file_errors(capsys, base, tmp_path, content, match):
+    args, out = base
+    path = tmp_path / "architecture.json"
+    path.write_text(content)
+    _refused(capsys, _with(args, method="aa_focused", architecture=path), match, out)
+
+
+def test_cli_architecture_command_on_bad_files(capsys, tmp_path):
+    for content in ("[", json.dumps({**_learned(), "layers": [{"layer": 0}, {"layer": 1}]}),
+                    json.dumps({**_learned(), "source": []})):
+        (tmp_path / "architecture.json").write_text(content)
+        _refused(capsys, ["architecture", str(tmp_path)], "architecture.json")
+    _refused(capsys, ["architecture", str(tmp_path / "missing")], "No architecture found")
+    _refused(capsys, ["eval", str(tmp_path / "missing")], r"does not exist; is this an")
+
+
+def test_run_dir_of_another_model_or_method_is_refused_untouched(capsys, reference, base,
+                                                                  tmp_path):
+    args, _ = base
+    stsb = _with(args, task="stsb", train_size=32, epochs=EPOCHS, lr="1e-2")
+    other_model = write_tiny_checkpoint(tmp_path / "tiny3", layers=3, seed=1)
+    finished = _copy_run(reference, tmp_path / "finished")
+    interrupted = _copy_run(reference, tmp_path / "interrupted")
+    (interrupted / "result.json").unlink()
+    for run in (finished, interrupted):
+        before = _fingerprint(run)
+        _refused(capsys, _with(stsb, out=run, method="baseline"),
+                 r"holds a run with different settings \(method\); use a new --out",
+                 debug=run is finished)
+        _refused(capsys, _with(stsb, out=run, method="aa", model=other_model),
+                 r"holds a run with different settings \(model\)", debug=False)
+        assert _fingerprint(run) == before
+    # Without its config.json, the checkpoint itself tells that it belongs to another method.
+    (interrupted / "config.json").unlink()
+    before = _fingerprint(interrupted)
+    _refused(capsys, _with(stsb, out=interrupted, method="baseline"),
+             r"The checkpoint in .* does not fit this model and method", debug=False)
+    assert _fingerprint(interrupted) == before
+
+
+def test_diverging_run_stops_before_the_first_checkpoint(capsys, base):
+    args, out = base
+    line = _refused(capsys, _with(args, lr="1e30", switch_lr="1e30", rational_lr="1e30"),
+                    r"Training diverged at step \d+ \(epoch 1\).*no checkpoint had been "
+                    r"written yet; lower the learning rates", debug=False)
+    assert "step 1 " not in line  # step 1 still starts from the pretrained model
+    assert _epoch_dirs(out) == [] and (out / "metrics.jsonl").read_text() == ""
+
+
+def test_diverging_run_keeps_the_last_good_checkpoint(capsys, base, monkeypatch):
+    args, out = base
+    real = train_module.make_train_step
+
+    def poisoned(*a, **k):  # from the 5th step on (epoch 2 of 3-step epochs), NaN
+        step = real(*a, **k)
+
+        def wrapped(state, batch, rng):
+            state, metrics = step(state, batch, rng)
+            if int(state.step) >= 5:
+                nan = jax.tree.map(lambda x: x * np.nan, state.trainable)
+                state, metrics = state.replace(trainable=nan), {**metrics, "loss": np.nan}
+            return state, metrics
+        return wrapped
+
+    monkeypatch.setattr(train_module, "make_train_step", poisoned)
+    capsys.readouterr()
+    assert cli.main(_with(args, epochs=3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"aa-jax: error: Training diverged at step 5 \(epoch 2\): .*the "
+                        r"checkpoint of epoch 1 in .* is the last good state; lower the "
+                        r"learning rates .*\.", err), err
+    assert _epoch_dirs(out) == [1] and len(_history(out)) == 1
+    checkpointer = ocp.StandardCheckpointer()
+    for item in ("params", "best_params", "opt_state"):
+        tree = checkpointer.restore(out / "checkpoints" / "1" / item)
+        leaves = jax.tree.leaves(tree)
+        assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves), item
+
+
+def test_debug_shows_the_traceback_in_a_real_process(tmp_path, subprocess_env):
+    (tmp_path / "architecture.json").write_text('{"schema": "aa_jax.learned_architecture/v1"')
+    args = ["architecture", str(tmp_path)]
+    plain, debug = (_start(a, subprocess_env) for a in (args, ["--debug", *args]))
+    _, err = plain.communicate(timeout=120)
+    assert plain.returncode == 2
+    assert err.splitlines() == [f"aa-jax: error: {tmp_path / 'architecture.json'} is not valid "
+                                f"JSON (Expecting ',' delimiter); pass the architecture.json "
+                                f"an AA run wrote."], err
+    _, err = debug.communicate(timeout=120)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in err
+    assert "aa_jax.errors.UserError: " in err and "is not valid JSON" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["architecture.json"]
+
+
+# -- 5. safety --------------------------------------------------------------------------
+
+def test_pytorch_bin_without_torch_is_a_user_error(tmp_path, monkeypatch, capsys, base):
+    folder = write_tiny_checkpoint(tmp_path / "bin-only")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch absent even where installed
+    with pytest.raises(UserError, match=r"pytorch_model\.bin is a PyTorch \.bin checkpoint, "
+                                        r"which needs torch to read; convert it to "
+                                        r"model\.safetensors"):
+        load_pretrained(str(folder))
+    args, out = base
+    _refused(capsys, _with(args, model=folder), r"needs torch to read", out)
+
+
+def test_nothing_is_ever_unpickled():
+    for path in sorted((REPO / "aa_jax").rglob("*.py")):
+        code = path.read_text()
+        rel = path.relative_to(REPO)
+        assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|joblib|cloudpickle)\b", code,
+                             re.M), rel
+        assert not re.search(r"\bpickle\.loads?\(|allow_pickle\s*=\s*True", code), rel
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", code):
+            assert "weights_only=True" in call.group(1), f"{rel}: {call.group(0)}"
+        for call in re.finditer(r"\bnp\.load\(([^)]*)\)", code):
+            assert "allow_pickle=False" in call.group(1), f"{rel}: {call.group(0)}"
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"seed": "1"}, r"--seed must be a non-negative integer"),
+    ({"seed": -1}, r"--seed must be a non-negative integer"),
+    ({"epochs": 2.5}, r"--epochs must be a positive integer"),
+    ({"batch_size": True}, r"--batch-size must be a positive integer"),
+    ({"learning_rate": "fast"}, r"--learning-rate must be a positive number"),
+    ({"learning_rate": float("nan")}, r"--learning-rate must be a positive number"),
+    ({"switch_learning_rate": 10**400}, None),  # a huge int is finite and accepted
+    ({"method": "best"}, r"Unknown method 'best'"),
+    ({"task": ["rte"]}, r"--task must be a task name"),
+    ({"train_size": 2}, r"--train-size 2 is too small"),
+    ({"glue_dir": 5}, r"--glue-dir must be a path"),
+    ({"architecture": ["a"]}, r"--architecture must be a path"),
+    ({"hard_switch": "yes"}, r"hard_switch must be true or false"),
+    ({"text_columns": "text"}, r"--text-columns must be a comma-separated list"),
+    ({"label_column": None}, r"--label-column must be a column name"),
+    ({"data": ["a.csv", 1]}, r"--data must be a comma-separated list of files"),
+    ({"checkpoints_to_keep": 0}, r"checkpoints_to_keep must be a positive integer"),
+    ({"colour": "red"}, r"Unknown run config field\(s\) 'colour'"),
+    ({"schema": "aa_jax.train_config/v0"}, r"Unsupported run config schema"),
+])
+def test_train_config_from_dict_validates(change, match):
+    d = {**TrainConfig(train_size=32).to_dict(), **change}
+    if match is None:
+        TrainConfig.from_dict(d)
+    else:
+        with pytest.raises(UserError, match=match):
+            TrainConfig.from_dict(d)
+    with pytest.raises(UserError, match="must be a JSON object"):
+        TrainConfig.from_dict([d])
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"layers": {}}, r"'layers' must be a list"),
+    ({"layers": []}, r"needs at least one layer"),
+    ({"layers": [{"adapter": "yes"}]}, r"Layer 0: 'adapter' must be a bool"),
+    ({"layers": [{"adapter": True, "colour": 1}]}, r"Layer 0 of the architecture must be"),
+    ({"layers": [{"adapter": True, "activation": "sine"}]}, r"Unknown adapter activation"),
+    ({"layers": [{"adapter": False, "switch": True}]}, r"cannot have a switch"),
+    ({"reduction_factor": 0}, r"reduction_factor must be a positive integer"),
+    ({"reduction_factor": 16.0}, r"'reduction_factor' must be a int"),
+    ({"temperature": "hot"}, r"'temperature' must be a number"),
+    ({"temperature": float("nan")}, r"temperature must be a positive number"),
+    ({"rational_degrees": [5]}, r"'rational_degrees' must be two integers"),
+    ({"rational_version": "Z"}, r"Unknown rational version 'Z'"),
+    ({"colour": 1}, r"Unknown architecture field\(s\) 'colour'"),
+    ({"schema": "aa_jax.architecture/v9"}, r"Unsupported architecture schema"),
+])
+def test_architecture_from_dict_validates(change, match):
+    d = {**Architecture.uniform(2, "rational", switch=True).to_dict(), **change}
+    with pytest.raises(UserError, match=match):
+        Architecture.from_dict(d)
+    with pytest.raises(UserError, match=match):
+        Architecture.from_json(json.dumps(d))
+
+
+def test_read_learned_validates_every_field(tmp_path):
+    good = {**_learned(), "architecture": Architecture.uniform(2, "rational").to_dict(),
+            "layers": [{"layer": i, "adapter": True, "activation": "rational",
+                        "selected": i == 1, "switch_probs": [0.4, 0.6]} for i in range(2)]}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(good))
+    assert read_learned(path)["selected_layers"] == [1]
+    for change, match in (
+            ({"architecture": Architecture.uniform(3, "relu").to_dict()},
+             r"describes 3 layers but the model has 2"),
+            ({"architecture": {"layers": "x"}}, r"'layers' must be a list"),
+            ({"source": "rte"}, r"'source' that is not an object"),
+            ({"layers": [{**good["layers"][0], "selected": 1}, good["layers"][1]]},
+             r"boolean 'adapter' and 'selected'"),
+            ({"layers": [{**good["layers"][0], "switch_probs": [0.5]}, good["layers"][1]]},
+             r"'switch_probs' for layer 0 that is not two finite numbers"),
+            ({"layers": [good["layers"][0], good["layers"][0]]}, r"listed more than once"),
+            ({"layers": [{**good["layers"][0], "rational": {"numerator": []}},
+                         good["layers"][1]]}, r"'rational' for layer 0")):
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(UserError, match=match):
+            read_learned(path)
