@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, check_record
 from aa_jax.rational import INITS, VERSIONS, Rational
 from aa_jax.switch import GumbelSwitch
 
@@ -168,18 +168,8 @@ class Architecture:
     @classmethod
     def from_dict(cls, d: Any) -> Architecture:
         """Builds an architecture from its :meth:`to_dict` form, validating every field."""
-        if not isinstance(d, dict):
-            raise UserError("An architecture must be a JSON object with a 'layers' list; "
-                            "write it with Architecture.to_dict().")
-        d = dict(d)
-        schema = d.pop("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise UserError(f"Unsupported architecture schema {schema!r}; expected {SCHEMA!r}.")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise UserError(f"Unknown architecture field(s) {', '.join(map(repr, unknown))}; "
-                            f"allowed: {', '.join(fields)}.")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        d = check_record(d, SCHEMA, fields, "architecture")
         layers = d.get("layers")
         if not isinstance(layers, list):
             raise UserError("The architecture's 'layers' must be a list with one entry per "

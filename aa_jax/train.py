@@ -32,7 +32,7 @@ from aa_jax import checkpoint
 from aa_jax.adapters import Architecture, adapter_weight_count
 from aa_jax.data import glue, pipeline
 from aa_jax.data.metrics import compute_metrics
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS, architecture_for, learned_architecture, selected_layers_from
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained, with_backbone
@@ -81,17 +81,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainConfig:
-        if not isinstance(d, dict):
-            raise UserError("A run config must be a JSON object; rerun 'aa-jax train' to "
-                            "write a fresh config.json.")
-        d = dict(d)
-        if d.pop("schema", CONFIG_SCHEMA) != CONFIG_SCHEMA:
-            raise UserError(f"Unsupported run config schema; expected {CONFIG_SCHEMA!r}.")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise UserError(f"Unknown run config field(s) {', '.join(map(repr, unknown))}; "
-                            f"allowed: {', '.join(fields)}.")
+        d = check_record(d, CONFIG_SCHEMA, [f.name for f in dataclasses.fields(cls)],
+                         "run config")
         config = cls(**d)
         config.validate()
         return config
