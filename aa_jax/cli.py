@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aa_focused: an AA run directory or its architecture.json")
     t.add_argument("--last-n", type=int, default=None, help="last_n: number of layers")
     t.add_argument("--activation", default="rational", help="last_n: rational or relu")
+    t.add_argument("--pooling", default="pooler", choices=("pooler", "mean"),
+                   help="head input: BERT's pooled [CLS] (the paper) or the mean of the last "
+                   "hidden states (for checkpoints with an untrained pooler, e.g. minilm)")
     t.add_argument("--rational-version", default="A", choices=("A", "B", "C", "N"))
     t.add_argument("--hard-switch", action="store_true", help="straight-through switches")
     t.add_argument("--adapter-skip", action="store_true",

@@ -34,7 +34,7 @@ from aa_jax.data import glue, pipeline
 from aa_jax.data.metrics import compute_metrics
 from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS, architecture_for, learned_architecture, selected_layers_from
-from aa_jax.models.bert import BertForSequenceClassification
+from aa_jax.models.bert import POOLINGS, BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained, with_backbone
 
 TRAINABLE = ("adapter", "switch", "classifier")
@@ -75,6 +75,9 @@ class TrainConfig:
     text_columns: list[str] | None = None
     label_column: str = "label"
     checkpoints_to_keep: int = 2
+    # The head's input: BERT's pooled [CLS] ("pooler", the paper) or the mean of the last
+    # hidden states ("mean", for checkpoints with an untrained pooler such as MiniLM).
+    pooling: str = "pooler"
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
@@ -143,6 +146,8 @@ class TrainConfig:
         for name in ("glue_dir", "architecture"):
             need(getattr(self, name) is None or isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a path.")
+        need(self.pooling in POOLINGS,
+             f"Unknown --pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}.")
         for name in ("activation", "rational_version"):
             need(isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a name.")
@@ -332,7 +337,8 @@ def setup(config: TrainConfig, pretrained=None) -> Experiment:
     encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
-    model = BertForSequenceClassification(c, task.num_labels, architecture)
+    model = BertForSequenceClassification(c, task.num_labels, architecture,
+                                          pooling=config.pooling)
     init_key = jax.random.split(jax.random.key(config.seed))[0]
     dummy = jnp.zeros((1, 8), jnp.int32)
     params = jax.jit(lambda k: model.init(k, dummy))(init_key)["params"]

@@ -151,3 +151,22 @@ def test_classifier_head_shapes_and_adapter_drop():
                                            plain_params)}, ids, tt, mask)
     np.testing.assert_array_equal(np.asarray(dropped), np.asarray(ref))
     assert not np.allclose(np.asarray(dropped), np.asarray(logits))
+
+
+def test_mean_pooling_head_averages_real_tokens_only():
+    config = _tiny_config()
+    ids, tt, mask = _tiny_inputs()
+    model = BertForSequenceClassification(config, 2, pooling="mean")
+    params = model.init(jax.random.key(0), ids)["params"]
+    logits, _ = model.apply({"params": params}, ids, tt, mask)
+    last, _ = BertModel(config).apply({"params": params["bert"]}, ids, tt, mask)
+    last, m = np.asarray(last, np.float64), mask.astype(bool)
+    mean = np.stack([last[i][m[i]].mean(0) for i in range(len(ids))])
+    dense = params["classifier"]
+    want = mean @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    np.testing.assert_allclose(np.asarray(logits), want, atol=1e-5)
+    # Padding positions do not leak in: changing a padded token changes nothing.
+    ids2 = ids.copy()
+    ids2[1, 7] = (ids2[1, 7] + 1) % 50
+    again, _ = model.apply({"params": params}, ids2, tt, mask)
+    np.testing.assert_array_equal(np.asarray(again)[1], np.asarray(logits)[1])

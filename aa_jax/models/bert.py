@@ -233,8 +233,16 @@ class BertPooler(nn.Module):
             x[:, 0]))
 
 
+POOLINGS = ("pooler", "mean")
+
+
 class BertForSequenceClassification(nn.Module):
     """BERT -> pooler (frozen) -> dropout -> linear; ``num_labels == 1`` is regression.
+
+    ``pooling="pooler"`` is BERT's own pooled [CLS] output (the paper's head).
+    ``pooling="mean"`` averages the last hidden states over real tokens instead: for
+    checkpoints whose pooler was never trained, such as sentence-transformers' MiniLM
+    (trained with mean pooling), the pooled output barely varies between inputs.
 
     Returns ``(logits <float32>[batch, num_labels], aux)``; ``aux`` is empty here and kept
     for heads that report more. Switch probabilities are sown as ``intermediates``
@@ -246,13 +254,21 @@ class BertForSequenceClassification(nn.Module):
     num_labels: int
     architecture: Architecture | None = None
     dtype: Any = jnp.float32
+    pooling: str = "pooler"
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
                  deterministic: bool = True, adapter_drop=None):
         c = self.config
-        _, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
+        if self.pooling not in POOLINGS:
+            raise UserError(f"Unknown pooling {self.pooling!r}; choose one of: "
+                            f"{', '.join(POOLINGS)}.")
+        last, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, adapter_drop)
+        if self.pooling == "mean":
+            mask = (jnp.ones_like(input_ids) if attention_mask is None
+                    else attention_mask)[..., None].astype(last.dtype)
+            pooled = jnp.sum(last * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
         rate = getattr(c, "classifier_dropout", None)
         rate = c.hidden_dropout_prob if rate is None else rate
         pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
