@@ -386,60 +386,62 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     train_key = jax.random.split(jax.random.key(c.seed))[1]
 
     mgr = checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep)
-    best = {"epoch": 0, "score": -math.inf, "dev": None, "params": trainable}
-    history: list[dict] = []
-    start_epoch, elapsed = 1, 0.0
-    if mgr.latest_step() is not None:
-        restored = checkpoint.restore(mgr, trainable, state.opt_state)
-        meta = restored["meta"]
-        state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
-                              opt_state=restored["opt_state"])
-        best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
-                "dev": meta["best_dev"], "params": restored["best_params"]}
-        history = meta["history"]
-        start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
-    # Written only once the checkpoint (if any) is known to fit, so that a refused resume
-    # leaves the directory as it was.
-    checkpoint.write_json_atomic(out / "config.json", config.to_dict())
-    _write_history(out, history)
-
-    select = task.select_metric
-    bar = _progress(c.epochs, progress)
-    bar.update(start_epoch - 1)
-    t0 = time.perf_counter() - elapsed
-    for epoch in range(start_epoch, c.epochs + 1):
-        shuffle_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0])
-        losses, grad_norms = [], []
-        for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
-                                      c.batch_size, shuffle_seed=shuffle_seed):
-            state, metrics = step_fn(state, batch, train_key)
-            losses.append(metrics["loss"])
-            grad_norms.append(metrics["grad_norm"])
-        losses = np.asarray(jax.device_get(losses), dtype=np.float64)
-        _check_finite(losses, np.asarray(jax.device_get(grad_norms), dtype=np.float64),
-                      state, epoch, mgr)
-        dev = evaluate(predict, state.trainable, state.frozen, exp.encoded["dev"],
-                       exp.labels["dev"], task, c.batch_size)
-        if dev[select] > best["score"]:
-            best = {"epoch": epoch, "score": dev[select], "dev": dev,
-                    "params": jax.tree.map(jnp.copy, state.trainable)}
-        record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
-                  "dev": dev}
-        learned = learned_architecture(state.trainable, exp.architecture, exp.source)
-        if exp.architecture.switched_layers:
-            record["switch_probs"] = {str(e["layer"]): e["switch_probs"][0]
-                                      for e in learned["layers"] if "switch_probs" in e}
-        history.append(record)
+    try:
+        best = {"epoch": 0, "score": -math.inf, "dev": None, "params": trainable}
+        history: list[dict] = []
+        start_epoch, elapsed = 1, 0.0
+        if mgr.latest_step() is not None:
+            restored = checkpoint.restore(mgr, trainable, state.opt_state)
+            meta = restored["meta"]
+            state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
+                                  opt_state=restored["opt_state"])
+            best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
+                    "dev": meta["best_dev"], "params": restored["best_params"]}
+            history = meta["history"]
+            start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
+        # Written only once the checkpoint (if any) is known to fit, so that a refused resume
+        # leaves the directory as it was.
+        checkpoint.write_json_atomic(out / "config.json", config.to_dict())
         _write_history(out, history)
-        meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
-                "best_score": best["score"], "best_dev": best["dev"], "history": history,
-                "train_seconds": time.perf_counter() - t0}
-        checkpoint.save(mgr, epoch, state.trainable, state.opt_state, best["params"],
-                        learned, meta)
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{dev[select]:.4f}"})
-    bar.close()
-    mgr.close()
+
+        select = task.select_metric
+        bar = _progress(c.epochs, progress)
+        bar.update(start_epoch - 1)
+        t0 = time.perf_counter() - elapsed
+        for epoch in range(start_epoch, c.epochs + 1):
+            shuffle_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0])
+            losses, grad_norms = [], []
+            for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
+                                          c.batch_size, shuffle_seed=shuffle_seed):
+                state, metrics = step_fn(state, batch, train_key)
+                losses.append(metrics["loss"])
+                grad_norms.append(metrics["grad_norm"])
+            losses = np.asarray(jax.device_get(losses), dtype=np.float64)
+            _check_finite(losses, np.asarray(jax.device_get(grad_norms), dtype=np.float64),
+                          state, epoch, mgr)
+            dev = evaluate(predict, state.trainable, state.frozen, exp.encoded["dev"],
+                           exp.labels["dev"], task, c.batch_size)
+            if dev[select] > best["score"]:
+                best = {"epoch": epoch, "score": dev[select], "dev": dev,
+                        "params": jax.tree.map(jnp.copy, state.trainable)}
+            record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
+                      "dev": dev}
+            learned = learned_architecture(state.trainable, exp.architecture, exp.source)
+            if exp.architecture.switched_layers:
+                record["switch_probs"] = {str(e["layer"]): e["switch_probs"][0]
+                                          for e in learned["layers"] if "switch_probs" in e}
+            history.append(record)
+            _write_history(out, history)
+            meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
+                    "best_score": best["score"], "best_dev": best["dev"], "history": history,
+                    "train_seconds": time.perf_counter() - t0}
+            checkpoint.save(mgr, epoch, state.trainable, state.opt_state, best["params"],
+                            learned, meta)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{dev[select]:.4f}"})
+        bar.close()
+    finally:
+        mgr.close()
     train_seconds = time.perf_counter() - t0
 
     test = evaluate(predict, best["params"], state.frozen, exp.encoded["test"],
