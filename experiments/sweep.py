@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from aa_jax.errors import UserError
 from aa_jax.models.loader import load_pretrained
 from aa_jax.train import TrainConfig, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # run from the repository root
 
 
 def run_name(c: TrainConfig) -> str:
@@ -54,7 +55,8 @@ def resolve_refs(point: dict, out_root: Path) -> dict:
                                                 "architecture": None, "drop_first": 0}))
     for key, value in point.items():
         if value == "@aa":
-            point[key] = str(aa_dir)
+            # Relative to where the sweep runs, so that configs name no machine's paths.
+            point[key] = os.path.relpath(aa_dir)
         elif value == "@aa_left_out":
             if not is_complete(aa_dir):
                 raise UserError(f"{aa_dir} has not finished; list 'aa' before the methods "
