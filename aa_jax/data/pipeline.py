@@ -15,7 +15,6 @@ chunks, and pads each chunk to a few fixed shapes:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,21 +47,6 @@ class Encoded:
         """``int64[N]`` token count of each example."""
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
                            count=len(self.input_ids))
-
-
-def load_tokenizer(path_or_name: str | os.PathLike):
-    """A Hugging Face tokenizer from a local folder (``tokenizer.json`` / ``vocab.txt``).
-
-    A hub model id also works when the hub is reachable.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path_or_name))
-    except (OSError, ValueError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"Could not load a tokenizer from {path_or_name} ({reason}); point it "
-                        f"at a folder with tokenizer.json or vocab.txt.") from error
 
 
 def encode(tokenizer, texts: Sequence[Sequence[str]] | Sequence[str],
