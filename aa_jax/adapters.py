@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from aa_jax.errors import UserError, check_record
-from aa_jax.rational import INITS, VERSIONS, Rational
+from aa_jax.rational import Rational, check_degrees, check_init, check_version
 from aa_jax.switch import GumbelSwitch
 
 # Fixed nonlinearities an adapter may use besides the learnable rational.
@@ -99,19 +99,15 @@ class Architecture:
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "rational_degrees", tuple(self.rational_degrees))
+        object.__setattr__(self, "rational_degrees", check_degrees(self.rational_degrees))
         if not self.layers:
             raise UserError("An architecture needs at least one layer; give one entry per "
                             "transformer layer.")
         if not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
             raise UserError(f"reduction_factor must be a positive integer, got "
                             f"{self.reduction_factor!r}; the paper uses 16.")
-        if self.rational_version not in VERSIONS:
-            raise UserError(f"Unknown rational version {self.rational_version!r}; choose "
-                            f"one of: {', '.join(VERSIONS)}.")
-        if self.rational_init not in INITS:
-            raise UserError(f"Unknown rational init {self.rational_init!r}; choose one of: "
-                            f"{', '.join(INITS)}.")
+        check_version(self.rational_version)
+        check_init(self.rational_init)
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise UserError(f"Switch temperature must be a positive number, got "
                             f"{self.temperature!r}; the paper uses 0.1.")
@@ -184,8 +180,7 @@ class Architecture:
                     raise UserError(f"Layer {i}: '{key}' must be a {kind.__name__}.")
             specs.append(LayerSpec(**entry))
         d["layers"] = specs
-        checks = {"reduction_factor": int, "rational_version": str, "rational_init": str,
-                  "hard_switch": bool, "adapter_skip": bool}
+        checks = {"reduction_factor": int, "hard_switch": bool, "adapter_skip": bool}
         for key, kind in checks.items():
             if key in d and (not isinstance(d[key], kind) or
                              (kind is int and isinstance(d[key], bool))):
