@@ -7,14 +7,19 @@ plain data: it round-trips through JSON and is validated when read back.
 
 The adapter sits after the feed-forward block (Pfeiffer / AdapterHub ``seq_bn``). With
 ``h`` the FFN output (after its dense + dropout), ``inp`` the FFN block's input and ``LN``
-the layer's own pretrained output LayerNorm::
+the layer's own pretrained output LayerNorm, ``x = LN(h + inp)`` and ``a = up(f(down(x)))``::
 
-    no adapter     out = LN(h + inp)                                  # the pretrained layer
-    Pfeiffer       x = LN(h + inp);  a = up(f(down(x)));  out = LN(a + h + inp)
-    switched (AA)  out = LN(y_adapter * a + y_identity * h + inp),  y = GumbelSwitch(...)
+    no adapter      out = LN(h + inp)                                # the pretrained layer
+    Pfeiffer        out = LN(a + h + inp)
+    switched (AA)   training:  out = LN(h + inp + y_adapter * a + y_identity * x)
+                    inference: out = LN(a + h + inp)  if the switch picks the adapter
+                               out = LN(x + h + inp)  if it picks the identity
 
-The switched adapter branch has no skip connection (the paper); ``adapter_skip=True`` uses
-``a + h`` instead, which is what the released code appears to do.
+This is what the released code computes: both branches of the switch keep the
+transformer's residual ``h + inp``. The paper's "no skip connection" means that the
+adapter branch has no skip of its own (it outputs ``a``, not ``a + x``); the identity
+branch outputs ``x``. ``y`` are the switch weights in the released branch order
+(identity, adapter), see :mod:`aa_jax.switch`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 
 from aa_jax.errors import UserError, check_record
 from aa_jax.rational import Rational, check_degrees, check_init, check_version
-from aa_jax.switch import GumbelSwitch
+from aa_jax.switch import ADAPTER, IDENTITY, GumbelSwitch
 
 # Fixed nonlinearities an adapter may use besides the learnable rational.
 FIXED_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -85,7 +90,6 @@ class Architecture:
       rational_version / rational_degrees / rational_init: the rational activation.
       temperature: the Gumbel-softmax temperature tau of every switch.
       hard_switch: straight-through switches (one-hot forward, soft backward).
-      adapter_skip: give the switched adapter branch a skip connection (released code).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -95,7 +99,6 @@ class Architecture:
     rational_init: str = "one"
     temperature: float = 0.1
     hard_switch: bool = False
-    adapter_skip: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -165,6 +168,13 @@ class Architecture:
     def from_dict(cls, d: Any) -> Architecture:
         """Builds an architecture from its :meth:`to_dict` form, validating every field."""
         fields = [f.name for f in dataclasses.fields(cls)]
+        if isinstance(d, dict) and "adapter_skip" in d:
+            # Written by aa_jax 0.1, whose switched layer had this non-released variant.
+            if d["adapter_skip"] is not False:
+                raise UserError("This architecture uses 'adapter_skip', a switched-layer "
+                                "variant that aa_jax no longer has; retrain it, or delete "
+                                "the field to use the released AA layer.")
+            d = {k: v for k, v in d.items() if k != "adapter_skip"}
         d = check_record(d, SCHEMA, fields, "architecture")
         layers = d.get("layers")
         if not isinstance(layers, list):
@@ -180,7 +190,7 @@ class Architecture:
                     raise UserError(f"Layer {i}: '{key}' must be a {kind.__name__}.")
             specs.append(LayerSpec(**entry))
         d["layers"] = specs
-        checks = {"reduction_factor": int, "hard_switch": bool, "adapter_skip": bool}
+        checks = {"reduction_factor": int, "hard_switch": bool}
         for key, kind in checks.items():
             if key in d and (not isinstance(d[key], kind) or
                              (kind is int and isinstance(d[key], bool))):
@@ -272,8 +282,12 @@ class AdapterSlot(nn.Module):
     """The end of a transformer layer: residual + LayerNorm, with whatever adapter it has.
 
     Call with the FFN output ``h``, the FFN block input ``inp`` and the layer's own
-    LayerNorm; returns the layer output. ``drop`` (a traced bool) removes the adapter for
-    this call (AdapterDrop) without changing shapes.
+    LayerNorm; returns the layer output (formulas in the module docstring).
+
+    ``drop`` removes the adapter for this call (AdapterDrop). A Python ``True`` is static:
+    the adapter is not computed at all (evaluation with the first k layers dropped). A
+    traced bool keeps the shapes and selects ``LN(h + inp)`` (the per-step draw while
+    training).
     """
 
     spec: LayerSpec
@@ -285,35 +299,32 @@ class AdapterSlot(nn.Module):
     def __call__(self, h, inp, layer_norm, deterministic: bool = True, drop=None):
         """h, inp: <dtype>[batch, length, hidden] -> <dtype>[batch, length, hidden]."""
         arch = self.architecture
-        x = layer_norm(h + inp)
-        if not self.spec.adapter:
+        residual = h + inp
+        x = layer_norm(residual)
+        if not self.spec.adapter or (drop is True and not self.is_initializing()):
             return x
         adapter = BottleneckAdapter(
             self.hidden_size, arch.reduction_factor, self.spec.activation,
             arch.rational_version, arch.rational_degrees, arch.rational_init,
             dtype=self.dtype, name="adapter")
         if not self.spec.switch:
-            out = layer_norm(adapter(x) + h + inp)
+            out = layer_norm(adapter(x) + residual)
         else:
             switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
                                   hard=arch.hard_switch, name="switch")
             y = switch(h.shape[0], deterministic=deterministic).astype(h.dtype)
             if deterministic:
                 # Inference: one branch for the whole batch; compute only that one.
-                use_adapter = y[0, 0] > y[0, 1]
+                use_adapter = y[0, ADAPTER] > y[0, IDENTITY]
                 if self.is_initializing():
                     adapter(x)  # both cond branches must see the same (created) params
-                a = nn.cond(use_adapter, lambda mdl, x_: mdl(x_),
-                            lambda mdl, x_: jnp.zeros_like(x_), adapter, x)
-                skip = h if arch.adapter_skip else 0.0
-                out = jnp.where(use_adapter, layer_norm(a + skip + inp), x)
+                branch = nn.cond(use_adapter, lambda mdl, x_: mdl(x_),
+                                 lambda mdl, x_: x_, adapter, x)
+                out = layer_norm(branch + residual)
             else:
-                a = adapter(x)
-                if arch.adapter_skip:
-                    a = a + h
-                y_adapter = y[:, 0, None, None]
-                y_identity = y[:, 1, None, None]
-                out = layer_norm(y_adapter * a + y_identity * h + inp)
-        if drop is not None:
-            out = jnp.where(drop, x, out)
-        return out
+                y_identity = y[:, IDENTITY, None, None]
+                y_adapter = y[:, ADAPTER, None, None]
+                out = layer_norm(residual + y_adapter * adapter(x) + y_identity * x)
+        if drop is None or drop is False or drop is True:
+            return out
+        return jnp.where(drop, x, out)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from aa_jax.errors import UserError
@@ -87,10 +88,18 @@ def is_complete(run_dir: str | Path) -> bool:
     return isinstance(result, dict) and "test" in result
 
 
-def manager(directory: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager over ``directory`` keeping the last ``max_to_keep`` epochs."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+def manager(directory: str | Path, max_to_keep: int = 2,
+            read_only: bool = False) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over ``directory`` keeping the last ``max_to_keep`` epochs.
+
+    ``read_only`` (evaluation) never creates the directory or writes anything.
+    """
+    if read_only:
+        options = ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                               enable_async_checkpointing=False)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
                                  item_names=ITEMS)
 
@@ -106,10 +115,47 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
     mgr.wait_until_finished()
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{path: shape} of a tree of arrays or of orbax array metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_fits(mgr: ocp.CheckpointManager, epoch: int, expected: dict[str, Any]) -> None:
+    """Raises the "does not fit" sentence only when a stored item really has other
+    parameters (names or shapes) than this model and method; other problems pass."""
+    try:
+        metadata = mgr.item_metadata(epoch)
+        stored = {name: metadata[name] for name in expected}
+    except Exception:  # unreadable metadata: let the restore itself report what is wrong
+        return
+    for name, like in expected.items():
+        got, want = _shapes(stored[name]), _shapes(like)
+        if name == "opt_state":  # orbax stores optax's tuples as its own containers
+            got, want = sorted(got.values()), sorted(want.values())
+        if got != want:
+            raise UserError(f"The checkpoint in {mgr.directory} does not fit this model and "
+                            f"method (its {name} hold other parameters); use a new --out "
+                            f"directory.")
+
+
+def _restore_failed(directory, epoch: int, e: Exception) -> UserError:
+    detail = " ".join(str(e).split())[:200]
+    return UserError(f"The checkpoint of epoch {epoch} in {directory} could not be restored "
+                     f"({type(e).__name__}: {detail}); if it is damaged, delete that epoch's "
+                     f"folder to resume from the one before, or use a new --out directory.")
+
+
 def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
             epoch: int | None = None) -> dict[str, Any]:
-    """Restores the latest (or given) epoch into the structure of the ``*_like`` trees."""
+    """Restores the latest (or given) epoch into the structure of the ``*_like`` trees.
+
+    A checkpoint of another model or method is refused with one sentence; any other
+    failure says what happened.
+    """
     epoch = mgr.latest_step() if epoch is None else epoch
+    _check_fits(mgr, epoch, {"params": params_like, "opt_state": opt_state_like,
+                             "best_params": params_like})
     try:
         return mgr.restore(epoch, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(params_like),
@@ -117,25 +163,29 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
             best_params=ocp.args.StandardRestore(params_like),
             architecture=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
-    except Exception as e:  # a checkpoint of another model/method has other shapes
-        raise UserError(f"The checkpoint in {mgr.directory} does not fit this model and "
-                        f"method ({type(e).__name__}); use a new --out directory.") from None
+    except Exception as e:
+        raise _restore_failed(mgr.directory, epoch, e) from None
 
 
 def restore_params(directory: str | Path, params_like, which: str = "best_params"):
-    """Only the trainable params of the latest checkpoint (for evaluation)."""
-    mgr = manager(directory)
-    epoch = mgr.latest_step()
-    if epoch is None:
+    """Only the trainable params of the latest checkpoint (for evaluation; writes nothing)."""
+    directory = Path(directory)
+    if not directory.is_dir():
         raise UserError(f"{directory} holds no checkpoint; train first or pass a complete "
                         f"run directory.")
+    mgr = manager(directory, read_only=True)
     try:
-        out = mgr.restore(epoch, args=ocp.args.Composite(
-            **{which: ocp.args.StandardRestore(params_like)},
-            meta=ocp.args.JsonRestore()))
-    except Exception as e:
-        raise UserError(f"The checkpoint in {directory} does not fit this model and method "
-                        f"({type(e).__name__}); check the run's config.json.") from None
+        epoch = mgr.latest_step()
+        if epoch is None:
+            raise UserError(f"{directory} holds no checkpoint; train first or pass a complete "
+                            f"run directory.")
+        _check_fits(mgr, epoch, {which: params_like})
+        try:
+            out = mgr.restore(epoch, args=ocp.args.Composite(
+                **{which: ocp.args.StandardRestore(params_like)},
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise _restore_failed(directory, epoch, e) from None
     finally:
         mgr.close()
     return out[which], out["meta"]

@@ -62,14 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aa_focused: an AA run directory or its architecture.json")
     t.add_argument("--last-n", type=int, default=None, help="last_n: number of layers")
     t.add_argument("--activation", default="rational", help="last_n: rational or relu")
-    t.add_argument("--pooling", default="pooler", choices=("pooler", "mean"),
-                   help="head input: BERT's pooled [CLS] (the paper) or the mean of the last "
-                   "hidden states (for checkpoints with an untrained pooler, e.g. minilm)")
+    t.add_argument("--pooling", default="auto", choices=("auto", "pooler", "mean", "cls", "max"),
+                   help="head input: auto (the pooling a sentence-transformers checkpoint "
+                   "declares, e.g. mean for minilm; else the paper's pooled [CLS]), pooler, "
+                   "mean, cls (the [CLS] hidden state) or max")
     t.add_argument("--rational-version", default="A", choices=("A", "B", "C", "N"))
     t.add_argument("--hard-switch", action="store_true", help="straight-through switches")
-    t.add_argument("--adapter-skip", action="store_true",
-                   help="skip connection on the switched adapter branch (released code)")
-    t.add_argument("--adapterdrop-max", type=int, default=None)
+    t.add_argument("--max-grad-norm", type=float, default=1.0,
+                   help="clip the global gradient norm (0: off); the released code used 1.0")
+    t.add_argument("--adapterdrop-max", type=int, default=None,
+                   help="adapterdrop: each step drops the first n ~ U{0..N} layers' adapters "
+                   "(default: 10 of 24 layers scaled to the depth; 10 is the released code)")
     t.add_argument("--drop-first", type=int, default=0,
                    help="adapterdrop: drop the first k layers' adapters at evaluation")
     t.add_argument("--data", type=_csv, default=None,
@@ -126,6 +129,7 @@ def cmd_eval(args) -> int:
 def cmd_architecture(args) -> int:
     from aa_jax.methods import read_learned
     from aa_jax.plots import plot_architecture
+    from aa_jax.switch import ADAPTER
 
     run = Path(args.run_dir)
     learned = read_learned(run)
@@ -136,7 +140,7 @@ def cmd_architecture(args) -> int:
           f"{learned['selected_layers']}")
     for e in learned.get("layers", []):
         probs = e.get("switch_probs")
-        p = f"p(adapter)={probs[0]:.3f}" if probs else "no switch"
+        p = f"p(adapter)={probs[ADAPTER]:.3f}" if probs else "no switch"
         rat = " rational" if "rational" in e else ""
         print(f"  layer {e['layer']:2d}: {'selected' if e['selected'] else '-':8s} {p}{rat}")
     png = Path(args.png) if args.png else (run if run.is_dir() else run.parent) / \

@@ -16,6 +16,11 @@ selected layers, every switch's probabilities, every layer's rational coefficien
 train size, seed). :func:`selected_layers_from` reads the selected layers back from such a
 file or from a run directory, so AA-focused can reuse them on any task, size or model of
 the same depth.
+
+Method-specific training and evaluation details live here too: AdapterDrop's per-step
+draw and its static evaluation drop (:func:`adapterdrop_schedule`), which layers' adapters
+actually run at inference (:func:`layers_run`), and what a result should say about itself
+(:func:`result_note`).
 """
 
 from __future__ import annotations
@@ -30,18 +35,23 @@ from flax.traverse_util import flatten_dict
 
 from aa_jax.adapters import Architecture, validate_layer_indices
 from aa_jax.errors import UserError
-from aa_jax.switch import is_selected, switch_probabilities
+from aa_jax.switch import ADAPTER, is_selected, switch_probabilities
 
 METHODS = ("baseline", "adapterdrop", "aa", "aa_focused", "last_n", "switch_only",
            "rational_only")
-LEARNED_SCHEMA = "aa_jax.learned_architecture/v1"
+# v2: switch logits and probabilities in the released branch order (identity, adapter);
+# v1 files (aa_jax 0.1, order (adapter, identity)) are read and converted.
+LEARNED_SCHEMA = "aa_jax.learned_architecture/v2"
+_LEARNED_SCHEMA_V1 = "aa_jax.learned_architecture/v1"
 
 
 def architecture_for(method: str, depth: int, *, selected_layers=None, last_n: int | None = None,
                      activation: str = "rational", **options: Any) -> Architecture:
     """The :class:`Architecture` of ``method`` for a model with ``depth`` layers.
 
-    ``options`` go to the Architecture (rational_version, hard_switch, adapter_skip, ...).
+    ``options`` go to the Architecture (rational_version, hard_switch, ...). An AA-focused
+    architecture that selects no layer is legitimate (an AA run may switch every adapter
+    off): it has no adapter, and training it trains the head alone.
     """
     if method in ("baseline", "adapterdrop"):
         return Architecture.uniform(depth, "relu", **options)
@@ -55,9 +65,6 @@ def architecture_for(method: str, depth: int, *, selected_layers=None, last_n: i
         if selected_layers is None:
             raise UserError("--method aa_focused needs --architecture pointing at an AA run "
                             "directory or an architecture.json file.")
-        if not selected_layers:
-            raise UserError("The given architecture selects no layer, so AA-focused would "
-                            "train no adapter; use an AA run that selected at least one layer.")
         return Architecture.at_layers(depth, selected_layers, "rational", **options)
     if method == "last_n":
         if isinstance(last_n, bool) or not isinstance(last_n, int) or not 1 <= last_n <= depth:
@@ -66,6 +73,38 @@ def architecture_for(method: str, depth: int, *, selected_layers=None, last_n: i
         return Architecture.at_layers(depth, range(depth - last_n, depth), activation,
                                       **options)
     raise UserError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+
+
+def adapterdrop_schedule(method: str, depth: int, adapterdrop_max: int | None,
+                         drop_first: int) -> tuple[int, int]:
+    """AdapterDrop's ``(n_max, k)``: each training step drops the adapters of the first
+    ``n ~ U{0..n_max}`` layers, and evaluation drops the first ``k`` (statically: their
+    adapters are not computed). ``(0, 0)`` for every other method.
+
+    ``adapterdrop_max=None`` scales the released code's 10 of 24 layers to the depth;
+    the released code draws from 0..10 whatever the depth (``adapterdrop_max=10``).
+    """
+    if method != "adapterdrop":
+        return 0, 0
+    if drop_first > depth:
+        raise UserError(f"--drop-first {drop_first} exceeds the model's {depth} layers; "
+                        f"drop at most {depth}.")
+    n_max = adapterdrop_max if adapterdrop_max is not None else (10 * depth) // 24
+    return n_max, drop_first
+
+
+def layers_run(learned: dict[str, Any], drop_first: int = 0) -> list[int]:
+    """The layers whose adapters run at inference: the selected layers (an adapter, and a
+    switch, if any, that picks it), less the first ``drop_first`` (AdapterDrop)."""
+    return [i for i in learned["selected_layers"] if i >= drop_first]
+
+
+def result_note(method: str, architecture: Architecture) -> str | None:
+    """A sentence a result should carry about how it was obtained, or None."""
+    if method == "aa_focused" and not architecture.adapter_layers:
+        return ("The architecture selects no layer, so no adapter was trained: this is "
+                "the frozen encoder with a trained head.")
+    return None
 
 
 def learned_architecture(params: dict, architecture: Architecture,
@@ -95,9 +134,9 @@ def learned_architecture(params: dict, architecture: Architecture,
         if logits is not None:
             entry["switch_logits"] = logits.tolist()
             entry["switch_probs"] = np.asarray(switch_probabilities(logits)).tolist()
-            # The layer is selected when inference runs its adapter: argmax(logits) is the
-            # adapter (logits[0] > logits[1]; an exact tie, possible only for an
-            # untrained switch, resolves to the adapter as argmax does).
+            # The layer is selected when inference runs its adapter: logits[ADAPTER] >
+            # logits[IDENTITY]; an exact tie (an untrained switch) runs the identity, as
+            # in the released code.
             entry["selected"] = bool(is_selected(logits))
         else:
             entry["selected"] = spec.adapter
@@ -130,10 +169,26 @@ def read_learned(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise UserError(f"{file} could not be read ({e.strerror or e}); check its "
                         f"permissions.") from None
+    if isinstance(data, dict) and data.get("schema") == _LEARNED_SCHEMA_V1:
+        data = _from_v1(data)
     if not isinstance(data, dict) or data.get("schema") != LEARNED_SCHEMA:
         raise UserError(f"{file} is not an aa_jax learned architecture (schema "
                         f"{LEARNED_SCHEMA!r}); pass the architecture.json an AA run wrote.")
     _check_learned(data, file)
+    return data
+
+
+def _from_v1(data: dict) -> dict:
+    """A v1 learned architecture in v2's branch order (its selected layers are unchanged)."""
+    data = {**data, "schema": LEARNED_SCHEMA}
+    arch = data.get("architecture")
+    if isinstance(arch, dict) and arch.get("adapter_skip") is False:
+        data["architecture"] = {k: v for k, v in arch.items() if k != "adapter_skip"}
+    if isinstance(data.get("layers"), list):
+        data["layers"] = [
+            {**e, **{k: e[k][::-1] for k in ("switch_logits", "switch_probs")
+                     if isinstance(e.get(k), list)}} if isinstance(e, dict) else e
+            for e in data["layers"]]
     return data
 
 

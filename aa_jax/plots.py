@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from aa_jax.errors import UserError
+from aa_jax.switch import ADAPTER
 
 
 def plot_architecture(learned: dict, path: str | Path) -> Path:
@@ -28,7 +29,7 @@ def plot_architecture(learned: dict, path: str | Path) -> Path:
 
     ax = fig.add_subplot(grid[0, :])
     idx = [e["layer"] for e in layers]
-    p = [e["switch_probs"][0] if "switch_probs" in e else (1.0 if e["adapter"] else 0.0)
+    p = [e["switch_probs"][ADAPTER] if "switch_probs" in e else (1.0 if e["adapter"] else 0.0)
          for e in layers]
     colors = ["tab:green" if e["selected"] else "tab:gray" for e in layers]
     ax.bar(idx, p, color=colors)

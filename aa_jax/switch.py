@@ -3,10 +3,11 @@
 Adaptable Adapters put one switch in each layer to choose between the adapter and the
 identity, and keep only the layers whose switch prefers the adapter.
 
-Convention: choice 0 is the adapter, choice 1 the identity. A layer is selected when its
-switch picks choice 0 at inference, i.e. when argmax(logits) == 0: for two choices,
-logits[0] > logits[1], with an exact tie (as at the zero init) going to choice 0 because
-argmax returns the first maximum. :func:`is_selected` applies exactly this rule.
+Convention, as in the released code: the branches are ordered (identity, adapter), so
+choice ``IDENTITY = 0`` and choice ``ADAPTER = 1``. A layer is selected when its switch
+picks the adapter at inference, i.e. when ``logits[ADAPTER] > logits[IDENTITY]``; an exact
+tie (as at the zero init) runs the identity, because argmax returns the first maximum.
+:func:`is_selected` applies exactly this rule.
 
 Training draws per-example Gumbel noise, so each example in a batch gets its own sample
 of the relaxed one-hot; inference is deterministic and needs no rng.
@@ -27,22 +28,26 @@ import jax.numpy as jnp
 
 from aa_jax.errors import UserError
 
+# Branch order of a two-way adapter switch (the released code's order).
+IDENTITY, ADAPTER = 0, 1
+
 
 def switch_probabilities(logits: jax.Array) -> jax.Array:
     """softmax over the last axis: <float>[..., num_choices] -> <float32>[..., num_choices]."""
     return jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
 
 
-def is_selected(logits: jax.Array, adapter_index: int = 0) -> jax.Array:
+def is_selected(logits: jax.Array, adapter_index: int = ADAPTER) -> jax.Array:
     """Whether the switch picks the adapter at inference.
 
     Args:
       logits: <float>[..., num_choices].
-      adapter_index: which choice is the adapter (0 by the module's convention).
+      adapter_index: which choice is the adapter (``ADAPTER`` = 1 by the convention).
 
     Returns:
       <bool>[...], True where argmax(logits) == adapter_index (ties go to the lower
-      index, exactly as the deterministic forward pass resolves them).
+      index, i.e. to the identity, exactly as the deterministic forward pass resolves
+      them).
     """
     logits = jnp.asarray(logits)
     if logits.ndim < 1 or logits.shape[-1] < 2:

@@ -1,9 +1,11 @@
 """Training and evaluation of adapters in a frozen BERT, following the paper's protocol.
 
-The core is :func:`make_train_step`: one jitted, pure ``(state, batch, rng) -> (state,
-metrics)`` with the state donated. Only the trainable subtree (adapters, switches,
-rationals, classifier) is differentiated and has optimizer state; the frozen backbone
-rides along in the state untouched. Randomness is explicit: the seed is split once into an
+The core is :func:`make_train_step`: one jitted, pure ``(state, frozen, batch, rng) ->
+(state, metrics)`` with the state donated. The state holds only what trains (adapters,
+switches, rationals, classifier) and its optimizer state; the frozen backbone is a
+separate argument that is never donated, so a run holds it once. Which parameters train,
+and with which learning rate, comes from one table of path rules (``PARAM_RULES``) that
+must cover every parameter exactly once. Randomness is explicit: the seed is split once into an
 init key and a training key, and the step folds its own step number into the training key
 before splitting it into the ``dropout`` and ``gumbel`` streams (and AdapterDrop's draw).
 
@@ -15,8 +17,10 @@ epoch (resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,12 +37,35 @@ from aa_jax.adapters import Architecture, adapter_weight_count
 from aa_jax.data import glue, pipeline
 from aa_jax.data.metrics import compute_metrics
 from aa_jax.errors import UserError, check_record
-from aa_jax.methods import METHODS, architecture_for, learned_architecture, selected_layers_from
+from aa_jax import methods
+from aa_jax.methods import METHODS, architecture_for, learned_architecture
 from aa_jax.models.bert import POOLINGS, BertForSequenceClassification
-from aa_jax.models.loader import load_pretrained, with_backbone
+from aa_jax.models.loader import declared_pooling, load_pretrained
+from aa_jax.switch import ADAPTER
 
-TRAINABLE = ("adapter", "switch", "classifier")
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
+
+# Every parameter's role, by its path ("bert/encoder/layer_3/output/slot/adapter/down/
+# kernel"). Each path must match exactly one rule (big_vision's _split_frozen habit): a
+# parameter the table does not know, or knows twice, is an error, never silently frozen
+# or trained. "adapter" and "head" train with --lr, "switch" with --switch-lr, "rational"
+# with --rational-lr.
+PARAM_RULES: tuple[tuple[str, str], ...] = (
+    (r"^bert/embeddings/.+", "frozen"),
+    (r"^bert/encoder/layer_\d+/(attention|intermediate)/.+", "frozen"),
+    (r"^bert/encoder/layer_\d+/output/(dense|LayerNorm)/(kernel|bias|scale)$", "frozen"),
+    (r"^bert/pooler/dense/(kernel|bias)$", "frozen"),
+    (r"^bert/encoder/layer_\d+/output/slot/adapter/(down|up)/(kernel|bias)$", "adapter"),
+    (r"^bert/encoder/layer_\d+/output/slot/adapter/rational/(numerator|denominator)$",
+     "rational"),
+    (r"^bert/encoder/layer_\d+/output/slot/switch/logits$", "switch"),
+    (r"^classifier/(kernel|bias)$", "head"),
+)
+GROUP_LEARNING_RATE = {"adapter": "learning_rate", "head": "learning_rate",
+                       "switch": "switch_learning_rate", "rational": "rational_learning_rate"}
+# Settings that say where things are, not what is computed: a run moved to another
+# machine or folder is the same run (see run_identity).
+LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep")
 
 
 @dataclasses.dataclass
@@ -64,10 +91,12 @@ class TrainConfig:
     activation: str = "rational"
     rational_version: str = "A"
     hard_switch: bool = False
-    adapter_skip: bool = False
+    # Global gradient-norm clipping (the released Trainer's 1.0); None or 0 turns it off.
+    max_grad_norm: float | None = 1.0
     # adapterdrop: drop the first n ~ U{0..max} layers' adapters per training step
-    # (None: 10 of 24 layers, as the released code, scaled to the depth), and the first
-    # `drop_first` layers' adapters at evaluation.
+    # (None: 10 of 24 layers scaled to the depth; the released code draws from 0..10
+    # whatever the depth, which is adapterdrop_max=10), and the first `drop_first`
+    # layers' adapters at evaluation.
     adapterdrop_max: int | None = None
     drop_first: int = 0
     # A user dataset instead of GLUE: [train_file, test_file] and its columns.
@@ -75,15 +104,19 @@ class TrainConfig:
     text_columns: list[str] | None = None
     label_column: str = "label"
     checkpoints_to_keep: int = 2
-    # The head's input: BERT's pooled [CLS] ("pooler", the paper) or the mean of the last
-    # hidden states ("mean", for checkpoints with an untrained pooler such as MiniLM).
-    pooling: str = "pooler"
+    # The head's input: "auto" (the pooling a sentence-transformers checkpoint declares,
+    # else BERT's pooled [CLS]), "pooler" (the paper's head), "mean", "cls" or "max".
+    pooling: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainConfig:
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k != "resolved"}  # written by train(), not a setting
+            if d.get("adapter_skip") is False:  # aa_jax 0.1's default; the variant is gone
+                d.pop("adapter_skip")
         d = check_record(d, CONFIG_SCHEMA, [f.name for f in dataclasses.fields(cls)],
                          "run config")
         config = cls(**d)
@@ -99,9 +132,13 @@ class TrainConfig:
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
-        def is_num(v):  # ints are finite however large (math.isfinite would overflow)
-            return (isinstance(v, (int, float)) and not isinstance(v, bool) and
-                    (isinstance(v, int) or math.isfinite(v)))
+        def is_num(v):  # a finite float; an int too large for a float is not one
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                return False
+            try:
+                return math.isfinite(float(v))
+            except OverflowError:
+                return False
 
         def is_str_list(v):
             return isinstance(v, list) and all(isinstance(x, str) for x in v)
@@ -125,7 +162,12 @@ class TrainConfig:
         for name in ("learning_rate", "switch_learning_rate", "rational_learning_rate"):
             value = getattr(self, name)
             need(is_num(value) and value > 0,
-                 f"--{name.replace('_', '-')} must be a positive number.")
+                 f"--{name.replace('_', '-')} must be a positive finite number, got "
+                 f"{_short(value)}.")
+        need(self.max_grad_norm is None or (is_num(self.max_grad_norm) and
+                                            self.max_grad_norm >= 0),
+             f"max_grad_norm must be a non-negative number (0 or null: no clipping), got "
+             f"{_short(self.max_grad_norm)}.")
         need(self.last_n is None or is_int(self.last_n),
              "--last-n must be a whole number of layers.")
         need(self.adapterdrop_max is None or (is_int(self.adapterdrop_max) and
@@ -151,35 +193,48 @@ class TrainConfig:
         for name in ("activation", "rational_version"):
             need(isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a name.")
-        for name in ("hard_switch", "adapter_skip"):
-            need(isinstance(getattr(self, name), bool),
-                 f"{name} must be true or false.")
+        need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 @flax.struct.dataclass
 class TrainState:
-    """What the step reads and writes. ``frozen`` is carried, never updated."""
+    """What the step reads and writes: only what trains (the backbone is passed apart)."""
 
     step: jax.Array
     trainable: Any
-    frozen: Any
     opt_state: Any
 
 
 # -- parameters -------------------------------------------------------------------------
 
-def is_trainable(path: tuple[str, ...]) -> bool:
-    return any(name in TRAINABLE for name in path)
+def param_groups(params: dict) -> dict[tuple[str, ...], str]:
+    """Each parameter's group from ``PARAM_RULES``: frozen, adapter, head, switch, rational.
+
+    Raises ValueError naming the parameter when a path matches no rule or several: a new
+    kind of parameter must be given a role on purpose.
+    """
+    groups = {}
+    for path in flatten_dict(params):
+        name = "/".join(path)
+        hits = [group for pattern, group in PARAM_RULES if re.match(pattern, name)]
+        if len(hits) != 1:
+            raise ValueError(f"parameter {name} matches {len(hits)} rules of PARAM_RULES "
+                             f"({', '.join(hits) or 'none'}); give it exactly one role")
+        groups[path] = hits[0]
+    return groups
 
 
 def partition(params: dict) -> tuple[dict, dict]:
-    """Splits params into (trainable, frozen) subtrees by path."""
+    """Splits params into (trainable, frozen) subtrees by ``PARAM_RULES``."""
+    groups = param_groups(params)
     flat = flatten_dict(params)
-    trainable = {k: v for k, v in flat.items() if is_trainable(k)}
-    frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
-    for k in frozen:  # every frozen param must be part of the pretrained backbone
-        if k[0] != "bert" or k[1] not in ("embeddings", "encoder", "pooler"):
-            raise ValueError(f"param {'/'.join(k)} is neither trainable nor backbone")
+    trainable = {k: v for k, v in flat.items() if groups[k] != "frozen"}
+    frozen = {k: v for k, v in flat.items() if groups[k] == "frozen"}
     return unflatten_dict(trainable), unflatten_dict(frozen)
 
 
@@ -187,36 +242,32 @@ def merge(trainable: dict, frozen: dict) -> dict:
     return unflatten_dict({**flatten_dict(frozen), **flatten_dict(trainable)})
 
 
-def param_group(path: tuple[str, ...]) -> str:
-    """Which learning rate a trainable param gets: switch, rational, or the adapter one."""
-    if "switch" in path:
-        return "switch"
-    if "rational" in path:
-        return "rational"
-    return "adapter"
-
-
 def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def make_optimizer(config: TrainConfig, total_steps: int, trainable: dict):
-    """Adam with three learning rates, each decaying linearly to 0 over the run."""
+    """Global-norm clipping, then Adam with one learning rate per group, each decaying
+    linearly to 0 over the run (the released Trainer's schedule, no warmup)."""
     def adam(lr):
         return optax.adam(optax.linear_schedule(lr, 0.0, max(total_steps, 1)))
 
-    labels = unflatten_dict({k: param_group(k) for k in flatten_dict(trainable)})
-    return optax.multi_transform(
-        {"adapter": adam(config.learning_rate), "switch": adam(config.switch_learning_rate),
-         "rational": adam(config.rational_learning_rate)}, labels)
+    labels = unflatten_dict(param_groups(trainable))
+    if "frozen" in set(flatten_dict(labels).values()):
+        raise ValueError("make_optimizer got frozen parameters; pass the trainable subtree")
+    tx = optax.multi_transform(
+        {group: adam(float(getattr(config, field)))
+         for group, field in GROUP_LEARNING_RATE.items()}, labels)
+    if config.max_grad_norm:
+        tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
+    return tx
 
 
-def init_state(trainable: dict, frozen: dict, tx) -> TrainState:
+def init_state(trainable: dict, tx) -> TrainState:
     """A fresh state that owns its arrays: the step donates the state, so arrays shared
-    with the caller (e.g. a loaded backbone used again elsewhere) are copied in."""
-    trainable, frozen = jax.tree.map(jnp.copy, (trainable, frozen))
-    return TrainState(step=jnp.int32(0), trainable=trainable, frozen=frozen,
-                      opt_state=tx.init(trainable))
+    with the caller are copied in."""
+    trainable = jax.tree.map(jnp.copy, trainable)
+    return TrainState(step=jnp.int32(0), trainable=trainable, opt_state=tx.init(trainable))
 
 
 # -- the step ---------------------------------------------------------------------------
@@ -232,14 +283,16 @@ def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
 
 
 def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Callable:
-    """The jitted ``(state, batch, rng) -> (state, metrics)``.
+    """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
 
-    ``rng`` is the run's training key; the step folds ``state.step`` into it, so the same
-    state and key always give the same update (and an interrupted run resumes exactly).
-    With ``adapterdrop_max > 0`` each step drops the adapters of the first
-    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop).
+    ``state`` is donated; ``frozen`` (the backbone) is only read. ``rng`` is the run's
+    training key; the step folds ``state.step`` into it, so the same state and key always
+    give the same update (and an interrupted run resumes exactly). With
+    ``adapterdrop_max > 0`` each step drops the adapters of the first
+    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
+    global norm before clipping.
     """
-    def step(state: TrainState, batch: dict, rng: jax.Array):
+    def step(state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
         drop = (jax.random.randint(drop_key, (), 0, adapterdrop_max + 1)
@@ -247,7 +300,7 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Ca
 
         def compute_loss(trainable):
             logits, _ = model.apply(
-                {"params": merge(trainable, state.frozen)}, batch["input_ids"],
+                {"params": merge(trainable, frozen)}, batch["input_ids"],
                 batch["token_type_ids"], batch["attention_mask"], deterministic=False,
                 adapter_drop=drop, rngs={"dropout": dropout_key, "gumbel": gumbel_key})
             return loss_fn(logits, batch, regression)
@@ -263,12 +316,16 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Ca
 
 
 def make_predict(model, regression: bool, drop_first: int = 0) -> Callable:
-    """Jitted ``(trainable, frozen, batch) -> predictions`` (scores or class ids)."""
+    """Jitted ``(trainable, frozen, batch) -> predictions`` (scores or class ids).
+
+    ``drop_first`` (AdapterDrop at evaluation) is static: the first ``drop_first`` layers'
+    adapters are not computed at all.
+    """
     def predict(trainable, frozen, batch):
         logits, _ = model.apply(
             {"params": merge(trainable, frozen)}, batch["input_ids"],
             batch["token_type_ids"], batch["attention_mask"], deterministic=True,
-            adapter_drop=jnp.int32(drop_first) if drop_first else None)
+            adapter_drop=int(drop_first) if drop_first else None)
         return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
 
     return jax.jit(predict)
@@ -296,8 +353,10 @@ class Experiment:
     labels: dict
     model: BertForSequenceClassification
     architecture: Architecture
-    params: dict
+    trainable: dict
+    frozen: dict
     pretrained: Any
+    pooling: str
 
     @property
     def source(self) -> dict:
@@ -307,12 +366,12 @@ class Experiment:
 
 
 def build_architecture(config: TrainConfig, depth: int) -> Architecture:
-    selected = (selected_layers_from(config.architecture, depth)
+    selected = (methods.selected_layers_from(config.architecture, depth)
                 if config.method == "aa_focused" and config.architecture else None)
     return architecture_for(config.method, depth, selected_layers=selected,
                             last_n=config.last_n, activation=config.activation,
                             rational_version=config.rational_version,
-                            hard_switch=config.hard_switch, adapter_skip=config.adapter_skip)
+                            hard_switch=config.hard_switch)
 
 
 def load_data(config: TrainConfig):
@@ -321,6 +380,41 @@ def load_data(config: TrainConfig):
                                 train_size=config.train_size, seed=config.seed)
     task = glue.get_task(config.task)
     return task, glue.make_splits(task, config.train_size, config.seed, config.glue_dir)
+
+
+def resolve_pooling(pooling: str, pretrained) -> str:
+    """``auto``: the pooling the checkpoint declares (sentence-transformers), else the
+    paper's pooled [CLS] head; any other value is used as given."""
+    if pooling != "auto":
+        return pooling
+    return declared_pooling(pretrained.path) or "pooler"
+
+
+def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
+    """(trainable, frozen) params of ``model`` with the pretrained ``backbone`` frozen.
+
+    Only what the backbone does not provide is initialised (adapters, switches,
+    rationals, the head, and a pooler the checkpoint lacks): the jitted init returns just
+    those leaves, so XLA never builds the random BERT that ``model.init`` describes.
+    """
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    shapes = flatten_dict(jax.eval_shape(lambda k: model.init(k, dummy), key)["params"])
+    groups = param_groups(unflatten_dict(shapes))
+    given = {("bert",) + k: v for k, v in flatten_dict(backbone).items()}
+    for k, v in given.items():
+        if k not in shapes or shapes[k].shape != v.shape:
+            raise ValueError(f"backbone parameter {'/'.join(k)} {v.shape} does not fit the "
+                             f"model {shapes[k].shape if k in shapes else '(absent)'}")
+    needed = {"/".join(k) for k, g in groups.items() if g != "frozen" or k not in given}
+
+    def init(k):
+        flat = flatten_dict(model.init(k, dummy)["params"])
+        return {"/".join(p): v for p, v in flat.items() if "/".join(p) in needed}
+
+    made = {tuple(name.split("/")): v for name, v in jax.jit(init)(key).items()}
+    trainable = {k: v for k, v in made.items() if groups[k] != "frozen"}
+    frozen = {**given, **{k: v for k, v in made.items() if groups[k] == "frozen"}}
+    return unflatten_dict(trainable), unflatten_dict(frozen)
 
 
 def setup(config: TrainConfig, pretrained=None) -> Experiment:
@@ -333,17 +427,69 @@ def setup(config: TrainConfig, pretrained=None) -> Experiment:
                         f"{c.max_position_embeddings} position embeddings; use at most "
                         f"{c.max_position_embeddings}.")
     architecture = build_architecture(config, c.num_hidden_layers)
+    methods.adapterdrop_schedule(config.method, architecture.depth, config.adapterdrop_max,
+                                 config.drop_first)  # validates drop_first against depth
     task, splits = load_data(config)
     encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
-    model = BertForSequenceClassification(c, task.num_labels, architecture,
-                                          pooling=config.pooling)
+    pooling = resolve_pooling(config.pooling, pretrained)
+    model = BertForSequenceClassification(c, task.num_labels, architecture, pooling=pooling)
     init_key = jax.random.split(jax.random.key(config.seed))[0]
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    params = jax.jit(lambda k: model.init(k, dummy))(init_key)["params"]
-    params = with_backbone(params, pretrained.params)
-    return Experiment(config, task, encoded, labels, model, architecture, params, pretrained)
+    trainable, frozen = init_params(model, init_key, pretrained.params)
+    return Experiment(config, task, encoded, labels, model, architecture, trainable, frozen,
+                      pretrained, pooling)
+
+
+# -- run identity -----------------------------------------------------------------------
+
+def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
+    """What the location settings point at, as far as it changes results: the layers of
+    an AA-focused run's architecture and the content of a user's data files."""
+    resolved: dict[str, Any] = {}
+    if config.method == "aa_focused" and config.architecture:
+        resolved["selected_layers"] = sorted(
+            methods.read_learned(config.architecture)["selected_layers"])
+    if config.data:
+        hashes = []
+        for name in config.data:
+            path = Path(name)
+            if not path.is_file():
+                raise UserError(f"Data file {path} does not exist; check the path.")
+            hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        resolved["data_sha256"] = hashes
+    return resolved
+
+
+def run_identity(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change a run's results: everything but where things are
+    (``LOCATION_FIELDS``), plus what those locations resolved to."""
+    identity = {k: v for k, v in config.to_dict().items() if k not in LOCATION_FIELDS}
+    identity.update({k: resolved.get(k) for k in ("selected_layers", "data_sha256")})
+    return identity
+
+
+def _check_same_run(out: Path, config: TrainConfig, resolved: dict[str, Any]) -> None:
+    """A run directory belongs to one run; reusing it for another is a mistake."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    old = checkpoint.read_json(path, "run config")
+    if not isinstance(old, dict):
+        raise UserError(f"{path} is not a run config; use a new --out directory.")
+    try:
+        old_config = TrainConfig.from_dict(old)
+    except UserError:
+        raise UserError(f"{path} holds a run config this version cannot read; use a new "
+                        f"--out directory.") from None
+    old_resolved = old.get("resolved")
+    if not isinstance(old_resolved, dict):
+        old_resolved = {}
+    want, got = run_identity(config, resolved), run_identity(old_config, old_resolved)
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}); "
+                        f"use a new --out directory or the same settings to resume.")
 
 
 # -- the whole run ----------------------------------------------------------------------
@@ -360,11 +506,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory for the run.")
+    config.validate()
+    resolved = resolve_inputs(config)
     if checkpoint.is_complete(out):
-        _check_same_config(out, config)
+        _check_same_run(out, config, resolved)
         return checkpoint.read_json(out / "result.json", "run result")
     exp = setup(config, pretrained)
-    _check_same_config(out, config)
+    _check_same_run(out, config, resolved)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -373,25 +521,23 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     checkpoint.remove_stale_temp_files(out)
 
     task, c = exp.task, config
-    trainable, frozen = partition(exp.params)
+    trainable, frozen = exp.trainable, exp.frozen
     steps_per_epoch = pipeline.num_batches(len(exp.labels["train"]), c.batch_size)
     tx = make_optimizer(c, steps_per_epoch * c.epochs, trainable)
-    state = init_state(trainable, frozen, tx)
-    depth = exp.architecture.depth
-    drop_max = (0 if c.method != "adapterdrop" else
-                c.adapterdrop_max if c.adapterdrop_max is not None else (10 * depth) // 24)
+    state = init_state(trainable, tx)
+    drop_max, drop_first = methods.adapterdrop_schedule(
+        c.method, exp.architecture.depth, c.adapterdrop_max, c.drop_first)
     step_fn = make_train_step(exp.model, tx, task.is_regression, drop_max)
-    predict = make_predict(exp.model, task.is_regression,
-                           c.drop_first if c.method == "adapterdrop" else 0)
+    predict = make_predict(exp.model, task.is_regression, drop_first)
     train_key = jax.random.split(jax.random.key(c.seed))[1]
 
     mgr = checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep)
     try:
-        best = {"epoch": 0, "score": -math.inf, "dev": None, "params": trainable}
+        best = {"epoch": 0, "score": -math.inf, "dev": None, "params": state.trainable}
         history: list[dict] = []
         start_epoch, elapsed = 1, 0.0
         if mgr.latest_step() is not None:
-            restored = checkpoint.restore(mgr, trainable, state.opt_state)
+            restored = checkpoint.restore(mgr, state.trainable, state.opt_state)
             meta = restored["meta"]
             state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
                                   opt_state=restored["opt_state"])
@@ -401,7 +547,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
             start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
         # Written only once the checkpoint (if any) is known to fit, so that a refused resume
         # leaves the directory as it was.
-        checkpoint.write_json_atomic(out / "config.json", config.to_dict())
+        checkpoint.write_json_atomic(out / "config.json", {
+            **config.to_dict(), "resolved": {**resolved, "pooling": exp.pooling}})
         _write_history(out, history)
 
         select = task.select_metric
@@ -413,13 +560,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
             losses, grad_norms = [], []
             for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
                                           c.batch_size, shuffle_seed=shuffle_seed):
-                state, metrics = step_fn(state, batch, train_key)
+                state, metrics = step_fn(state, frozen, batch, train_key)
                 losses.append(metrics["loss"])
                 grad_norms.append(metrics["grad_norm"])
             losses = np.asarray(jax.device_get(losses), dtype=np.float64)
             _check_finite(losses, np.asarray(jax.device_get(grad_norms), dtype=np.float64),
                           state, epoch, mgr)
-            dev = evaluate(predict, state.trainable, state.frozen, exp.encoded["dev"],
+            dev = evaluate(predict, state.trainable, frozen, exp.encoded["dev"],
                            exp.labels["dev"], task, c.batch_size)
             if dev[select] > best["score"]:
                 best = {"epoch": epoch, "score": dev[select], "dev": dev,
@@ -428,7 +575,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
                       "dev": dev}
             learned = learned_architecture(state.trainable, exp.architecture, exp.source)
             if exp.architecture.switched_layers:
-                record["switch_probs"] = {str(e["layer"]): e["switch_probs"][0]
+                record["switch_probs"] = {str(e["layer"]): e["switch_probs"][ADAPTER]
                                           for e in learned["layers"] if "switch_probs" in e}
             history.append(record)
             _write_history(out, history)
@@ -444,7 +591,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         mgr.close()
     train_seconds = time.perf_counter() - t0
 
-    test = evaluate(predict, best["params"], state.frozen, exp.encoded["test"],
+    test = evaluate(predict, best["params"], frozen, exp.encoded["test"],
                     exp.labels["test"], task, c.batch_size)
     learned = learned_architecture(best["params"], exp.architecture, exp.source)
     weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
@@ -454,13 +601,16 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         "train_size": c.train_size, "seed": c.seed,
         "dev": best["dev"], "test": test, "best_epoch": best["epoch"],
         "select_metric": select,
-        "selected_layers": learned["selected_layers"] if c.method in ("aa", "switch_only")
-        else list(exp.architecture.adapter_layers),
+        "selected_layers": methods.layers_run(learned, drop_first),
+        "pooling": exp.pooling,
         "trainable_params": count_params(state.trainable),
         "adapter_weights": weights, "adapter_biases": biases,
         "train_seconds": round(train_seconds, 2),
         "examples": {k: int(len(v)) for k, v in exp.labels.items()},
     }
+    note = methods.result_note(c.method, exp.architecture)
+    if note:
+        result["note"] = note
     checkpoint.write_json_atomic(out / "architecture.json", learned)
     checkpoint.write_json_atomic(out / "result.json", result)
     return result
@@ -495,37 +645,22 @@ def _write_history(out: Path, history: list[dict]) -> None:
                                  "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _check_same_config(out: Path, config: TrainConfig) -> None:
-    """A run directory belongs to one config; reusing it for another is a mistake."""
-    path = out / "config.json"
-    if not path.is_file():
-        return
-    old = checkpoint.read_json(path, "run config")
-    if not isinstance(old, dict):
-        raise UserError(f"{path} is not a run config; use a new --out directory.")
-    if old != config.to_dict():
-        diff = sorted(k for k in set(old) | set(config.to_dict())
-                      if old.get(k) != config.to_dict().get(k))
-        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}); "
-                        f"use a new --out directory or the same settings to resume.")
-
-
 def load_run(run_dir: str | Path, pretrained=None) -> tuple[Experiment, dict, dict]:
     """Rebuilds a finished or interrupted run: (experiment, best trainable params, meta)."""
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json", "run config"))
     exp = setup(config, pretrained)
-    trainable, _ = partition(exp.params)
-    params, meta = checkpoint.restore_params(run_dir / "checkpoints", trainable)
+    params, meta = checkpoint.restore_params(run_dir / "checkpoints", exp.trainable)
     return exp, params, meta
 
 
 def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
     """Dev and test metrics of a run's best epoch, recomputed from its checkpoint."""
     exp, params, meta = load_run(run_dir, pretrained)
-    _, frozen = partition(exp.params)
     c = exp.config
-    predict = make_predict(exp.model, exp.task.is_regression,
-                           c.drop_first if c.method == "adapterdrop" else 0)
-    return {split: evaluate(predict, params, frozen, exp.encoded[split], exp.labels[split],
-                            exp.task, c.batch_size) for split in ("dev", "test")}
+    _, drop_first = methods.adapterdrop_schedule(c.method, exp.architecture.depth,
+                                                 c.adapterdrop_max, c.drop_first)
+    predict = make_predict(exp.model, exp.task.is_regression, drop_first)
+    return {split: evaluate(predict, params, exp.frozen, exp.encoded[split],
+                            exp.labels[split], exp.task, c.batch_size)
+            for split in ("dev", "test")}

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 
 from aa_jax.methods import architecture_for
 from aa_jax.models.bert import BertForSequenceClassification
-from aa_jax.models.loader import load_pretrained, with_backbone
-from aa_jax.train import TrainConfig, init_state, make_optimizer, make_predict, \
-    make_train_step, partition
+from aa_jax.models.loader import load_pretrained
+from aa_jax.train import TrainConfig, init_params, init_state, make_optimizer, make_predict, \
+    make_train_step
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -57,16 +57,15 @@ def main(argv=None):
     for method in args.methods.split(","):
         arch = architecture_for(method, depth, last_n=(depth + 1) // 2)
         model = BertForSequenceClassification(pre.config, 2, arch)
-        params = model.init(jax.random.key(0), batch["input_ids"][:1, :8])["params"]
-        trainable, frozen = partition(with_backbone(params, pre.params))
+        trainable, frozen = init_params(model, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         step = make_train_step(model, tx, regression=False)
         predict = make_predict(model, regression=False)
-        state = [init_state(trainable, frozen, tx)]
+        state = [init_state(trainable, tx)]
         key = jax.random.key(1)
 
         def train_once():
-            state[0], metrics = step(state[0], batch, key)
+            state[0], metrics = step(state[0], frozen, batch, key)
             return metrics["loss"]
 
         t_train = median_seconds(train_once, args.repeats)

@@ -10,6 +10,8 @@ from scipy.special import erf
 from aa_jax.errors import UserError
 from aa_jax.rational import (
     FIT_MAX_ERROR,
+    FIT_MEASURED_ERROR,
+    measure_fit_error,
     INITS,
     VERSIONS,
     Rational,
@@ -140,34 +142,84 @@ def test_one_init_is_exactly_one(version):
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("x", [2.0, -1.5])
-def test_one_init_denominator_gradient_is_minus_x_to_the_k(version, x):
-    """At R = P = Q = 1, dR/db_k = -dQ/db_k = -x^k and dR/da_j = x^j.
+def test_one_init_denominator_gradient_literal(version, x):
+    """At R = P = Q = 1: dR/da_j = x^j, and dR/db_k = -|x|^k for A (the PAU kernel's
+    copysign(1, +0) |x|^k), -x^k for B (copysign(1, s) with s = +0), C and N.
 
-    For A and B this depends on d|v|/dv = +1 at v = 0 (b = 0); for C the term t = 0.9 is
-    off the kink; N has no absolute value. All are exact in float32 for these x.
+    All values are exact in float32 for these x.
     """
     a, b = init_coefficients("one", version)
     r = lambda a_, b_: rational(jnp.float32(x), a_, b_, version)
     ga, gb = jax.grad(r, argnums=(0, 1))(a, b)
-    first = 0 if version == "C" else 1
     np.testing.assert_array_equal(ga, np.float32(x) ** np.arange(6))
-    np.testing.assert_array_equal(gb, -(np.float32(x) ** np.arange(first, 5)))
-    assert np.all(np.asarray(gb) != 0.0)
+    expected = {
+        ("A", 2.0): [-2.0, -4.0, -8.0, -16.0],
+        ("A", -1.5): [-1.5, -2.25, -3.375, -5.0625],
+        ("B", 2.0): [-2.0, -4.0, -8.0, -16.0],
+        ("B", -1.5): [1.5, -2.25, 3.375, -5.0625],
+        ("C", 2.0): [-1.0, -2.0, -4.0, -8.0, -16.0],
+        ("C", -1.5): [-1.0, 1.5, -2.25, 3.375, -5.0625],
+        ("N", 2.0): [-2.0, -4.0, -8.0, -16.0],
+        ("N", -1.5): [1.5, -2.25, 3.375, -5.0625],
+    }[(version, x)]
+    np.testing.assert_array_equal(gb, np.float32(expected))
 
 
-def test_abs_has_slope_plus_one_at_zero():
-    # Versions A and B rely on this to learn from b = 0.
-    assert jax.grad(jnp.abs)(0.0) == 1.0
+def _pau_kernel_gradients(x, a, b, version):
+    """dR/dx, dR/da, dR/db as the PAU CUDA kernels (versions A and B) write them, float64.
+
+    A: Q = 1 + sum |b_k| |x|^k, dR/db_k = -P/Q^2 copysign(1, b_k) |x|^k,
+       dR/dx = P'/Q - P/Q^2 copysign(1, x) sum_k k |b_k| |x|^(k-1).
+    B: Q = 1 + |s|, s = sum b_k x^k, dR/db_k = -P/Q^2 copysign(1, s) x^k,
+       dR/dx = P'/Q - P/Q^2 copysign(1, s) s'(x).
+    """
+    x, a, b = np.float64(x), np.float64(a), np.float64(b)
+    k = np.arange(1, b.size + 1)
+    p = np.sum(a * x ** np.arange(a.size))
+    dp = np.sum(np.arange(1, a.size) * a[1:] * x ** np.arange(a.size - 1))
+    if version == "A":
+        q = 1 + np.sum(np.abs(b) * np.abs(x) ** k)
+        dq_db = np.copysign(1.0, b) * np.abs(x) ** k
+        dq_dx = np.copysign(1.0, x) * np.sum(k * np.abs(b) * np.abs(x) ** (k - 1))
+    else:
+        s = 0.0
+        for kk in range(b.size):  # the kernel's order: b_1 x + b_2 x^2 + ...
+            s = b[kk] * x ** (kk + 1) if kk == 0 else s + b[kk] * x ** (kk + 1)
+        q = 1 + abs(s)
+        dq_db = np.copysign(1.0, s) * x ** k
+        dq_dx = np.copysign(1.0, s) * np.sum(k * b * x ** (k - 1))
+    m = -p / q**2
+    return dp / q + m * dq_dx, x ** np.arange(a.size) / q, m * dq_db
+
+
+@pytest.mark.parametrize("version", ["A", "B"])
+@pytest.mark.parametrize("b", [[0.0, 0.0, 0.0, 0.0], [-0.0, -0.0, -0.0, -0.0],
+                               [0.3, -0.2, 0.0, -0.0], [-0.5, 0.25, -0.125, 0.0625]])
+@pytest.mark.parametrize("x", [-2.0, -0.5, 0.0, -0.0, 0.75, 1.5])
+def test_gradients_match_the_pau_kernels(version, b, x):
+    """Every gradient of A and B equals the released kernels' formulas, signed zeros in
+    the coefficients and in x included (float32 rounding, relative 1e-6)."""
+    a = np.float32([0.1, 0.9, 0.2, -0.1, 0.05, 0.01])
+    b = np.float32(b)
+    gx, ga, gb = jax.grad(lambda x_, a_, b_: rational(x_, a_, b_, version), argnums=(0, 1, 2))(
+        jnp.float32(x), jnp.asarray(a), jnp.asarray(b))
+    want_x, want_a, want_b = _pau_kernel_gradients(x, a, b, version)
+    np.testing.assert_allclose(gx, want_x, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ga, want_a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gb, want_b, rtol=1e-6, atol=1e-7)
+    # The signs at zero are the kernel's, not numerically close ones.
+    np.testing.assert_array_equal(np.sign(gb), np.sign(want_b))
 
 
 def test_zero_denominator_gets_gradient_for_nonzero_x():
     x = jnp.float32([-2.0, -0.5, 0.7, 3.0])
-    for version in ("A", "B"):
+    powers = np.float32(x)[:, None] ** np.arange(1, 5)
+    for version, basis in (("A", np.abs(powers)), ("B", powers)):
         a, b = init_coefficients("one", version)
         gb = jax.grad(lambda b_: jnp.sum(rational(x, a, b_, version) ** 2))(b)
-        # d/db_k sum R^2 = sum 2 R (-x^k) with R = 1.
-        expected = -2.0 * np.sum(np.float32(x)[:, None] ** np.arange(1, 5), axis=0)
-        np.testing.assert_allclose(gb, expected, rtol=1e-6)
+        # d/db_k sum R^2 = sum 2 R dR/db_k with R = 1.
+        np.testing.assert_allclose(gb, -2.0 * np.sum(basis, axis=0), rtol=1e-6)
+        assert np.all(np.asarray(gb) != 0.0)
 
 
 # --- 4. no overflow for large |x| -------------------------------------------------------
@@ -195,11 +247,10 @@ def test_fit_error_table_covers_every_fitted_init_and_version():
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("init", FITTED_INITS)
 def test_fitted_init_error_within_recorded_bound(init, version):
-    x = np.linspace(-3, 3, 10001).astype(np.float32)
-    a, b = init_coefficients(init, version)
-    got = np.asarray(rational(x, a, b, version), np.float64)
-    error = np.max(np.abs(got - TARGETS[init](x.astype(np.float64))))
-    assert error <= FIT_MAX_ERROR[(init, version)]
+    assert measure_fit_error(init, version) <= FIT_MAX_ERROR[(init, version)]
+    # The bound is a margin over the recorded measurement, never the measurement itself.
+    recorded = FIT_MEASURED_ERROR[(init, version)]
+    assert FIT_MAX_ERROR[(init, version)] >= (1e-12 if init == "identity" else 1.5 * recorded)
 
 
 @pytest.mark.parametrize(
@@ -379,8 +430,10 @@ def test_module_params_and_output():
                "denominator": jnp.float32([0.3, -0.2, 0.1, 0.02])}
     pure = lambda x_: rational(x_, trained["numerator"], trained["denominator"], "A")
     np.testing.assert_array_equal(module.apply({"params": trained}, x), pure(x))
-    # Under jit XLA fuses the polynomial, so compare jitted with jitted.
-    np.testing.assert_array_equal(jax.jit(module.apply)({"params": trained}, x), jax.jit(pure)(x))
+    # Under jit XLA fuses each program its own way, so two programs may round the last
+    # bit differently: a few float32 ulps, never more.
+    np.testing.assert_allclose(jax.jit(module.apply)({"params": trained}, x), jax.jit(pure)(x),
+                               rtol=4 * np.finfo(np.float32).eps, atol=0)
 
 
 @pytest.mark.parametrize("version, count", [("A", 10), ("B", 10), ("C", 11), ("N", 10)])

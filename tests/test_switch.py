@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aa_jax.errors import UserError
-from aa_jax.switch import GumbelSwitch, is_selected, switch_probabilities
+from aa_jax.switch import ADAPTER, IDENTITY, GumbelSwitch, is_selected, switch_probabilities
 
 
 def params(logits):
@@ -126,18 +126,26 @@ def test_switch_probabilities():
 
 
 def test_is_selected_convention():
-    assert bool(is_selected([0.5, -0.5]))
-    assert not bool(is_selected([-0.5, 0.5]))
-    assert not bool(is_selected([0.5, -0.5], adapter_index=1))
-    batched = is_selected([[1.0, 0.0], [0.0, 1.0], [2.0, 2.5]])
-    np.testing.assert_array_equal(batched, [True, False, False])
+    # The released branch order (identity, adapter): selected iff logit_adapter >
+    # logit_identity; an exact tie runs the identity.
+    assert (IDENTITY, ADAPTER) == (0, 1)
+    assert bool(is_selected([-0.5, 0.5]))
+    assert not bool(is_selected([0.5, -0.5]))
+    assert not bool(is_selected([0.0, 0.0]))
+    assert not bool(is_selected([0.3, 0.3]))
+    assert bool(is_selected([0.5, -0.5], adapter_index=0))
+    batched = is_selected([[1.0, 0.0], [0.0, 1.0], [2.0, 2.5], [1.0, 1.0]])
+    np.testing.assert_array_equal(batched, [False, True, True, False])
 
 
 @pytest.mark.parametrize("logits", [[0.0, 0.0], [0.2, 0.1], [0.1, 0.2], [-3.0, -3.0]])
 def test_is_selected_agrees_with_the_inference_forward(logits):
-    # Ties included: both resolve them to choice 0, so reports match what inference runs.
+    # Ties included: both resolve them to the identity (choice 0), so reports match what
+    # inference runs.
     y = GumbelSwitch().apply(params(logits), 1, True)
-    assert bool(is_selected(logits)) == bool(y[0, 0] == 1.0)
+    assert bool(is_selected(logits)) == bool(y[0, ADAPTER] == 1.0)
+    if logits[0] == logits[1]:
+        assert y[0, IDENTITY] == 1.0
 
 
 def assert_one_sentence(error, fragment):

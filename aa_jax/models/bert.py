@@ -180,8 +180,9 @@ class BertModel(nn.Module):
           input_ids, token_type_ids, attention_mask: <int32>[batch, length].
           deterministic: False for training (dropout on, switches sample Gumbel noise;
             needs rngs ``dropout`` and ``gumbel``).
-          adapter_drop: optional <int32>[] — layers with index below it run without their
-            adapter (AdapterDrop).
+          adapter_drop: optional; layers with index below it run without their adapter
+            (AdapterDrop). A Python int is static (those adapters are not computed); a
+            traced <int32>[] (the per-step draw) keeps every shape.
 
         Returns:
           (last_hidden_state <dtype>[batch, length, hidden], pooled <dtype>[batch, hidden]).
@@ -233,16 +234,19 @@ class BertPooler(nn.Module):
             x[:, 0]))
 
 
-POOLINGS = ("pooler", "mean")
+# "auto" is resolved to one of the others before a model is built (train.resolve_pooling).
+POOLINGS = ("auto", "pooler", "mean", "cls", "max")
 
 
 class BertForSequenceClassification(nn.Module):
     """BERT -> pooler (frozen) -> dropout -> linear; ``num_labels == 1`` is regression.
 
-    ``pooling="pooler"`` is BERT's own pooled [CLS] output (the paper's head).
-    ``pooling="mean"`` averages the last hidden states over real tokens instead: for
-    checkpoints whose pooler was never trained, such as sentence-transformers' MiniLM
-    (trained with mean pooling), the pooled output barely varies between inputs.
+    ``pooling="pooler"`` is BERT's own pooled [CLS] output (the paper's head). The
+    sentence-transformers poolings read the last hidden states instead: ``"mean"`` (over
+    real tokens), ``"cls"`` (the [CLS] state, no pooler) and ``"max"`` (over real tokens).
+    They matter for checkpoints whose pooler was never trained, such as
+    sentence-transformers' MiniLM (trained with mean pooling), whose pooled output barely
+    varies between inputs.
 
     Returns ``(logits <float32>[batch, num_labels], aux)``; ``aux`` is empty here and kept
     for heads that report more. Switch probabilities are sown as ``intermediates``
@@ -260,15 +264,20 @@ class BertForSequenceClassification(nn.Module):
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
                  deterministic: bool = True, adapter_drop=None):
         c = self.config
-        if self.pooling not in POOLINGS:
+        if self.pooling not in POOLINGS or self.pooling == "auto":
             raise UserError(f"Unknown pooling {self.pooling!r}; choose one of: "
-                            f"{', '.join(POOLINGS)}.")
+                            f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
         last, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, adapter_drop)
+        real = (jnp.ones_like(input_ids) if attention_mask is None
+                else attention_mask)[..., None] > 0
         if self.pooling == "mean":
-            mask = (jnp.ones_like(input_ids) if attention_mask is None
-                    else attention_mask)[..., None].astype(last.dtype)
+            mask = real.astype(last.dtype)
             pooled = jnp.sum(last * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+        elif self.pooling == "cls":
+            pooled = last[:, 0]
+        elif self.pooling == "max":
+            pooled = jnp.max(jnp.where(real, last, jnp.finfo(last.dtype).min), axis=1)
         rate = getattr(c, "classifier_dropout", None)
         rate = c.hidden_dropout_prob if rate is None else rate
         pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
