@@ -100,8 +100,10 @@ def manager(directory: str | Path, max_to_keep: int = 2,
     else:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
+    handlers = {name: (ocp.JsonCheckpointHandler() if name in ("architecture", "meta")
+                        else ocp.StandardCheckpointHandler()) for name in ITEMS}
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_names=ITEMS)
+                                 item_handlers=handlers)
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
@@ -128,6 +130,8 @@ def _check_fits(mgr: ocp.CheckpointManager, epoch: int, expected: dict[str, Any]
         metadata = mgr.item_metadata(epoch)
         stored = {name: metadata[name] for name in expected}
     except Exception:  # unreadable metadata: let the restore itself report what is wrong
+        return
+    if any(tree is None for tree in stored.values()):
         return
     for name, like in expected.items():
         got, want = _shapes(stored[name]), _shapes(like)

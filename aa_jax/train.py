@@ -51,9 +51,12 @@ CONFIG_SCHEMA = "aa_jax.train_config/v1"
 # or trained. "adapter" and "head" train with --lr, "switch" with --switch-lr, "rational"
 # with --rational-lr.
 PARAM_RULES: tuple[tuple[str, str], ...] = (
-    (r"^bert/embeddings/.+", "frozen"),
-    (r"^bert/encoder/layer_\d+/(attention|intermediate)/.+", "frozen"),
-    (r"^bert/encoder/layer_\d+/output/(dense|LayerNorm)/(kernel|bias|scale)$", "frozen"),
+    (r"^bert/embeddings/(word|position|token_type)_embeddings/embedding$", "frozen"),
+    (r"^bert/embeddings/LayerNorm/(scale|bias)$", "frozen"),
+    (r"^bert/encoder/layer_\d+/attention/self/(query|key|value)/(kernel|bias)$", "frozen"),
+    (r"^bert/encoder/layer_\d+/attention/output/dense/(kernel|bias)$", "frozen"),
+    (r"^bert/encoder/layer_\d+/(attention/output|output)/LayerNorm/(scale|bias)$", "frozen"),
+    (r"^bert/encoder/layer_\d+/(intermediate|output)/dense/(kernel|bias)$", "frozen"),
     (r"^bert/pooler/dense/(kernel|bias)$", "frozen"),
     (r"^bert/encoder/layer_\d+/output/slot/adapter/(down|up)/(kernel|bias)$", "adapter"),
     (r"^bert/encoder/layer_\d+/output/slot/adapter/rational/(numerator|denominator)$",
@@ -197,6 +200,8 @@ class TrainConfig:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
