@@ -2,23 +2,30 @@
 
 Adapters whose nonlinearity is a learnable rational function and whose layers are switched
 on or off by learnable Gumbel-softmax switches, in a frozen BERT.
+
+The names below are imported on first use, so that ``import aa_jax.allocator`` (which the
+command line runs before anything else) does not load JAX.
 """
 
+import importlib
 import os
 
 # transformers is used for tokenizers and configs only; its notice that PyTorch is absent
 # is noise here.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from aa_jax.adapters import Architecture, LayerSpec
-from aa_jax.errors import UserError
-from aa_jax.models.bert import BertForSequenceClassification, BertModel
-from aa_jax.models.loader import load_pretrained, with_backbone
-from aa_jax.rational import Rational, fit_rational, init_coefficients
-from aa_jax.switch import GumbelSwitch
+_EXPORTS = {
+    "Architecture": "aa_jax.adapters", "LayerSpec": "aa_jax.adapters",
+    "UserError": "aa_jax.errors",
+    "BertForSequenceClassification": "aa_jax.models.bert", "BertModel": "aa_jax.models.bert",
+    "load_pretrained": "aa_jax.models.loader", "with_backbone": "aa_jax.models.loader",
+    "Rational": "aa_jax.rational", "fit_rational": "aa_jax.rational",
+    "init_coefficients": "aa_jax.rational", "GumbelSwitch": "aa_jax.switch",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "Architecture", "LayerSpec", "UserError", "BertForSequenceClassification", "BertModel",
-    "load_pretrained", "with_backbone", "Rational", "fit_rational", "init_coefficients",
-    "GumbelSwitch",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'aa_jax' has no attribute {name!r}")

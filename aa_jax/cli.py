@@ -3,6 +3,7 @@
     aa-jax train --task rte --method aa --model minilm --train-size 100 --seed 42 --out DIR
     aa-jax eval DIR
     aa-jax architecture DIR
+    aa-jax bench --methods baseline,aa --json
 
 A user's mistake ends with one sentence on stderr and exit status 2 (``--debug`` shows
 the traceback instead).
@@ -16,7 +17,6 @@ import sys
 from pathlib import Path
 
 from aa_jax.errors import UserError
-from aa_jax.methods import METHODS
 
 
 def _train_size(text: str):
@@ -34,6 +34,8 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aa_jax.methods import METHODS
+
     parser = argparse.ArgumentParser(
         prog="aa-jax", description="Adaptable Adapters in JAX: train adapters in a frozen "
         "BERT and learn which layers need one.")
@@ -84,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="re-evaluate a run's best epoch on dev and test")
     e.add_argument("run_dir")
+
+    b = sub.add_parser("bench", help="time the train step and inference of each method")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--length", type=int, default=128)
+    b.add_argument("--methods", type=_csv, default=None,
+                   help="comma-separated (default baseline,aa,rational_only,switch_only,"
+                   "last_n)")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", action="store_true", help="one JSON object per method")
 
     a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
     a.add_argument("run_dir")
@@ -150,10 +162,38 @@ def cmd_architecture(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from aa_jax import allocator, bench
+    from aa_jax.methods import METHODS
+
+    methods = tuple(args.methods or bench.DEFAULT_METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"Unknown method(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(METHODS)}.")
+    for name in ("batch_size", "length", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer.")
+    records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats)
+    for r in records:
+        r["allocator"] = allocator.active()
+    if args.json:
+        for r in records:
+            print(json.dumps(r))
+    else:
+        r = records[0]
+        print(f"{r['device']}, model {r['model']}, batch {r['batch_size']} x {r['length']} "
+              f"tokens, median of {args.repeats}; allocator {r['allocator']}; float32 matmul "
+              f"peak {r['peak_gflops']:.0f} GFLOP/s (2048^2, same process)")
+        print(bench.format_table(records))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture}
+    commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture,
+                "bench": cmd_bench}
     try:
         return commands[args.command](args)
     except UserError as e:
@@ -164,6 +204,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The ``aa-jax`` console command: restarts itself with the allocator that suits XLA
+    (see :mod:`aa_jax.allocator`), then runs :func:`main`."""
+    from aa_jax.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc(["-m", "aa_jax.cli", *sys.argv[1:]])
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -65,3 +68,42 @@ def test_train_on_own_csv_files(tmp_path, tiny_checkpoint, regression, capsys):
     result = json.loads((out / "result.json").read_text())
     assert set(result["test"]) == ({"pearson", "spearman"} if regression else {"accuracy"})
     assert result["examples"] == {"train": 24, "dev": 8, "test": 12}
+
+
+BENCH_ARGS = ["bench", "--methods", "baseline,aa", "--batch-size", "2", "--length", "16",
+              "--repeats", "1", "--json"]
+
+
+def test_bench_prints_one_json_record_per_method(tiny_checkpoint, capsys):
+    assert cli.main([*BENCH_ARGS, "--model", str(tiny_checkpoint)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["method"] for r in records] == ["baseline", "aa"]
+    for r in records:
+        assert r["train_step_s"] > 0 and r["predict_s"] > 0
+        assert r["gflops"] > 0 and r["peak_gflops"] > 0
+        assert r["peak_fraction"] == pytest.approx(r["gflops"] / r["peak_gflops"], abs=1e-3)
+        assert r["train_gflop"] > r["predict_gflop"] > 0  # a step also runs the backward
+
+
+def test_bench_refuses_an_unknown_method(tiny_checkpoint, capsys):
+    assert cli.main(["bench", "--model", str(tiny_checkpoint), "--methods", "fast"]) == 2
+    assert "Unknown method(s) fast" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the allocator restart is for Linux")
+@pytest.mark.parametrize("setting, want", [(None, "mimalloc"), ("system", "system")])
+def test_the_command_restarts_with_mimalloc_unless_told_not_to(tiny_checkpoint, setting, want):
+    from aa_jax.allocator import mimalloc_library
+
+    if mimalloc_library() is None:
+        pytest.skip("cmeel-mimalloc is not installed")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "AA_JAX_ALLOCATOR", "_AA_JAX_ALLOCATOR_RESTARTED")}
+    if setting:
+        env["AA_JAX_ALLOCATOR"] = setting
+    args = [*BENCH_ARGS, "--methods", "baseline", "--model", str(tiny_checkpoint)]
+    code = f"import sys; sys.argv = ['aa-jax', *{args!r}]; from aa_jax.cli import entry; entry()"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1])["allocator"] == want

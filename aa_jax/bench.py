@@ -1,0 +1,132 @@
+"""Speed of the jitted train step and of inference, per method, against this machine's peak.
+
+``aa-jax bench`` runs :func:`run`. For each method it times, after compilation, one
+training step (forward, backward through the adapters, clipped Adam) and one inference
+batch, as medians over ``repeats`` calls. It counts the floating-point operations of each
+compiled program from XLA's cost analysis (which counts them from the operations' shapes),
+and divides by the time to give the achieved GFLOP/s. :func:`matmul_peak` measures, in the
+same process, the float32 matmul throughput that this machine reaches with the same XLA
+backend; the achieved rate over that peak is ``peak_fraction``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from aa_jax.methods import architecture_for
+from aa_jax.models.bert import BertForSequenceClassification
+from aa_jax.models.loader import load_pretrained
+from aa_jax.train import (TrainConfig, init_params, init_state, make_optimizer, make_predict,
+                          make_train_step)
+
+DEFAULT_METHODS = ("baseline", "aa", "rational_only", "switch_only", "last_n")
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` (blocked until its result is ready) after warm-up."""
+    for _ in range(warmup):  # compilation, then the allocator's and threads' steady state
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def compiled_flops(fn, *args) -> float | None:
+    """Floating-point operations of one call of the jitted ``fn``, from XLA's cost analysis."""
+    try:
+        cost = fn.lower(*args).compile().cost_analysis()
+    except Exception:  # a backend without cost analysis
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 ``size`` x ``size`` matmul on the default device (median)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    return 2 * size**3 / median_seconds(lambda: matmul(a, b), repeats) / 1e9
+
+
+def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
+        methods: tuple[str, ...] = DEFAULT_METHODS, repeats: int = 5,
+        pretrained=None) -> list[dict[str, Any]]:
+    """One record per method: times, examples/s, achieved GFLOP/s and peak fraction."""
+    pre = pretrained or load_pretrained(model, tokenizer=False)
+    depth = pre.config.num_hidden_layers
+    b, n = batch_size, length
+    batch = {"input_ids": jnp.full((b, n), 1000, jnp.int32),
+             "token_type_ids": jnp.zeros((b, n), jnp.int32),
+             "attention_mask": jnp.ones((b, n), jnp.int32),
+             "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
+    peak = matmul_peak()
+    records = []
+    for method in methods:
+        arch = architecture_for(method, depth, last_n=(depth + 1) // 2,
+                                selected_layers=list(range(depth // 2, depth)))
+        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler")
+        trainable, frozen = init_params(net, jax.random.key(0), pre.params)
+        tx = make_optimizer(TrainConfig(), 1000, trainable)
+        step = make_train_step(net, tx, regression=False)
+        predict = make_predict(net, regression=False)
+        state = [init_state(trainable, tx)]
+        key = jax.random.key(1)
+        train_flops = compiled_flops(step, state[0], frozen, batch, key)
+        predict_flops = compiled_flops(predict, trainable, frozen, batch)
+
+        def train_once():
+            state[0], metrics = step(state[0], frozen, batch, key)
+            return metrics["loss"]
+
+        train_s = median_seconds(train_once, repeats)
+        predict_s = median_seconds(lambda: predict(state[0].trainable, frozen, batch), repeats)
+        train_gflops = train_flops / train_s / 1e9 if train_flops else None
+        predict_gflops = predict_flops / predict_s / 1e9 if predict_flops else None
+        records.append({
+            "method": method, "model": model, "batch_size": b, "length": n,
+            "device": jax.devices()[0].device_kind,
+            "train_step_s": round(train_s, 4), "predict_s": round(predict_s, 4),
+            "train_examples_per_s": round(b / train_s, 2),
+            "predict_examples_per_s": round(b / predict_s, 2),
+            "train_gflop": round(train_flops / 1e9, 6) if train_flops else None,
+            "predict_gflop": round(predict_flops / 1e9, 6) if predict_flops else None,
+            "gflops": round(train_gflops, 3) if train_gflops else None,
+            "predict_gflops": round(predict_gflops, 3) if predict_gflops else None,
+            "peak_gflops": round(peak, 1),
+            "peak_fraction": round(train_gflops / peak, 4) if train_gflops else None,
+            "predict_peak_fraction": round(predict_gflops / peak, 3) if predict_gflops else None,
+        })
+    return records
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`run`'s records, with each method relative to the first."""
+    head = (f"{'method':14s} {'train s':>8s} {'ex/s':>7s} {'GFLOP/s':>8s} {'of peak':>8s} "
+            f"{'x first':>7s} {'predict s':>9s} {'ex/s':>7s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    lines = [head]
+    base = records[0] if records else None
+    for r in records:
+        def pct(v):
+            return f"{100 * v:7.1f}%" if v is not None else f"{'-':>8s}"
+
+        def num(v):
+            return f"{v:8.1f}" if v is not None else f"{'-':>8s}"
+
+        lines.append(
+            f"{r['method']:14s} {r['train_step_s']:8.3f} {r['train_examples_per_s']:7.1f} "
+            f"{num(r['gflops'])} {pct(r['peak_fraction'])} "
+            f"{r['train_step_s'] / base['train_step_s']:7.2f} {r['predict_s']:9.3f} "
+            f"{r['predict_examples_per_s']:7.1f} {num(r['predict_gflops'])} "
+            f"{pct(r['predict_peak_fraction'])}")
+    return "\n".join(lines)
