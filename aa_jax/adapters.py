@@ -15,6 +15,10 @@ the layer's own pretrained output LayerNorm, ``x = LN(h + inp)`` and ``a = up(f(
                     inference: out = LN(a + h + inp)  if the switch picks the adapter
                                out = LN(x + h + inp)  if it picks the identity
 
+An AA model exported for inference (:mod:`aa_jax.export`) keeps the branch each switch
+chose as a static layer: an adapter layer where it chose the adapter, and the *identity
+branch* ``out = LN(x + h + inp)`` where it chose the identity (``identity_branch=True``).
+
 This is what the released code computes: both branches of the switch keep the
 transformer's residual ``h + inp``. The paper's "no skip connection" means that the
 adapter branch has no skip of its own (it outputs ``a``, not ``a + x``); the identity
@@ -56,11 +60,15 @@ class LayerSpec:
       adapter: whether the layer has a bottleneck adapter at all.
       activation: the adapter's nonlinearity, ``"rational"`` or one of FIXED_ACTIVATIONS.
       switch: whether a Gumbel-softmax switch chooses between the adapter and identity.
+      identity_branch: a layer without adapter that computes the AA identity branch,
+        ``LN(x + h + inp)``, instead of the pretrained ``LN(h + inp)``: what an exported AA
+        model runs where the switch chose the identity.
     """
 
     adapter: bool = False
     activation: str = "relu"
     switch: bool = False
+    identity_branch: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -70,8 +78,13 @@ class LayerSpec:
         if self.switch and not self.adapter:
             raise UserError("A layer cannot have a switch without an adapter; set "
                             "adapter=True or switch=False.")
+        if self.identity_branch and self.adapter:
+            raise UserError("A layer with an adapter cannot also be a static identity branch; "
+                            "set identity_branch=False or adapter=False.")
 
     def describe(self) -> str:
+        if self.identity_branch:
+            return "x"
         if not self.adapter:
             return "-"
         return f"{self.activation}{' +switch' if self.switch else ''}"
@@ -182,10 +195,12 @@ class Architecture:
                             "transformer layer.")
         specs = []
         for i, entry in enumerate(layers):
-            if not isinstance(entry, dict) or set(entry) - {"adapter", "activation", "switch"}:
+            if not isinstance(entry, dict) or set(entry) - {"adapter", "activation", "switch",
+                                                            "identity_branch"}:
                 raise UserError(f"Layer {i} of the architecture must be an object with keys "
-                                f"adapter, activation, switch.")
-            for key, kind in (("adapter", bool), ("switch", bool), ("activation", str)):
+                                f"adapter, activation, switch (and identity_branch).")
+            for key, kind in (("adapter", bool), ("switch", bool), ("activation", str),
+                              ("identity_branch", bool)):
                 if key in entry and not isinstance(entry[key], kind):
                     raise UserError(f"Layer {i}: '{key}' must be a {kind.__name__}.")
             specs.append(LayerSpec(**entry))
@@ -301,6 +316,8 @@ class AdapterSlot(nn.Module):
         arch = self.architecture
         residual = h + inp
         x = layer_norm(residual)
+        if self.spec.identity_branch:
+            return layer_norm(x + residual)
         if not self.spec.adapter or (drop is True and not self.is_initializing()):
             return x
         adapter = BottleneckAdapter(

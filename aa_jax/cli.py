@@ -3,6 +3,7 @@
     aa-jax train --task rte --method aa --model minilm --train-size 100 --seed 42 --out DIR
     aa-jax eval DIR
     aa-jax architecture DIR
+    aa-jax export DIR --out EXPORT_DIR
     aa-jax bench --methods baseline,aa --json
 
 A user's mistake ends with one sentence on stderr and exit status 2 (``--debug`` shows
@@ -84,8 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default runs/<...>)")
     t.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="re-evaluate a run's best epoch on dev and test")
+    e = sub.add_parser("eval", help="re-evaluate a run's best epoch (or an export) on dev "
+                       "and test")
     e.add_argument("run_dir")
+
+    x = sub.add_parser("export", help="save a trained AA run as a static model (switches "
+                       "resolved, only the selected adapters)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True, help="a new directory for the export")
 
     b = sub.add_parser("bench", help="time the train step and inference of each method")
     b.add_argument("--model", default="minilm")
@@ -162,6 +169,15 @@ def cmd_architecture(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from aa_jax.export import export_run
+
+    record = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {args.out}: adapters in layers "
+          f"{record['selected_layers']} of {len(record['architecture']['layers'])}, no switches")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from aa_jax import allocator, bench
     from aa_jax.methods import METHODS
@@ -193,7 +209,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture,
-                "bench": cmd_bench}
+                "bench": cmd_bench, "export": cmd_export}
+    if args.command in ("train", "eval", "bench", "export"):
+        from aa_jax.cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return commands[args.command](args)
     except UserError as e:

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from aa_jax import checkpoint
 from aa_jax.adapters import Architecture, adapter_weight_count
@@ -287,8 +289,46 @@ def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
     return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Callable:
+# -- data parallel ----------------------------------------------------------------------
+
+def data_mesh(devices=None) -> Mesh | None:
+    """A one-axis mesh ("data") over ``devices`` (default: all of them, across hosts), or
+    None for a single device, where no sharding is needed."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+
+
+def replicate(tree, mesh: Mesh | None):
+    """``tree`` copied onto every device of ``mesh`` (unchanged without a mesh)."""
+    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _shardings(mesh: Mesh | None, batch_arg: int, num_args: int) -> dict[str, Any]:
+    """jit keywords that shard argument ``batch_arg`` (a batch) over the mesh's data axis
+    and replicate the other arguments and the outputs."""
+    if mesh is None:
+        return {}
+    replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return {"in_shardings": tuple(by_example if i == batch_arg else replicated
+                                  for i in range(num_args)),
+            "out_shardings": replicated}
+
+
+def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
+    if mesh is not None and batch_size % mesh.size:
+        raise UserError(f"--batch-size {batch_size} cannot be split over {mesh.size} "
+                        f"devices; use a multiple of {mesh.size}.")
+
+
+def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+                    mesh: Mesh | None = None) -> Callable:
     """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
+
+    With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
+    is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
+    XLA sums the gradients across devices. The random draws (dropout, Gumbel noise) do not
+    depend on the sharding, so the update is the single-device one up to the order of
+    float additions.
 
     ``state`` is donated; ``frozen`` (the backbone) is only read. ``rng`` is the run's
     training key; the step folds ``state.step`` into it, so the same state and key always
@@ -317,14 +357,16 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Ca
                                   opt_state=opt_state)
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4))
 
 
-def make_predict(model, regression: bool, drop_first: int = 0) -> Callable:
+def make_predict(model, regression: bool, drop_first: int = 0,
+                 mesh: Mesh | None = None) -> Callable:
     """Jitted ``(trainable, frozen, batch) -> predictions`` (scores or class ids).
 
     ``drop_first`` (AdapterDrop at evaluation) is static: the first ``drop_first`` layers'
-    adapters are not computed at all.
+    adapters are not computed at all. ``mesh`` splits the batch as in
+    :func:`make_train_step`.
     """
     def predict(trainable, frozen, batch):
         logits, _ = model.apply(
@@ -333,7 +375,7 @@ def make_predict(model, regression: bool, drop_first: int = 0) -> Callable:
             adapter_drop=int(drop_first) if drop_first else None)
         return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
 
-    return jax.jit(predict)
+    return jax.jit(predict, **_shardings(mesh, 2, 3))
 
 
 def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> dict:
@@ -422,8 +464,13 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
     return unflatten_dict(trainable), unflatten_dict(frozen)
 
 
-def setup(config: TrainConfig, pretrained=None) -> Experiment:
-    """Loads data and model and builds the initial params; raises UserError on bad input."""
+def setup(config: TrainConfig, pretrained=None, architecture: Architecture | None = None,
+          pooling: str | None = None) -> Experiment:
+    """Loads data and model and builds the initial params; raises UserError on bad input.
+
+    ``architecture`` and ``pooling`` replace what the config would build (an export's
+    static architecture, and the pooling its run used).
+    """
     config.validate()
     pretrained = pretrained or load_pretrained(config.model)
     c = pretrained.config
@@ -431,14 +478,16 @@ def setup(config: TrainConfig, pretrained=None) -> Experiment:
         raise UserError(f"--max-length {config.max_length} exceeds the model's "
                         f"{c.max_position_embeddings} position embeddings; use at most "
                         f"{c.max_position_embeddings}.")
-    architecture = build_architecture(config, c.num_hidden_layers)
+    if architecture is None:
+        architecture = build_architecture(config, c.num_hidden_layers)
+    architecture.check_depth(c.num_hidden_layers)
     methods.adapterdrop_schedule(config.method, architecture.depth, config.adapterdrop_max,
                                  config.drop_first)  # validates drop_first against depth
     task, splits = load_data(config)
     encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
-    pooling = resolve_pooling(config.pooling, pretrained)
+    pooling = pooling or resolve_pooling(config.pooling, pretrained)
     model = BertForSequenceClassification(c, task.num_labels, architecture, pooling=pooling)
     init_key = jax.random.split(jax.random.key(config.seed))[0]
     trainable, frozen = init_params(model, init_key, pretrained.params)
@@ -518,6 +567,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         return checkpoint.read_json(out / "result.json", "run result")
     exp = setup(config, pretrained)
     _check_same_run(out, config, resolved)
+    mesh = data_mesh()
+    check_batch_size(config.batch_size, mesh)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -526,28 +577,30 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     checkpoint.remove_stale_temp_files(out)
 
     task, c = exp.task, config
-    trainable, frozen = exp.trainable, exp.frozen
+    trainable, frozen = exp.trainable, replicate(exp.frozen, mesh)
     steps_per_epoch = pipeline.num_batches(len(exp.labels["train"]), c.batch_size)
     tx = make_optimizer(c, steps_per_epoch * c.epochs, trainable)
-    state = init_state(trainable, tx)
+    state = replicate(init_state(trainable, tx), mesh)
     drop_max, drop_first = methods.adapterdrop_schedule(
         c.method, exp.architecture.depth, c.adapterdrop_max, c.drop_first)
-    step_fn = make_train_step(exp.model, tx, task.is_regression, drop_max)
-    predict = make_predict(exp.model, task.is_regression, drop_first)
+    step_fn = make_train_step(exp.model, tx, task.is_regression, drop_max, mesh)
+    predict = make_predict(exp.model, task.is_regression, drop_first, mesh)
     train_key = jax.random.split(jax.random.key(c.seed))[1]
 
     mgr = checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep)
     try:
-        best = {"epoch": 0, "score": -math.inf, "dev": None, "params": state.trainable}
+        best = {"epoch": 0, "score": -math.inf, "dev": None,
+                "params": jax.tree.map(jnp.copy, state.trainable)}
         history: list[dict] = []
         start_epoch, elapsed = 1, 0.0
         if mgr.latest_step() is not None:
             restored = checkpoint.restore(mgr, state.trainable, state.opt_state)
             meta = restored["meta"]
-            state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
-                                  opt_state=restored["opt_state"])
+            state = replicate(state.replace(step=jnp.int32(meta["step"]),
+                                            trainable=restored["params"],
+                                            opt_state=restored["opt_state"]), mesh)
             best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
-                    "dev": meta["best_dev"], "params": restored["best_params"]}
+                    "dev": meta["best_dev"], "params": replicate(restored["best_params"], mesh)}
             history = meta["history"]
             start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
         # Written only once the checkpoint (if any) is known to fit, so that a refused resume
@@ -660,12 +713,21 @@ def load_run(run_dir: str | Path, pretrained=None) -> tuple[Experiment, dict, di
 
 
 def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
-    """Dev and test metrics of a run's best epoch, recomputed from its checkpoint."""
-    exp, params, meta = load_run(run_dir, pretrained)
+    """Dev and test metrics of a run's best epoch, recomputed from its checkpoint, or of
+    an export (:mod:`aa_jax.export`)."""
+    from aa_jax.export import is_export, load_export
+
+    if is_export(run_dir):
+        exp, params = load_export(run_dir, pretrained)
+    else:
+        exp, params, _ = load_run(run_dir, pretrained)
     c = exp.config
     _, drop_first = methods.adapterdrop_schedule(c.method, exp.architecture.depth,
                                                  c.adapterdrop_max, c.drop_first)
-    predict = make_predict(exp.model, exp.task.is_regression, drop_first)
-    return {split: evaluate(predict, params, exp.frozen, exp.encoded[split],
+    mesh = data_mesh()
+    check_batch_size(c.batch_size, mesh)
+    predict = make_predict(exp.model, exp.task.is_regression, drop_first, mesh)
+    params, frozen = replicate(params, mesh), replicate(exp.frozen, mesh)
+    return {split: evaluate(predict, params, frozen, exp.encoded[split],
                             exp.labels[split], exp.task, c.batch_size)
             for split in ("dev", "test")}

@@ -2,7 +2,8 @@
 
     uv run python experiments/sweep.py experiments/sweeps/methods_100.json --glue-dir ../shared/glue
 
-Runs execute one after another in this process and share the loaded backbone. A finished
+Runs execute one after another in this process and share the loaded backbone, the
+allocator of ``aa-jax`` (mimalloc) and XLA's persistent compilation cache. A finished
 run (a complete result.json) is skipped, and an interrupted run resumes from its last
 checkpoint, so the same command can be restarted any number of times. Results go to
 ``experiments/results/<sweep name>/<task>-<method>-<size>-<seed>/``. Checkpoints are kept
@@ -102,4 +103,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from aa_jax.allocator import reexec_with_mimalloc
+    from aa_jax.cache import enable_compilation_cache
+
+    reexec_with_mimalloc(sys.argv)
+    enable_compilation_cache()
     sys.exit(main())

@@ -6,6 +6,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_compilation_cache(tmp_path_factory):
+    """In-process CLI calls use a compilation cache of the test session, not the user's."""
+    os.environ["AA_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
+
+
 @pytest.fixture(scope="session")
 def minilm():
     """The real pretrained MiniLM checkpoint (offline, pip-installed with the project)."""

@@ -172,3 +172,25 @@ def test_mean_pooling_head_averages_real_tokens_only():
     ids2[1, 7] = (ids2[1, 7] + 1) % 50
     again, _ = model.apply({"params": params}, ids2, tt, mask)
     np.testing.assert_array_equal(np.asarray(again)[1], np.asarray(logits)[1])
+
+
+def test_dropout_rate_scaling_and_passthrough():
+    from aa_jax.models.bert import Dropout, dropout_keep_mask
+
+    keep, keep_prob = dropout_keep_mask(jax.random.key(0), 0.1, (64, 12, 128, 129))
+    assert keep_prob == (65536 - 6554) / 65536  # 0.1 to 16 bits
+    n = keep.size
+    rate = 1.0 - float(np.mean(np.asarray(keep)))
+    # Binomial(n, 0.1): 5 standard deviations.
+    assert abs(rate - 6554 / 65536) <= 5 * np.sqrt(0.1 * 0.9 / n)
+    # The two 16-bit halves of one draw are independent: neighbours in the last axis
+    # are dropped together with probability rate^2.
+    both = float(np.mean(~np.asarray(keep)[..., :64] & ~np.asarray(keep)[..., 64:128]))
+    assert abs(both - 0.01) <= 5 * np.sqrt(0.01 * 0.99 / (n / 2))
+    x = jnp.ones((4, 8, 16))
+    drop = Dropout(0.1)
+    out = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    kept = np.asarray(out) != 0
+    np.testing.assert_allclose(np.asarray(out)[kept], 1.0 / keep_prob, rtol=1e-7)
+    np.testing.assert_array_equal(np.asarray(drop.apply({}, x, deterministic=True)), x)
+    np.testing.assert_array_equal(np.asarray(Dropout(0.0).apply({}, x, deterministic=False)), x)

@@ -31,6 +31,43 @@ _ACT = {
 }
 
 
+# Dropout draws 16 random bits per element, not 32: the keep probability is then a multiple
+# of 2^-16 (0.1 becomes 6554 / 65536 = 0.100006), and the masks cost half the threefry
+# calls. Dropout is the largest cost of a training step after the matmuls (measured on
+# MiniLM at batch 32 x 128, 2 CPU cores: 0.35 s of a 1.2 s step with 32-bit draws).
+_DROPOUT_BITS = 16
+
+
+def dropout_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jax.Array,
+                                                                                     float]:
+    """(keep mask <bool>[shape], keep probability) with P(drop) = round(rate * 2^16) / 2^16.
+
+    Each uint32 draw gives two 16-bit words, split along the last axis so that a batch
+    sharded over devices draws the same mask as on one device.
+    """
+    scale = 1 << _DROPOUT_BITS
+    threshold = int(round(rate * scale))
+    last = shape[-1]
+    words = jax.random.bits(key, shape[:-1] + ((last + 1) // 2,), jnp.uint32)
+    halves = jnp.concatenate([words & (scale - 1), words >> _DROPOUT_BITS], axis=-1)
+    return halves[..., :last] >= threshold, (scale - threshold) / scale
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with 16-bit masks (see ``dropout_keep_mask``), rng stream ``dropout``."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+        return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
 def _dense(features: int, config, dtype, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, name=name,
                     kernel_init=nn.initializers.normal(config.initializer_range))
@@ -56,7 +93,7 @@ class BertEmbeddings(nn.Module):
              + nn.Embed(c.type_vocab_size, c.hidden_size, embedding_init=init,
                         name="token_type_embeddings")(token_type_ids))
         x = _layer_norm(c, self.dtype)(x.astype(self.dtype))
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -70,18 +107,23 @@ class BertSelfAttention(nn.Module):
         heads = c.num_attention_heads
         head_dim = c.hidden_size // heads
 
-        def split(t):
-            return t.reshape(t.shape[:2] + (heads, head_dim))
+        def split(t):  # [batch, length, hidden] -> [batch, heads, length, head_dim]
+            return t.reshape(t.shape[:2] + (heads, head_dim)).transpose(0, 2, 1, 3)
 
+        # Heads-major layout: the two attention products are plain batched matmuls over
+        # (batch, heads). Contracting the [batch, length, heads, head_dim] layout directly
+        # with einsum made XLA:CPU copy the operands around each product, which cost as
+        # much as the products themselves (measured: 26 ms against 11 ms per layer for
+        # MiniLM at batch 32 x 128).
         q = split(_dense(c.hidden_size, c, self.dtype, "query")(x))
         k = split(_dense(c.hidden_size, c, self.dtype, "key")(x))
         v = split(_dense(c.hidden_size, c, self.dtype, "value")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
+        scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32: bf16 logits lose the small differences attention depends on.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(
+        probs = Dropout(c.attention_probs_dropout_prob)(
             probs.astype(self.dtype), deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        out = jnp.matmul(probs, v).transpose(0, 2, 1, 3)
         return out.reshape(out.shape[:2] + (c.hidden_size,))
 
 
@@ -105,7 +147,7 @@ class BertSelfOutput(nn.Module):
     def __call__(self, s, x, deterministic: bool):
         c = self.config
         s = _dense(c.hidden_size, c, self.dtype, "dense")(s)
-        s = nn.Dropout(c.hidden_dropout_prob)(s, deterministic=deterministic)
+        s = Dropout(c.hidden_dropout_prob)(s, deterministic=deterministic)
         return _layer_norm(c, self.dtype)(s + x)
 
 
@@ -134,7 +176,7 @@ class BertOutputBlock(nn.Module):
     def __call__(self, intermediate, inp, deterministic: bool, drop=None):
         c = self.config
         h = _dense(c.hidden_size, c, self.dtype, "dense")(intermediate)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         slot = AdapterSlot(self.spec, self.architecture, c.hidden_size, self.dtype,
                            name="slot")
         return slot(h, inp, _layer_norm(c, self.dtype), deterministic=deterministic,
@@ -280,7 +322,7 @@ class BertForSequenceClassification(nn.Module):
             pooled = jnp.max(jnp.where(real, last, jnp.finfo(last.dtype).min), axis=1)
         rate = getattr(c, "classifier_dropout", None)
         rate = c.hidden_dropout_prob if rate is None else rate
-        pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
+        pooled = Dropout(rate)(pooled, deterministic=deterministic)
         logits = nn.Dense(self.num_labels, name="classifier",
                           kernel_init=nn.initializers.normal(c.initializer_range))(pooled)
         return logits.astype(jnp.float32), {}
