@@ -329,7 +329,7 @@ class AdapterSlot(nn.Module):
         else:
             switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
                                   hard=arch.hard_switch, name="switch")
-            y = switch(h.shape[0], deterministic=deterministic).astype(h.dtype)
+            y = switch(h.shape[0], deterministic=deterministic)  # float32
             if deterministic:
                 # Inference: one branch for the whole batch; compute only that one.
                 use_adapter = y[0, ADAPTER] > y[0, IDENTITY]
@@ -339,9 +339,13 @@ class AdapterSlot(nn.Module):
                                  lambda mdl, x_: x_, adapter, x)
                 out = layer_norm(branch + residual)
             else:
+                # The mix is float32 whatever the backbone's dtype: the switch weights
+                # are probabilities that bfloat16 would round to 3 digits.
                 y_identity = y[:, IDENTITY, None, None]
                 y_adapter = y[:, ADAPTER, None, None]
-                out = layer_norm(residual + y_adapter * adapter(x) + y_identity * x)
+                f32 = jnp.float32
+                out = layer_norm(residual.astype(f32) + y_adapter * adapter(x).astype(f32)
+                                 + y_identity * x.astype(f32))
         if drop is None or drop is False or drop is True:
             return out
         return jnp.where(drop, x, out)

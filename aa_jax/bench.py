@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from aa_jax.export import static_architecture
 from aa_jax.methods import architecture_for
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
@@ -25,6 +26,9 @@ from aa_jax.train import (TrainConfig, init_params, init_state, make_optimizer, 
                           make_train_step)
 
 DEFAULT_METHODS = ("baseline", "aa", "rational_only", "switch_only", "last_n")
+# Bench-only entries: an exported AA model (``aa-jax export``) whose switches picked the
+# upper half of the layers, and AA-focused on the same layers (both as in aa_focused).
+EXTRA_METHODS = ("aa_export",)
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -61,8 +65,13 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 
 def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         methods: tuple[str, ...] = DEFAULT_METHODS, repeats: int = 5,
-        pretrained=None) -> list[dict[str, Any]]:
-    """One record per method: times, examples/s, achieved GFLOP/s and peak fraction."""
+        pretrained=None, selected_layers: list[int] | None = None) -> list[dict[str, Any]]:
+    """One record per method: times, examples/s, achieved GFLOP/s and peak fraction.
+
+    ``last_n`` puts adapters in the upper half of the layers (3 of 6 for MiniLM);
+    ``aa_focused`` in ``selected_layers`` (default: the same upper half), and
+    ``aa_export`` is an exported AA model whose switches chose those layers.
+    """
     pre = pretrained or load_pretrained(model, tokenizer=False)
     depth = pre.config.num_hidden_layers
     b, n = batch_size, length
@@ -72,9 +81,13 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
              "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
     peak = matmul_peak()
     records = []
+    upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
     for method in methods:
-        arch = architecture_for(method, depth, last_n=(depth + 1) // 2,
-                                selected_layers=list(range(depth // 2, depth)))
+        if method == "aa_export":
+            arch = static_architecture(architecture_for("aa", depth), upper)
+        else:
+            arch = architecture_for(method, depth, last_n=(depth + 1) // 2,
+                                    selected_layers=upper)
         net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler")
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
@@ -94,7 +107,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         train_gflops = train_flops / train_s / 1e9 if train_flops else None
         predict_gflops = predict_flops / predict_s / 1e9 if predict_flops else None
         records.append({
-            "method": method, "model": model, "batch_size": b, "length": n,
+            "method": method, "model": model, "adapter_layers": list(arch.adapter_layers),
+            "trainable_params": sum(x.size for x in jax.tree.leaves(trainable)), "batch_size": b, "length": n,
             "device": jax.devices()[0].device_kind,
             "train_step_s": round(train_s, 4), "predict_s": round(predict_s, 4),
             "train_examples_per_s": round(b / train_s, 2),

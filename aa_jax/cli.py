@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mean, cls (the [CLS] hidden state) or max")
     t.add_argument("--rational-version", default="A", choices=("A", "B", "C", "N"))
     t.add_argument("--hard-switch", action="store_true", help="straight-through switches")
+    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the frozen backbone (LayerNorm statistics, "
+                   "softmax, rationals, switches, head and loss stay float32)")
     t.add_argument("--max-grad-norm", type=float, default=1.0,
                    help="clip the global gradient norm (0: off); the released code used 1.0")
     t.add_argument("--adapterdrop-max", type=int, default=None,
@@ -183,10 +186,10 @@ def cmd_bench(args) -> int:
     from aa_jax.methods import METHODS
 
     methods = tuple(args.methods or bench.DEFAULT_METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS + bench.EXTRA_METHODS]
     if unknown:
         raise UserError(f"Unknown method(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(METHODS)}.")
+                        f"{', '.join(METHODS + bench.EXTRA_METHODS)}.")
     for name in ("batch_size", "length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer.")

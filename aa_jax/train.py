@@ -46,6 +46,7 @@ from aa_jax.models.loader import declared_pooling, load_pretrained
 from aa_jax.switch import ADAPTER
 
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Every parameter's role, by its path ("bert/encoder/layer_3/output/slot/adapter/down/
 # kernel"). Each path must match exactly one rule (big_vision's _split_frozen habit): a
@@ -112,6 +113,10 @@ class TrainConfig:
     # The head's input: "auto" (the pooling a sentence-transformers checkpoint declares,
     # else BERT's pooled [CLS]), "pooler" (the paper's head), "mean", "cls" or "max".
     pooling: str = "auto"
+    # The frozen backbone's compute dtype: "float32", or "bfloat16" (params stay float32;
+    # LayerNorm statistics, softmax, rationals, switches, the head and the loss stay
+    # float32).
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
@@ -199,6 +204,8 @@ class TrainConfig:
             need(isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a name.")
         need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
+        need(self.dtype in DTYPES, f"Unknown --dtype {self.dtype!r}; choose one of: "
+             f"{', '.join(DTYPES)}.")
 
 
 def _short(value: Any) -> str:
@@ -488,7 +495,8 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
     pooling = pooling or resolve_pooling(config.pooling, pretrained)
-    model = BertForSequenceClassification(c, task.num_labels, architecture, pooling=pooling)
+    model = BertForSequenceClassification(c, task.num_labels, architecture,
+                                          dtype=DTYPES[config.dtype], pooling=pooling)
     init_key = jax.random.split(jax.random.key(config.seed))[0]
     trainable, frozen = init_params(model, init_key, pretrained.params)
     return Experiment(config, task, encoded, labels, model, architecture, trainable, frozen,

@@ -311,6 +311,8 @@ class BertForSequenceClassification(nn.Module):
                             f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
         last, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, adapter_drop)
+        # The head reads float32 whatever the backbone computed in.
+        last, pooled = last.astype(jnp.float32), pooled.astype(jnp.float32)
         real = (jnp.ones_like(input_ids) if attention_mask is None
                 else attention_mask)[..., None] > 0
         if self.pooling == "mean":

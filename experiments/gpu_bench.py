@@ -1,0 +1,56 @@
+"""The accelerator benchmark: BERT-large (random weights, nothing downloads) on one device.
+
+    uv run python experiments/gpu_bench.py --out experiments/results/gpu_bench.jsonl
+
+Times the train step and inference (batch 32 x 128) of the Pfeiffer baseline, AA, and
+AA-focused on the paper's 13 transferred layers of 24, and prints one JSON record per
+method with the achieved GFLOP/s and its fraction of the matmul peak measured in the same
+process (see ``aa_jax.bench``). Run it on the machine whose numbers you want; figures from
+a CPU and from an accelerator are not comparable.
+
+Not measured here yet: a bfloat16 backbone (aa_jax has no such option yet) and AdapterHub
+on the same device (its wheels and transformers 4.57 would have to travel with the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from aa_jax import bench
+from aa_jax.models.bert import BertModel
+from aa_jax.models.loader import Pretrained, load_config
+
+QQP_LAYERS = [2, 6, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23]  # the paper's transfer
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bert-large")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=None, help="also append the records to this file")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.model)  # the published config; no weights are downloaded
+    params = jax.jit(lambda k: BertModel(config).init(k, jnp.zeros((1, 8), jnp.int32)))(
+        jax.random.key(0))["params"]
+    pre = Pretrained(args.model, Path("."), config, params, None, True)
+    records = bench.run(args.model, args.batch_size, args.length,
+                        ("baseline", "aa", "aa_focused"), args.repeats, pretrained=pre,
+                        selected_layers=QQP_LAYERS if config.num_hidden_layers == 24 else None)
+    for r in records:
+        r["device"] = str(jax.devices()[0].device_kind)
+        print(json.dumps(r), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
