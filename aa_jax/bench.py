@@ -65,7 +65,8 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 
 def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         methods: tuple[str, ...] = DEFAULT_METHODS, repeats: int = 5,
-        pretrained=None, selected_layers: list[int] | None = None) -> list[dict[str, Any]]:
+        pretrained=None, selected_layers: list[int] | None = None,
+        dtype: str = "float32") -> list[dict[str, Any]]:
     """One record per method: times, examples/s, achieved GFLOP/s and peak fraction.
 
     ``last_n`` puts adapters in the upper half of the layers (3 of 6 for MiniLM);
@@ -88,7 +89,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         else:
             arch = architecture_for(method, depth, last_n=(depth + 1) // 2,
                                     selected_layers=upper)
-        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler")
+        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
+                                            dtype=jnp.dtype(dtype))
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         step = make_train_step(net, tx, regression=False)
@@ -107,7 +109,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         train_gflops = train_flops / train_s / 1e9 if train_flops else None
         predict_gflops = predict_flops / predict_s / 1e9 if predict_flops else None
         records.append({
-            "method": method, "model": model, "adapter_layers": list(arch.adapter_layers),
+            "method": method, "model": model, "dtype": dtype,
+            "adapter_layers": list(arch.adapter_layers),
             "trainable_params": sum(x.size for x in jax.tree.leaves(trainable)), "batch_size": b, "length": n,
             "device": jax.devices()[0].device_kind,
             "train_step_s": round(train_s, 4), "predict_s": round(predict_s, 4),

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated (default baseline,aa,rational_only,switch_only,"
                    "last_n)")
     b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the frozen backbone")
     b.add_argument("--json", action="store_true", help="one JSON object per method")
 
     a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
@@ -193,7 +195,8 @@ def cmd_bench(args) -> int:
     for name in ("batch_size", "length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer.")
-    records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats)
+    records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats,
+                        dtype=args.dtype)
     for r in records:
         r["allocator"] = allocator.active()
     if args.json:
