@@ -204,7 +204,8 @@ class TrainConfig:
             need(isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a name.")
         need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
-        need(self.dtype in DTYPES, f"Unknown --dtype {self.dtype!r}; choose one of: "
+        need(isinstance(self.dtype, str) and self.dtype in DTYPES,
+             f"Unknown --dtype {self.dtype!r}; choose one of: "
              f"{', '.join(DTYPES)}.")
 
 

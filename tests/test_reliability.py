@@ -650,6 +650,8 @@ def test_nothing_is_ever_unpickled():
      r"--switch-learning-rate must be a positive finite number, got an integer of 401 "
      r"digits\."),
     ({"max_grad_norm": -1.0}, r"max_grad_norm must be a non-negative number"),
+    ({"dtype": "float16"}, r"Unknown --dtype 'float16'; choose one of: float32, bfloat16"),
+    ({"dtype": []}, r"Unknown --dtype \[\]"),
     ({"max_grad_norm": "1"}, r"max_grad_norm must be a non-negative number"),
     ({"method": "best"}, r"Unknown method 'best'"),
     ({"task": ["rte"]}, r"--task must be a task name"),
