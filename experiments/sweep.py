@@ -35,7 +35,8 @@ RESULTS = Path(__file__).resolve().parent / "results"  # run from the repository
 def run_name(c: TrainConfig) -> str:
     size = "full" if c.train_size is None else c.train_size
     dtype = "" if c.dtype == "float32" else f"-{c.dtype}"
-    return f"{c.task}-{c.method}-{size}-{c.seed}{dtype}"
+    lr = "" if c.learning_rate == TrainConfig.learning_rate else f"-lr{c.learning_rate:g}"
+    return f"{c.task}-{c.method}-{size}-{c.seed}{lr}{dtype}"
 
 
 def expand(spec: dict, glue_dir: str | None) -> list[dict]:

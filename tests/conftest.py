@@ -92,3 +92,16 @@ def fake_glue(tmp_path_factory):
 
     return write_fake_glue(tmp_path_factory.mktemp("glue"), tasks=("rte", "stsb", "cola"),
                            n_train=48, n_validation=24)
+
+
+@pytest.fixture(scope="session")
+def aa_run(tmp_path_factory, tiny_checkpoint, fake_glue):
+    """A finished 2-epoch AA run on the tiny BERT (RTE, 24 examples)."""
+    from aa_jax import cli
+
+    out = tmp_path_factory.mktemp("runs") / "aa"
+    assert cli.main(["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+                     "--task", "rte", "--method", "aa", "--train-size", "24", "--epochs", "2",
+                     "--batch-size", "8", "--max-length", "32", "--no-progress",
+                     "--out", str(out)]) == 0
+    return out

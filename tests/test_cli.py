@@ -11,16 +11,6 @@ import pytest
 from aa_jax import cli
 
 
-@pytest.fixture(scope="module")
-def aa_run(tmp_path_factory, tiny_checkpoint, fake_glue):
-    out = tmp_path_factory.mktemp("runs") / "aa"
-    assert cli.main(["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
-                     "--task", "rte", "--method", "aa", "--train-size", "24", "--epochs", "2",
-                     "--batch-size", "8", "--max-length", "32", "--no-progress",
-                     "--out", str(out)]) == 0
-    return out
-
-
 def test_eval_reproduces_the_stored_result(aa_run, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(aa_run)]) == 0

@@ -67,16 +67,6 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
     assert np.max(np.abs(hidden["plain"] - hidden["switched"])) > 0.1
 
 
-@pytest.fixture(scope="module")
-def aa_run(tmp_path_factory, tiny_checkpoint, fake_glue):
-    out = tmp_path_factory.mktemp("export-runs") / "aa"
-    assert cli.main(["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
-                     "--task", "rte", "--method", "aa", "--train-size", "24", "--epochs", "2",
-                     "--batch-size", "8", "--max-length", "32", "--no-progress",
-                     "--out", str(out)]) == 0
-    return out
-
-
 def test_export_then_eval_gives_the_run_s_metrics(aa_run, tmp_path, capsys):
     export_dir = tmp_path / "exported"
     assert cli.main(["export", str(aa_run), "--out", str(export_dir)]) == 0

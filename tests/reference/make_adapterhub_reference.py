@@ -25,14 +25,8 @@ comparison.
 from pathlib import Path
 
 import numpy as np
+from make_bert_reference import PAIRS  # the same sentence pairs as the encoder reference
 
-PAIRS = [
-    ("A man is playing a guitar.", "Someone plays an instrument on stage."),
-    ("The cat sat on the mat.", "A dog is running through the park after a red ball."),
-    ("Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at "
-     "age 44.", "Christopher Reeve had an accident."),
-    ("Is it raining?", "No."),
-]
 SEED = 20220710
 STD = 0.1
 OUT = Path(__file__).with_name("minilm_adapterhub_seq_bn_reference.npz")
