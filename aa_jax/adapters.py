@@ -339,13 +339,13 @@ class AdapterSlot(nn.Module):
                                  lambda mdl, x_: x_, adapter, x)
                 out = layer_norm(branch + residual)
             else:
-                # The mix is float32 whatever the backbone's dtype: the switch weights
-                # are probabilities that bfloat16 would round to 3 digits.
+                # The mix is at least float32 whatever the backbone's dtype: the switch
+                # weights are probabilities that bfloat16 would round to 3 digits.
                 y_identity = y[:, IDENTITY, None, None]
                 y_adapter = y[:, ADAPTER, None, None]
-                f32 = jnp.float32
-                out = layer_norm(residual.astype(f32) + y_adapter * adapter(x).astype(f32)
-                                 + y_identity * x.astype(f32))
+                mix = jnp.promote_types(h.dtype, jnp.float32)
+                out = layer_norm(residual.astype(mix) + y_adapter * adapter(x).astype(mix)
+                                 + y_identity * x.astype(mix))
         if drop is None or drop is False or drop is True:
             return out
         return jnp.where(drop, x, out)

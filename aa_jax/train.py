@@ -328,23 +328,8 @@ def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
                         f"devices; use a multiple of {mesh.size}.")
 
 
-def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
-                    mesh: Mesh | None = None) -> Callable:
-    """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
-
-    With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
-    is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
-    XLA sums the gradients across devices. The random draws (dropout, Gumbel noise) do not
-    depend on the sharding, so the update is the single-device one up to the order of
-    float additions.
-
-    ``state`` is donated; ``frozen`` (the backbone) is only read. ``rng`` is the run's
-    training key; the step folds ``state.step`` into it, so the same state and key always
-    give the same update (and an interrupted run resumes exactly). With
-    ``adapterdrop_max > 0`` each step drops the adapters of the first
-    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
-    global norm before clipping.
-    """
+def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callable:
+    """The unjitted ``(state, frozen, batch, rng) -> (state, metrics)`` of one run."""
     def step(state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
@@ -365,7 +350,55 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
                                   opt_state=opt_state)
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
+    return step
+
+
+def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+                    mesh: Mesh | None = None) -> Callable:
+    """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
+
+    With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
+    is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
+    XLA sums the gradients across devices. The random draws (dropout, Gumbel noise) do not
+    depend on the sharding, so the update is the single-device one up to the order of
+    float additions.
+
+    ``state`` is donated; ``frozen`` (the backbone) is only read. ``rng`` is the run's
+    training key; the step folds ``state.step`` into it, so the same state and key always
+    give the same update (and an interrupted run resumes exactly). With
+    ``adapterdrop_max > 0`` each step drops the adapters of the first
+    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
+    global norm before clipping.
+    """
+    step = _step_function(model, tx, regression, adapterdrop_max)
     return jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4))
+
+
+def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Callable:
+    """Several runs of one model as one program: the jitted
+    ``(states, frozen, batches, rngs) -> (states, metrics)`` with a leading seed axis.
+
+    ``states`` is :func:`stack_runs` of one :class:`TrainState` per seed (each with its own
+    adapters, switches and optimizer state), ``batches`` stacks one batch per seed (each
+    seed its own data; all of one shape), and ``rngs`` one training key per seed, so each
+    seed draws its own dropout and Gumbel noise. ``frozen`` is the one backbone all seeds
+    share. Each seed computes exactly what :func:`make_train_step` computes for it alone,
+    up to the rounding of batched kernels.
+    """
+    step = _step_function(model, tx, regression, adapterdrop_max)
+    return jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0)), donate_argnums=0)
+
+
+def stack_runs(trees: list) -> Any:
+    """One pytree with a leading axis from several of the same structure (states, batches,
+    keys)."""
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def unstack_run(tree, index: int) -> Any:
+    """Seed ``index`` of a :func:`stack_runs` tree."""
+    return jax.tree.map(lambda x: x[index], tree)
+
 
 
 def make_predict(model, regression: bool, drop_first: int = 0,

@@ -290,8 +290,8 @@ class BertForSequenceClassification(nn.Module):
     sentence-transformers' MiniLM (trained with mean pooling), whose pooled output barely
     varies between inputs.
 
-    Returns ``(logits <float32>[batch, num_labels], aux)``; ``aux`` is empty here and kept
-    for heads that report more. Switch probabilities are sown as ``intermediates``
+    Returns ``(logits <float32>[batch, num_labels], aux)`` (float64 for a float64 model);
+    ``aux`` is empty here and kept for heads that report more. Switch probabilities are sown as ``intermediates``
     (``.../slot/switch/switch_probs``): apply with ``mutable=["intermediates"]`` to read
     them.
     """
@@ -311,8 +311,9 @@ class BertForSequenceClassification(nn.Module):
                             f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
         last, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, adapter_drop)
-        # The head reads float32 whatever the backbone computed in.
-        last, pooled = last.astype(jnp.float32), pooled.astype(jnp.float32)
+        # The head reads float32 (or float64) whatever the backbone computed in.
+        head_dtype = jnp.promote_types(self.dtype, jnp.float32)
+        last, pooled = last.astype(head_dtype), pooled.astype(head_dtype)
         real = (jnp.ones_like(input_ids) if attention_mask is None
                 else attention_mask)[..., None] > 0
         if self.pooling == "mean":
@@ -327,4 +328,4 @@ class BertForSequenceClassification(nn.Module):
         pooled = Dropout(rate)(pooled, deterministic=deterministic)
         logits = nn.Dense(self.num_labels, name="classifier",
                           kernel_init=nn.initializers.normal(c.initializer_range))(pooled)
-        return logits.astype(jnp.float32), {}
+        return logits.astype(head_dtype), {}
