@@ -16,6 +16,7 @@ reloaded from its own checkpoint). ``aa-jax eval EXPORT_DIR`` evaluates it, and
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,7 @@ def static_architecture(architecture: Architecture, selected: list[int]) -> Arch
             layers.append(LayerSpec(True, spec.activation))
         else:
             layers.append(LayerSpec(identity_branch=True))
-    fields = {k: v for k, v in architecture.__dict__.items() if k != "layers"}
-    return Architecture(layers=tuple(layers), **fields)
+    return dataclasses.replace(architecture, layers=tuple(layers))
 
 
 def static_params(trainable: dict, architecture: Architecture, selected: list[int]) -> dict:
