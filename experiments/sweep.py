@@ -1,107 +1,457 @@
 """Runs a sweep: a base config plus a grid of overrides, one run directory per point.
 
-    uv run python experiments/sweep.py experiments/sweeps/methods_100.json --glue-dir ../shared/glue
+    uv run python experiments/sweep.py experiments/sweeps/table2.json --glue-dir ../shared/glue
 
 Runs execute one after another in this process and share the loaded backbone, the
-allocator of ``aa-jax`` (mimalloc) and XLA's persistent compilation cache. A finished
-run (a complete result.json) is skipped, and an interrupted run resumes from its last
-checkpoint, so the same command can be restarted any number of times. Results go to
-``experiments/results/<sweep name>/<task>-<method>-<size>-<seed>/``. Checkpoints are kept
-out of git; config, metrics, architecture and result files are meant to be committed.
+allocator of ``aa-jax`` (mimalloc) and XLA's persistent compilation cache.
 
-``per_method`` adds overrides for one method. Two values refer to other runs of the same
-task, size and seed in the sweep, which must come earlier in the method list:
-``"@aa"`` is the AA run's directory (for ``architecture``), and ``"@aa_left_out"`` is
-the number of layers that AA run left out (AdapterDrop's ``drop_first``).
+Where things go:
+  * a run trains in ``runs/sweeps/<sweep>/<run>/`` (checkpoints included; not in git);
+  * once it has finished, its config, metrics, architecture and result are copied to
+    ``experiments/results/<sweep>/<run>/``, result.json last. That folder only ever holds
+    finished runs (and ``failed.json`` records), so it can be committed at any moment.
+
+Restarting is always safe: a finished run is skipped, an interrupted one resumes from its
+last checkpoint. A run that raises is recorded in ``<results>/<run>/failed.json`` with its
+error, the sweep goes on, and the next invocation tries it again. ``--shard i/n`` runs
+every n-th point (from the i-th), so that n machines can share a sweep; a point whose
+reference (below) another shard has not produced yet is reported as waiting. ``--plan``
+prints what is left and an estimate of its cost from the measured times of finished runs.
+``--commit`` commits each finished run's files to git as it arrives.
+
+Grid values run in the order the grid lists its keys and values (the last key varies
+fastest), so put the most informative points first.
+
+``methods`` maps a grid ``method`` value (a *label*, which names the run) to overrides; a
+label that is not a method name sets ``method`` itself. Values starting with ``@`` refer
+to other runs:
+  * ``"@aa"``: the run labelled ``aa`` with the same task, size, seed and other settings
+    (its directory, for ``architecture``); ``"@aa_left_out"``: how many layers it left
+    out (AdapterDrop's ``drop_first``).
+  * ``"@transfer"``, ``"@transfer_size"``, ``"@transfer_left_out"``: the transferred
+    architecture, chosen by the paper's rule from the ``aa`` runs named by the sweep's
+    ``transfer`` entry (``{"sweep": ..., "train_size": 100, "seed": 42}``): the task
+    whose AA run selects the fewest layers (at least one; ties go to the task listed
+    first).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
+import shutil
+import statistics
+import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
-from aa_jax.checkpoint import is_complete, read_json
+from aa_jax.checkpoint import is_complete, read_json, write_json_atomic, write_text_atomic
 from aa_jax.errors import UserError
-from aa_jax.models.loader import load_pretrained
-from aa_jax.train import TrainConfig, train
+from aa_jax.train import METHODS, TrainConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"  # run from the repository root
-
-
-def run_name(c: TrainConfig) -> str:
-    size = "full" if c.train_size is None else c.train_size
-    dtype = "" if c.dtype == "float32" else f"-{c.dtype}"
-    lr = "" if c.learning_rate == TrainConfig.learning_rate else f"-lr{c.learning_rate:g}"
-    return f"{c.task}-{c.method}-{size}-{c.seed}{lr}{dtype}"
-
-
-def expand(spec: dict, glue_dir: str | None) -> list[dict]:
-    grid = spec.get("grid", {})
-    keys = list(grid)
-    points = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        point = {**spec.get("base", {}), **dict(zip(keys, values))}
-        point.update(spec.get("per_method", {}).get(point.get("method"), {}))
-        if glue_dir:
-            point["glue_dir"] = glue_dir
-        points.append(point)
-    return points
+EXPERIMENTS = Path(__file__).resolve().parent
+REPO = EXPERIMENTS.parent
+RESULTS = EXPERIMENTS / "results"
+SWEEPS = EXPERIMENTS / "sweeps"
+WORK = REPO / "runs" / "sweeps"
+COPIED = ("config.json", "metrics.jsonl", "architecture.json", "result.json")  # result last
+TRANSFER_REFS = ("@transfer", "@transfer_size", "@transfer_left_out")
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def resolve_refs(point: dict, out_root: Path) -> dict:
-    point = dict(point)
-    aa_dir = out_root / run_name(TrainConfig(**{**point, "method": "aa",
-                                                "architecture": None, "drop_first": 0}))
-    for key, value in point.items():
-        if value == "@aa":
+class Waiting(Exception):
+    """A point refers to a run that has not finished yet."""
+
+
+@dataclasses.dataclass
+class Point:
+    label: str
+    settings: dict  # TrainConfig fields, references not yet resolved
+    index: int  # position in the sweep's order
+    cell: dict  # the grid's values at this point, the method label left out
+
+    def key(self, *drop: str) -> tuple:
+        """The point's settings without ``drop``, as something hashable."""
+        return tuple(sorted((k, json.dumps(v, sort_keys=True))
+                            for k, v in self.settings.items() if k not in drop))
+
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    spec: dict
+    points: list[Point]
+    results: Path
+    work: Path
+
+    @classmethod
+    def load(cls, path: str | Path, glue_dir: str | None = None, results: Path | None = None,
+             work: Path | None = None, epochs: int | None = None) -> Sweep:
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text())
+        except OSError as e:
+            raise UserError(f"Cannot read the sweep {path} ({e.strerror or e}).") from None
+        except ValueError as e:
+            raise UserError(f"The sweep {path} is not valid JSON ({e}).") from None
+        name = path.stem
+        points = expand(spec, glue_dir, epochs, name)
+        return cls(name, spec, points, results or RESULTS / name, work or WORK / name)
+
+    def result_dir(self, point: Point) -> Path:
+        return self.results / run_name(point)
+
+    def work_dir(self, point: Point) -> Path:
+        return self.work / run_name(point)
+
+    def done(self, point: Point) -> bool:
+        return is_complete(self.result_dir(point))
+
+
+def expand(spec: dict, glue_dir: str | None, epochs: int | None, name: str) -> list[Point]:
+    """The sweep's points in order: each grid of ``grids`` (or the one ``grid``) in turn,
+    the last key varying fastest; a point an earlier grid already has is not repeated."""
+    if not isinstance(spec, dict):
+        raise UserError(f"Sweep {name}: expected an object with 'base' and 'grid'.")
+    grids = spec.get("grids", [spec.get("grid", {})])
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise UserError(f"Sweep {name}: 'grid' must be an object and 'grids' a list of them.")
+    overrides = {**spec.get("per_method", {}), **spec.get("methods", {})}
+    points: dict[str, Point] = {}
+    for grid in grids:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            settings = {**spec.get("base", {}), **dict(zip(keys, values))}
+            label = settings.get("method", TrainConfig.method)
+            settings.update(overrides.get(label, {}))
+            if label not in overrides and label not in METHODS:
+                raise UserError(f"Sweep {name}: unknown method {label!r}; use a method name "
+                                f"or define it under 'methods'.")
+            settings.setdefault("method", label)
+            if glue_dir:
+                settings["glue_dir"] = glue_dir
+            if epochs:
+                settings["epochs"] = epochs
+            unknown = sorted(set(settings) - CONFIG_FIELDS)
+            if unknown:
+                raise UserError(f"Sweep {name}: {', '.join(unknown)} is not a training "
+                                f"setting; see TrainConfig in aa_jax/train.py.")
+            cell = {k: v for k, v in zip(keys, values) if k != "method"}
+            point = Point(label, settings, len(points), cell)
+            earlier = points.setdefault(run_name(point), point)
+            if earlier.settings != settings:
+                raise UserError(f"Sweep {name}: two different points would share the run "
+                                f"directory {run_name(point)}; give them different labels.")
+    return list(points.values())
+
+
+def run_name(point: Point) -> str:
+    s = {**dataclasses.asdict(TrainConfig()), **point.settings}
+    size = "full" if s["train_size"] is None else s["train_size"]
+    dtype = "" if s["dtype"] == "float32" else f"-{s['dtype']}"
+    lr = ("" if s["learning_rate"] == TrainConfig.learning_rate
+          else f"-lr{s['learning_rate']:g}")
+    return f"{s['task']}-{point.label}-{size}-{s['seed']}{lr}{dtype}"
+
+
+# -- references to other runs -----------------------------------------------------------
+
+def sibling(sweep: Sweep, point: Point, label: str) -> Point:
+    """The point labelled ``label`` that shares everything else with ``point``."""
+    for other in sweep.points:
+        if other.label == label and other.cell == point.cell:
+            return other
+    raise UserError(f"Sweep {sweep.name}: {run_name(point)} refers to the '{label}' run of "
+                    f"its cell, but the grid has no such point.")
+
+
+def learned(run_dir: Path) -> dict:
+    return read_json(run_dir / "architecture.json", "learned architecture")
+
+
+def transfer_source(sweep: Sweep) -> Path:
+    """The AA run whose architecture every transferred point uses (the paper's rule)."""
+    entry = sweep.spec.get("transfer")
+    if not isinstance(entry, dict):
+        raise UserError(f"Sweep {sweep.name} uses @transfer but has no 'transfer' entry.")
+    source = sweep if entry.get("sweep", sweep.name) == sweep.name else Sweep.load(
+        SWEEPS / f"{entry['sweep']}.json", results=RESULTS / entry["sweep"])
+    candidates = [p for p in source.points if p.label == "aa"
+                  and p.settings.get("train_size") == entry.get("train_size", 100)
+                  and p.settings.get("seed") == entry.get("seed", 42)]
+    if not candidates:
+        raise UserError(f"Sweep {sweep.name}: the transfer entry names no 'aa' run of "
+                        f"sweep {source.name}.")
+    best = None
+    for p in candidates:  # in the source's task order
+        run = source.result_dir(p)
+        if not is_complete(run):
+            raise Waiting(f"{source.name}/{run.name}")
+        size = len(learned(run)["selected_layers"])
+        if size and (best is None or size < best[0]):
+            best = (size, run)
+    if best is None:
+        raise UserError(f"Sweep {sweep.name}: no AA run of the transfer source selected a "
+                        f"layer, so there is no architecture to transfer.")
+    return best[1]
+
+
+def resolve(sweep: Sweep, point: Point) -> TrainConfig:
+    """The point's config with its references to other runs replaced by their values."""
+    settings = dict(point.settings)
+    for key, value in point.settings.items():
+        if not (isinstance(value, str) and value.startswith("@")):
+            continue
+        if value in ("@aa", "@aa_left_out"):
+            run = sweep.result_dir(sibling(sweep, point, "aa"))
+        elif value in TRANSFER_REFS:
+            run = transfer_source(sweep)
+        else:
+            raise UserError(f"Sweep {sweep.name}: unknown reference {value!r} in {key}.")
+        if not is_complete(run):
+            raise Waiting(f"{sweep.name}/{run.name}")
+        arch = learned(run)
+        if value in ("@aa", "@transfer"):
             # Relative to where the sweep runs, so that configs name no machine's paths.
-            point[key] = os.path.relpath(aa_dir)
-        elif value == "@aa_left_out":
-            if not is_complete(aa_dir):
-                raise UserError(f"{aa_dir} has not finished; list 'aa' before the methods "
-                                f"that refer to it.")
-            learned = read_json(aa_dir / "architecture.json", "learned architecture")
-            point[key] = learned["depth"] - len(learned["selected_layers"])
-    return point
+            settings[key] = os.path.relpath(run)
+        elif value == "@transfer_size":
+            settings[key] = len(arch["selected_layers"])
+        else:
+            settings[key] = arch["depth"] - len(arch["selected_layers"])
+    config = TrainConfig(**settings)
+    config.validate()
+    return config
+
+
+# -- running ----------------------------------------------------------------------------
+
+def publish(sweep: Sweep, point: Point) -> Path:
+    """Copies a finished run's files into the results folder, result.json last."""
+    src, dst = sweep.work_dir(point), sweep.result_dir(point)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        write_text_atomic(dst / name, (src / name).read_text())
+    (dst / "failed.json").unlink(missing_ok=True)
+    return dst
+
+
+def record_failure(sweep: Sweep, point: Point, error: BaseException) -> None:
+    dst = sweep.result_dir(point)
+    dst.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(dst / "failed.json", {
+        "run": run_name(point), "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exception(error)[-6:],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commits ``paths`` only (whatever else is staged stays staged); retries on a lock."""
+    rel = [str(p.relative_to(REPO)) for p in paths]
+    for attempt in range(10):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=REPO, capture_output=True,
+                             text=True)
+        commit = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *rel], cwd=REPO,
+            capture_output=True, text=True)
+        if commit and commit.returncode == 0:
+            return
+        time.sleep(2 + attempt)
+    print(f"    (could not commit {', '.join(rel)}; commit it by hand)", file=sys.stderr)
+
+
+def shard_of(points: list[Point], shard: tuple[int, int]) -> list[Point]:
+    i, n = shard
+    return [p for p in points if p.index % n == i - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: write i/n with 1 <= i <= n, "
+                                         f"e.g. 1/2.")
+    return i, n
+
+
+def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | None]]:
+    """Seconds per pending point, from the measured training times of finished runs
+    (any sweep): the median of runs of the same task, size and method, else the same task
+    and size, else the same task scaled by size."""
+    measured: dict[tuple, list[float]] = {}
+    for result_file in RESULTS.glob("*/*/result.json"):
+        try:
+            r = json.loads(result_file.read_text())
+            epochs = json.loads((result_file.parent / "config.json").read_text())["epochs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        per_epoch = r["train_seconds"] / epochs
+        for key in ((r["task"], r["train_size"], r["method"]), (r["task"], r["train_size"]),
+                    (r["task"],)):
+            measured.setdefault(key, []).append(per_epoch / (r["train_size"] or 1)
+                                                if len(key) == 1 else per_epoch)
+    out = []
+    for p in points:
+        s = {**dataclasses.asdict(TrainConfig()), **p.settings}
+        method = s["method"]
+        scale = s["epochs"]
+        for key in ((s["task"], s["train_size"], method), (s["task"], s["train_size"])):
+            if key in measured:
+                out.append((p, scale * statistics.median(measured[key])))
+                break
+        else:
+            per_example = measured.get((s["task"],))
+            out.append((p, scale * statistics.median(per_example) * (s["train_size"] or 0)
+                        if per_example and s["train_size"] else None))
+    return out
+
+
+def plan(sweep: Sweep, points: list[Point]) -> None:
+    pending = [p for p in points if not sweep.done(p)]
+    print(f"{sweep.name}: {len(points) - len(pending)} of {len(points)} runs done, "
+          f"{len(pending)} to go")
+    costs = estimate(sweep, pending)
+    known = [c for _, c in costs if c is not None]
+    unknown = sum(c is None for _, c in costs)
+    groups: dict[tuple, list[float]] = {}
+    for p, c in costs:
+        s = p.settings
+        groups.setdefault((s.get("train_size"), s.get("task")), []).append(c or 0.0)
+    for (size, task), cs in groups.items():
+        print(f"  {task:6s} {size!s:>5} examples: {len(cs):4d} runs, ~{sum(cs) / 3600:.1f} h")
+    print(f"estimated training time left: {sum(known) / 3600:.1f} h"
+          + (f" (+{unknown} runs with no measurement to go by)" if unknown else "")
+          + "; setup, compilation and test evaluation add to it")
+
+
+def train_points(sweep: Sweep, group: list[tuple[Point, TrainConfig]], backbone,
+                 together: bool) -> list[dict]:
+    from aa_jax.train import train
+
+    if together and len(group) > 1:
+        from aa_jax.seeds import train_seeds
+
+        return train_seeds([c for _, c in group], [sweep.work_dir(p) for p, _ in group],
+                           progress=False, pretrained=backbone)
+    return [train(c, sweep.work_dir(p), progress=False, pretrained=backbone)
+            for p, c in group]
+
+
+def together_group(sweep: Sweep, first: Point, config: TrainConfig, todo: list[Point],
+                   failed: set) -> list[tuple[Point, TrainConfig]]:
+    """``first`` and the pending points that differ from it only in seed and resolve to
+    the same config apart from the seed (AdapterDrop's per-seed drop or an AA-focused
+    run's per-seed architecture keep them apart)."""
+    group = [(first, config)]
+    for p in todo:
+        if p is first or p.label != first.label or run_name(p) in failed:
+            continue
+        if p.key("seed") != first.key("seed") or sweep.done(p):
+            continue
+        try:
+            c = resolve(sweep, p)
+        except (Waiting, UserError):
+            continue
+        same = dataclasses.replace(c, seed=config.seed)
+        if dataclasses.asdict(same) == dataclasses.asdict(config) and (
+                c.architecture is None or c.architecture == config.architecture):
+            group.append((p, c))
+    return group
+
+
+def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
+        commit: bool = False) -> int:
+    from aa_jax.models.loader import load_pretrained
+
+    todo = shard_of(sweep.points, shard)
+    total, failed, waiting, backbones = len(todo), set(), {}, {}
+    count = sum(sweep.done(p) for p in todo)
+    while True:
+        nxt = None
+        for p in todo:
+            name = run_name(p)
+            if name in failed or sweep.done(p):
+                continue
+            try:
+                nxt = (p, resolve(sweep, p))
+                break
+            except Waiting as w:
+                waiting[name] = str(w)
+            except UserError as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                record_failure(sweep, p, e)
+                failed.add(name)
+        if nxt is None:
+            break
+        point, config = nxt
+        group = together_group(sweep, point, config, todo, failed) if together else [nxt]
+        names = [run_name(p) for p, _ in group]
+        count += len(group)
+        print(f"[{count}/{total}] {', '.join(names)}: training", flush=True)
+        try:
+            if config.model not in backbones:
+                backbones[config.model] = load_pretrained(config.model)
+            results = train_points(sweep, group, backbones[config.model], together)
+        except Exception as e:  # noqa: BLE001 - recorded and the sweep goes on
+            print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            for p, _ in group:
+                record_failure(sweep, p, e)
+                failed.add(run_name(p))
+            continue
+        for (p, _), result in zip(group, results):
+            waiting.pop(run_name(p), None)
+            dst = publish(sweep, p)
+            test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+            print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
+                  f"{result['train_seconds']:.0f} s", flush=True)
+            if commit:
+                git_commit([dst], f"Results: {sweep.name}/{dst.name}")
+    done = sum(sweep.done(p) for p in todo)
+    still_waiting = {n: w for n, w in waiting.items() if n not in failed}
+    print(f"{sweep.name}: {done} of {total} runs done"
+          + (f", {len(failed)} failed (see failed.json)" if failed else "")
+          + (f", {len(still_waiting)} waiting for runs not finished here" if still_waiting
+             else ""))
+    for n, w in sorted(still_waiting.items()):
+        print(f"    {n} waits for {w}")
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a sweep JSON file (see experiments/sweeps/)")
     parser.add_argument("--glue-dir", default=None)
-    parser.add_argument("--out", default=None, help="default experiments/results/<name>")
+    parser.add_argument("--out", default=None, help="results folder "
+                        "(default experiments/results/<sweep name>)")
+    parser.add_argument("--work", default=None, help="where runs train "
+                        "(default runs/sweeps/<sweep name>)")
     parser.add_argument("--epochs", type=int, default=None, help="override for quick checks")
+    parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N")
+    parser.add_argument("--together", action="store_true",
+                        help="train the seeds of a cell as one vmapped program where their "
+                        "configs allow it")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what is left and its estimated cost, run nothing")
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each finished run's files as it arrives")
     args = parser.parse_args(argv)
-
-    spec = json.loads(Path(args.sweep).read_text())
-    out_root = Path(args.out) if args.out else RESULTS / Path(args.sweep).stem
-    backbones = {}
-    points = expand(spec, args.glue_dir)
-    for n, point in enumerate(points, 1):
-        if args.epochs:
-            point["epochs"] = args.epochs
-        try:
-            config = TrainConfig(**resolve_refs(point, out_root))
-            config.validate()
-            run_dir = out_root / run_name(config)
-            if is_complete(run_dir):
-                print(f"[{n}/{len(points)}] {run_dir.name}: done")
-                continue
-            print(f"[{n}/{len(points)}] {run_dir.name}: training", flush=True)
-            if config.model not in backbones:
-                backbones[config.model] = load_pretrained(config.model)
-            result = train(config, run_dir, progress=False, pretrained=backbones[config.model])
-        except UserError as e:
-            print(f"[{n}/{len(points)}] error: {e}", file=sys.stderr)
-            return 2
-        test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
-        print(f"    test {test}; layers {result['selected_layers']}; "
-              f"{result['train_seconds']:.0f} s", flush=True)
-    return 0
+    try:
+        sweep = Sweep.load(args.sweep, args.glue_dir,
+                           Path(args.out) if args.out else None,
+                           Path(args.work) if args.work else None, args.epochs)
+        if args.plan:
+            plan(sweep, shard_of(sweep.points, args.shard))
+            return 0
+        return run(sweep, args.shard, args.together, args.commit)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -114,3 +114,16 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray,
     if labels.size == 0:
         raise ValueError("no examples to score (all weights are zero)")
     return {name: METRICS[name](predictions, labels) for name in task.metric_names}
+
+
+def majority_class_scores(task: Task, labels: np.ndarray) -> dict[str, float]:
+    """The scores of the best one-answer predictor: the most frequent class of ``labels``
+    for every example (classification), or a constant score, which correlates with
+    nothing (regression: 0 for both correlations). A run that learns only the label prior
+    scores about this."""
+    labels = np.asarray(labels).reshape(-1)
+    if task.is_regression:
+        return {name: 0.0 for name in task.metric_names}
+    values, counts = np.unique(labels, return_counts=True)
+    constant = np.full_like(labels, values[np.argmax(counts)])
+    return compute_metrics(task, constant, labels)

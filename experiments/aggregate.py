@@ -1,0 +1,332 @@
+"""Result tables in the paper's layout, paired tests and figures, from the committed results.
+
+    uv run python experiments/aggregate.py            # every sweep with results
+    uv run python experiments/aggregate.py table2     # one sweep
+    uv run python experiments/aggregate.py --check    # exit 1 if a committed table differs
+
+For each sweep (``experiments/sweeps/<name>.json``) with a results folder, writes
+``experiments/results/<name>/TABLE.md`` and ``figures/*.png`` there. Nothing but the
+result files is read, so the tables are reproduced byte for byte from a clone.
+
+Tables: one row per method label (and per other grid value, such as the train size or the
+learning rate), one column per task, each cell the task's main metric (CoLA MCC, STS-B
+Spearman, MRPC F1, else accuracy) in percent, mean ± standard deviation over seeds. A cell
+is marked † when its seeds do not score significantly above the majority class of the test
+set (one-sided one-sample t-test, p >= 0.05; one seed: not above it). "avg" averages every
+task like the paper; "avg (learns)" only the tasks where the baseline of that size is not
+marked, so that chance-level tasks are not averaged as if they were signal.
+
+Paired comparisons: for each pair of labels a sweep lists under ``comparisons`` (else
+every label against ``baseline``), the test-score differences over the (task, seed) pairs
+both have, per size: their mean and standard deviation in points, a paired t-test and a
+Wilcoxon signed-rank test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import RESULTS, SWEEPS, Sweep, run_name  # noqa: E402
+
+from aa_jax.checkpoint import is_complete, write_text_atomic  # noqa: E402
+
+ALPHA = 0.05
+
+
+# -- reading ----------------------------------------------------------------------------
+
+def read_results(sweep: Sweep) -> tuple[dict, dict]:
+    """The finished results and the failure records of a sweep's points, by run name."""
+    done, failed = {}, {}
+    for p in sweep.points:
+        d = sweep.result_dir(p)
+        if is_complete(d):
+            done[run_name(p)] = json.loads((d / "result.json").read_text())
+        elif (d / "failed.json").is_file():
+            failed[run_name(p)] = json.loads((d / "failed.json").read_text())
+    return done, failed
+
+
+def majority_scores() -> dict[str, dict]:
+    """The majority-class test score of each task, from any result that records it (every
+    run of a task has the same test set)."""
+    out: dict[str, dict] = {}
+    for f in sorted(RESULTS.glob("*/*/result.json")):
+        r = json.loads(f.read_text())
+        if "majority" in r:
+            out.setdefault(r["task"], r["majority"])
+    return out
+
+
+def score(r: dict, split: str = "test") -> float:
+    return r[split][r["select_metric"]]
+
+
+# -- cells ------------------------------------------------------------------------------
+
+def row_key(sweep: Sweep, p) -> tuple:
+    """What a table row stands for: the label and the grid values other than task and
+    seed."""
+    rest = tuple((k, v) for k, v in p.cell.items() if k not in ("task", "seed", "train_size"))
+    return (p.label, (("train_size", p.settings.get("train_size")),) + rest)
+
+
+def row_title(key: tuple) -> str:
+    label, rest = key
+    parts = [label]
+    for k, v in rest:
+        if k == "train_size":
+            continue
+        name = {"learning_rate": "lr", "rational_learning_rate": "rational lr"}.get(k, k)
+        parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
+    return ", ".join(parts)
+
+
+def size_of(key: tuple):
+    return dict(key[1]).get("train_size")
+
+
+def at_chance(values: list[float], majority: float | None) -> bool:
+    if majority is None or not values:
+        return False
+    if len(values) == 1:
+        return values[0] <= majority
+    if statistics.pstdev(values) == 0:
+        return values[0] <= majority
+    t = stats.ttest_1samp(values, majority, alternative="greater")
+    return not (t.pvalue < ALPHA)
+
+
+def fmt_cell(values: list[float], expected: int, marked: bool) -> str:
+    if not values:
+        return "–"
+    text = (f"{100 * values[0]:.2f}" if len(values) == 1 else
+            f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}")
+    if len(values) < expected:
+        text += f" ({len(values)}/{expected})"
+    return text + (" †" if marked else "")
+
+
+def table(sweep: Sweep, done: dict, split: str, majority: dict,
+          labels: list[str] | None = None) -> tuple[str, dict]:
+    """A Markdown table of ``labels`` (default all), and per size the tasks where the
+    baseline is not at chance."""
+    tasks = list(dict.fromkeys(p.settings.get("task") for p in sweep.points))
+    rows: dict[tuple, dict[str, list]] = {}
+    chosen = [p for p in sweep.points if not labels or p.label in labels]
+    for p in sorted(chosen, key=lambda p: (size_order(p),
+                                           labels.index(p.label) if labels else 0)):
+        rows.setdefault(row_key(sweep, p), {t: [] for t in tasks})[p.settings["task"]].append(p)
+    metric = {t: next((r["select_metric"] for r in done.values() if r["task"] == t), "?")
+              for t in tasks}
+    marks = {}
+    for key, cells in rows.items():
+        for t, points in cells.items():
+            values = [score(done[run_name(p)], split) for p in points if run_name(p) in done]
+            marks[(key, t)] = split == "test" and at_chance(
+                values, (majority.get(t) or {}).get(metric[t]))
+    learns = baseline_learns(sweep, done, majority, tasks, metric)
+    head = ["method", "n"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg"]
+    if split == "test":
+        head += ["avg (learns)"]
+    head += ["layers", "adapter weights"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, cells in rows.items():
+        size = size_of(key)
+        row = [row_title(key), str(size or "full")]
+        means, layers, weights = {}, [], []
+        for t in tasks:
+            runs = [done[run_name(p)] for p in cells[t] if run_name(p) in done]
+            values = [score(r, split) for r in runs]
+            row.append(fmt_cell(values, len(cells[t]), marks[(key, t)]))
+            if values:
+                means[t] = statistics.mean(values)
+            layers += [len(r["selected_layers"]) for r in runs]
+            weights += [r["adapter_weights"] for r in runs]
+        row.append(f"{100 * statistics.mean(means.values()):.2f}" if len(means) == len(tasks)
+                   else "–")
+        if split == "test":
+            use = [t for t in tasks if t in learns.get(size, set())]
+            row.append(f"{100 * statistics.mean(means[t] for t in use):.2f}"
+                       if use and all(t in means for t in use) else "–")
+        row.append(f"{statistics.mean(layers):.1f}" if layers else "–")
+        row.append(f"{round(statistics.mean(weights)):,}" if weights else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines), learns
+
+
+def size_order(p) -> int:
+    size = p.settings.get("train_size")
+    return 10**9 if size is None else size
+
+
+def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
+                    metric: dict) -> dict:
+    """Per size, the tasks whose baseline scores significantly above the majority class."""
+    values: dict[tuple, list[float]] = {}
+    for p in sweep.points:
+        if p.label == "baseline" and run_name(p) in done:
+            values.setdefault((p.settings.get("train_size"), p.settings["task"]), []).append(
+                score(done[run_name(p)]))
+    learns: dict = {}
+    for (size, task), vs in values.items():
+        if not at_chance(vs, (majority.get(task) or {}).get(metric[task])):
+            learns.setdefault(size, set()).add(task)
+    return learns
+
+
+# -- paired tests -----------------------------------------------------------------------
+
+def comparisons(sweep: Sweep) -> list[tuple[str, str]]:
+    listed = sweep.spec.get("comparisons")
+    if listed:
+        return [tuple(c) for c in listed]
+    labels = list(dict.fromkeys(p.label for p in sweep.points))
+    return [(lab, "baseline") for lab in labels if lab != "baseline" and "baseline" in labels]
+
+
+def paired(sweep: Sweep, done: dict, a: str, b: str, learns: dict) -> list[list[str]]:
+    """One row per size (and other grid value): the (task, seed) pairs both labels have."""
+    by_cell = {}
+    for p in sweep.points:
+        by_cell.setdefault(json.dumps(p.cell, sort_keys=True), {})[p.label] = p
+    groups: dict[tuple, list[tuple[float, float, str]]] = {}
+    for cell, labels in by_cell.items():
+        if a in labels and b in labels:
+            ra, rb = done.get(run_name(labels[a])), done.get(run_name(labels[b]))
+            if ra and rb:
+                c = json.loads(cell)
+                rest = (("train_size", labels[a].settings.get("train_size")),) + tuple(
+                    (k, v) for k, v in c.items() if k not in ("task", "seed", "train_size"))
+                groups.setdefault(rest, []).append((score(ra), score(rb), c.get("task")))
+    out = []
+    for rest, pairs in groups.items():
+        size = dict(rest).get("train_size")
+        for scope, chosen in (("all tasks", pairs),
+                              ("tasks that learn", [x for x in pairs
+                                                    if x[2] in learns.get(size, set())])):
+            if scope != "all tasks" and len(chosen) in (0, len(pairs)):
+                continue
+            d = np.array([x - y for x, y, _ in chosen]) * 100
+            n = len(d)
+            t_p = stats.ttest_rel([x for x, _, _ in chosen], [y for _, y, _ in chosen]).pvalue \
+                if n > 1 and np.any(d != d[0]) else math.nan
+            try:
+                w_p = stats.wilcoxon(d).pvalue if n > 1 and np.any(d != 0) else math.nan
+            except ValueError:
+                w_p = math.nan
+            title = row_title(("", rest)).lstrip(", ")
+            verdict = ("–" if math.isnan(t_p) else
+                       f"{a} {'higher' if d.mean() > 0 else 'lower'}" if t_p < ALPHA
+                       else "within noise")
+            out.append([f"{a} − {b}", str(size or "full") + (f", {title}" if title else ""),
+                        scope, str(n), f"{d.mean():+.2f}", f"{d.std(ddof=1):.2f}" if n > 1
+                        else "–", fmt_p(t_p), fmt_p(w_p), verdict])
+    return out
+
+
+def fmt_p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+
+
+# -- the page ---------------------------------------------------------------------------
+
+def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
+    groups = sweep.spec.get("tables") or {"Test scores (%), best dev epoch": None}
+    total = len(sweep.points)
+    parts = [f"# {sweep.name}", "", sweep.spec.get("description", "").strip(), "",
+             f"{len(done)} of {total} runs finished"
+             + (f", {len(failed)} failed" if failed else "") + ". Generated by "
+             f"`experiments/aggregate.py` from the result files beside this page.", ""]
+    for title, labels in groups.items():
+        test, learns = table(sweep, done, "test", majority, labels)
+        parts += [f"## {title}", "", test, ""]
+    parts += [
+             "Cells: mean ± std over seeds; (k/N): only k of the N seeds have finished; †: "
+             "not significantly above the majority class of the test set (one-sided t-test, "
+             f"p >= {ALPHA}). avg (learns): the tasks where the baseline of that size is not †.",
+             ""]
+    majors = {t: m for t, m in majority.items()
+              if any(p.settings["task"] == t for p in sweep.points)}
+    if majors:
+        parts += ["Majority class of each test set: " + "; ".join(
+            f"{t} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())
+            for t, m in majors.items()) + ".", ""]
+    rows = [r for a, b in comparisons(sweep) for r in paired(sweep, done, a, b, learns)]
+    if rows:
+        head = ["comparison", "n", "tasks", "pairs", "mean diff", "std", "t-test p",
+                "Wilcoxon p", "verdict"]
+        parts += ["## Paired comparisons (test, points; pairs are (task, seed))", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        parts += ["| " + " | ".join(r) + " |" for r in rows]
+        parts += ["", f"verdict: the paired t-test at p < {ALPHA}.", ""]
+    dev, _ = table(sweep, done, "dev", majority)
+    parts += ["## Dev scores (%)", "", dev, ""]
+    missing = [run_name(p) for p in sweep.points if run_name(p) not in done]
+    if missing:
+        parts += ["## Not finished", ""]
+        for name in missing:
+            why = failed.get(name, {}).get("error")
+            parts.append(f"- {name}" + (f": failed, {why}" if why else ""))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def figures(sweep: Sweep, done: dict) -> list[Path]:
+    """Switch probabilities over training and the learned rationals of the AA runs."""
+    from figures import rationals_figure, switches_figure
+
+    aa = [p for p in sweep.points if p.label == "aa" and run_name(p) in done]
+    if not aa:
+        return []
+    out = sweep.results / "figures"
+    written = []
+    for size in dict.fromkeys(p.settings.get("train_size") for p in aa):
+        runs = [sweep.result_dir(p) for p in aa if p.settings.get("train_size") == size]
+        written.append(switches_figure(runs, out / f"switches_{size}.png"))
+        written.append(rationals_figure(runs, out / f"rationals_{size}.png"))
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="*", help="sweep names (default: all with results)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the committed TABLE.md files, write nothing")
+    parser.add_argument("--no-figures", action="store_true")
+    args = parser.parse_args(argv)
+    names = args.sweeps or sorted(p.stem for p in SWEEPS.glob("*.json")
+                                  if (RESULTS / p.stem).is_dir())
+    majority = majority_scores()
+    differ = []
+    for name in names:
+        sweep = Sweep.load(SWEEPS / f"{name}.json")
+        done, failed = read_results(sweep)
+        text = page(sweep, done, failed, majority)
+        target = sweep.results / "TABLE.md"
+        if args.check:
+            if not target.is_file() or target.read_text() != text:
+                differ.append(str(target))
+            continue
+        write_text_atomic(target, text)
+        print(f"{target}: {len(done)} runs")
+        if not args.no_figures:
+            for f in figures(sweep, done):
+                print(f"  {f}")
+    if differ:
+        print("differs from the results: " + ", ".join(differ), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
