@@ -1,6 +1,7 @@
 """The ``aa-jax`` command line: parse, call the library, print. The work is in the library.
 
     aa-jax train --task rte --method aa --model minilm --train-size 100 --seed 42 --out DIR
+    aa-jax train --task rte --method aa --seeds 42,92,111 --out DIR   (DIR/seed-42, ...)
     aa-jax eval DIR
     aa-jax architecture DIR
     aa-jax export DIR --out EXPORT_DIR
@@ -51,14 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minilm (offline), bert-base, bert-large, a folder or a hub id")
     t.add_argument("--train-size", type=_train_size, default=100,
                    help="examples sampled for train+dev (75/25), or 'full'")
-    t.add_argument("--seed", type=int, default=42)
+    seeds = t.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=42)
+    seeds.add_argument("--seeds", default=None,
+                       help="several seeds trained together as one program, e.g. "
+                       "42,92,111: one run directory per seed (with --out DIR: "
+                       "DIR/seed-<seed>)")
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
-    t.add_argument("--lr", dest="learning_rate", type=float, default=1e-4,
-                   help="adapters and classifier")
-    t.add_argument("--switch-lr", dest="switch_learning_rate", type=float, default=0.05)
-    t.add_argument("--rational-lr", dest="rational_learning_rate", type=float, default=0.01)
+    t.add_argument("--protocol", choices=("released", "cpu"), default="released",
+                   help="the learning rates below: 'released' (1e-4, 0.05, 0.01) or 'cpu' "
+                   "(3e-3, 1.5, 0.3: chosen for MiniLM on the baseline's dev scores)")
+    t.add_argument("--lr", dest="learning_rate", type=float, default=None,
+                   help="adapters and classifier (default: the protocol's)")
+    t.add_argument("--switch-lr", dest="switch_learning_rate", type=float, default=None)
+    t.add_argument("--rational-lr", dest="rational_learning_rate", type=float, default=None)
     t.add_argument("--glue-dir", default=None,
                    help="local GLUE Parquet folder (else $AA_JAX_GLUE_DIR, else the hub)")
     t.add_argument("--architecture", default=None,
@@ -85,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="own dataset: TRAIN_FILE,TEST_FILE (csv, tsv, jsonl, parquet)")
     t.add_argument("--text-columns", type=_csv, default=None)
     t.add_argument("--label-column", default="label")
-    t.add_argument("--out", default=None, help="run directory (default runs/<...>)")
+    t.add_argument("--out", default=None, help="run directory (default runs/<...>); with "
+                   "--seeds, the folder of the seeds' run directories")
     t.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="re-evaluate a run's best epoch (or an export) on dev "
@@ -119,8 +129,45 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args):
     from aa_jax.train import TrainConfig
 
+    from aa_jax.train import PROTOCOLS
+
     names = {f for f in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    for name, value in PROTOCOLS[getattr(args, "protocol", "released")].items():
+        if settings.get(name) is None:
+            settings[name] = value
+    return TrainConfig(**settings)
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: distinct non-negative integers separated by commas."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):  # empty entries, signs, words
+        raise UserError(f"--seeds must be a comma-separated list of non-negative whole "
+                        f"numbers such as 42,92,111, got {text!r}.")
+    seeds = [int(p) for p in parts]
+    repeated = [s for i, s in enumerate(seeds) if s in seeds[:i]]
+    if repeated:
+        raise UserError(f"--seeds lists seed {repeated[0]} more than once; list each seed "
+                        f"once.")
+    return seeds
+
+
+def _default_out(config) -> Path:
+    task = "custom" if config.data else config.task
+    size = "full" if config.train_size is None else config.train_size
+    return Path(f"runs/{task}-{config.method}-{Path(config.model).name}-{size}-{config.seed}")
+
+
+def _result_line(result: dict) -> str:
+    test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+    line = (f"{result['task']} {result['method']} ({result['model']}, "
+            f"{result['train_size'] or 'full'} examples, seed {result['seed']}): test {test} "
+            f"(best epoch {result['best_epoch']})")
+    if "majority" in result:  # results of older versions lack it
+        chance = ", ".join(f"{k} {v:.4f}" for k, v in result["majority"].items())
+        line += f"; the majority class scores {chance} on the same test set"
+    return line
 
 
 def cmd_train(args) -> int:
@@ -128,18 +175,33 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     config.validate()
-    task = "custom" if config.data else config.task
-    size = "full" if config.train_size is None else config.train_size
-    out = Path(args.out or f"runs/{task}-{config.method}-{Path(config.model).name}-{size}"
-                           f"-{config.seed}")
+    if args.seeds is not None:
+        return _train_seeds(args, config)
+    out = Path(args.out or _default_out(config))
     result = train(config, out, progress=not args.no_progress)
-    test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
-    print(f"{result['task']} {result['method']} ({result['model']}, "
-          f"{result['train_size'] or 'full'} examples, seed {result['seed']}): test {test} "
-          f"(best epoch {result['best_epoch']})")
+    print(_result_line(result))
     print(f"selected layers: {result['selected_layers']}")
     print(f"trainable params {result['trainable_params']:,}; adapter weights "
           f"{result['adapter_weights']:,}; {result['train_seconds']:.1f} s; run: {out}")
+    return 0
+
+
+def _train_seeds(args, config) -> int:
+    import dataclasses
+
+    from aa_jax.seeds import train_seeds
+
+    configs = [dataclasses.replace(config, seed=seed) for seed in _seed_list(args.seeds)]
+    outs = [Path(args.out) / f"seed-{c.seed}" if args.out else _default_out(c)
+            for c in configs]
+    results = train_seeds(configs, outs, progress=not args.no_progress)
+    for result, out in zip(results, outs):
+        print(f"{_result_line(result)}; selected layers {result['selected_layers']}; "
+              f"run: {out}")
+    r = results[0]
+    seconds = sum(x["train_seconds"] for x in results) / len(results)
+    print(f"trainable params {r['trainable_params']:,} per seed; adapter weights "
+          f"{r['adapter_weights']:,}; {seconds:.1f} s per seed")
     return 0
 
 

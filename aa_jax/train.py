@@ -11,7 +11,9 @@ before splitting it into the ``dropout`` and ``gumbel`` streams (and AdapterDrop
 
 :func:`train` runs a whole experiment into a run directory: data, model, epochs, dev
 evaluation after each epoch, best-epoch selection, test evaluation, checkpoints every
-epoch (resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``.
+epoch (resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``. The
+pieces of its loop (:func:`resume`, :func:`end_epoch`, :func:`finish_run`) also serve
+:mod:`aa_jax.seeds`, which trains several seeds as one program into the same files.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 from aa_jax import checkpoint
 from aa_jax.adapters import Architecture, adapter_weight_count
 from aa_jax.data import glue, pipeline
-from aa_jax.data.metrics import compute_metrics
+from aa_jax.data.metrics import compute_metrics, majority_class_scores
 from aa_jax.errors import UserError, check_record
 from aa_jax import methods
 from aa_jax.methods import METHODS, architecture_for, learned_architecture
@@ -69,6 +71,13 @@ PARAM_RULES: tuple[tuple[str, str], ...] = (
 )
 GROUP_LEARNING_RATE = {"adapter": "learning_rate", "head": "learning_rate",
                        "switch": "switch_learning_rate", "rational": "rational_learning_rate"}
+# Learning rates (adapters and head, switches, rationals) of the two protocols: the
+# released one, and the one chosen on the baseline's dev scores for MiniLM on a CPU (the
+# released ratios kept; see the README's "The CPU protocol").
+PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
+                          "rational_learning_rate": 0.01},
+             "cpu": {"learning_rate": 3e-3, "switch_learning_rate": 1.5,
+                     "rational_learning_rate": 0.3}}
 # Settings that say where things are, not what is computed: a run moved to another
 # machine or folder is the same run (see run_identity).
 LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep")
@@ -374,7 +383,8 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
     return jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4))
 
 
-def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0) -> Callable:
+def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+                          frozen_axes: Any = None) -> Callable:
     """Several runs of one model as one program: the jitted
     ``(states, frozen, batches, rngs) -> (states, metrics)`` with a leading seed axis.
 
@@ -384,9 +394,13 @@ def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0)
     seed draws its own dropout and Gumbel noise. ``frozen`` is the one backbone all seeds
     share. Each seed computes exactly what :func:`make_train_step` computes for it alone,
     up to the rounding of batched kernels.
+
+    ``frozen_axes`` (a ``vmap`` axes prefix of ``frozen``: ``None`` shared, ``0`` one
+    stacked copy per seed) is for frozen parameters the seeds do not share, such as a
+    pooler the checkpoint lacks, which each seed initialises from its own key.
     """
     step = _step_function(model, tx, regression, adapterdrop_max)
-    return jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0)), donate_argnums=0)
+    return jax.jit(jax.vmap(step, in_axes=(0, frozen_axes, 0, 0)), donate_argnums=0)
 
 
 def stack_runs(trees: list) -> Any:
@@ -531,7 +545,7 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
     pooling = pooling or resolve_pooling(config.pooling, pretrained)
     model = BertForSequenceClassification(c, task.num_labels, architecture,
                                           dtype=DTYPES[config.dtype], pooling=pooling)
-    init_key = jax.random.split(jax.random.key(config.seed))[0]
+    init_key = run_keys(config.seed)[0]
     trainable, frozen = init_params(model, init_key, pretrained.params)
     return Experiment(config, task, encoded, labels, model, architecture, trainable, frozen,
                       pretrained, pooling)
@@ -596,6 +610,128 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="epoch", disable=not enabled, leave=False)
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init key, training key) of a run: the seed split once, up front."""
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    return init_key, train_key
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shuffle order (one integer from the run's seed and the epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def prepare_run_dir(out: Path) -> None:
+    """Creates ``out`` (or says in one sentence why it cannot) and clears stale temp files."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"Cannot create the run directory {out} ({e.strerror or e}); choose "
+                        f"a writable --out.") from None
+    checkpoint.remove_stale_temp_files(out)
+
+
+@dataclasses.dataclass
+class RunLog:
+    """The loop's bookkeeping that every checkpoint carries.
+
+    ``best`` is the best epoch so far (``epoch``, its dev ``score`` and metrics ``dev``,
+    and a copy of its trainable ``params``); ``history`` one record per finished epoch;
+    ``start_epoch`` the next epoch to train; ``elapsed`` the training seconds so far.
+    """
+
+    best: dict
+    history: list
+    start_epoch: int = 1
+    elapsed: float = 0.0
+
+
+def resume(mgr, state: TrainState) -> tuple[TrainState, RunLog]:
+    """The state and bookkeeping of the latest checkpoint in ``mgr``, or ``state`` and a
+    fresh log when there is none."""
+    log = RunLog(best={"epoch": 0, "score": -math.inf, "dev": None,
+                       "params": jax.tree.map(jnp.copy, state.trainable)}, history=[])
+    if mgr.latest_step() is None:
+        return state, log
+    restored = checkpoint.restore(mgr, state.trainable, state.opt_state)
+    meta = restored["meta"]
+    state = state.replace(step=jnp.int32(meta["step"]), trainable=restored["params"],
+                          opt_state=restored["opt_state"])
+    log = RunLog(best={"epoch": meta["best_epoch"], "score": meta["best_score"],
+                       "dev": meta["best_dev"], "params": restored["best_params"]},
+                 history=meta["history"], start_epoch=meta["epoch"] + 1,
+                 elapsed=meta["train_seconds"])
+    return state, log
+
+
+def write_config(out: Path, exp: Experiment, resolved: dict[str, Any]) -> None:
+    """``config.json``: the run's settings and what its locations resolved to."""
+    checkpoint.write_json_atomic(out / "config.json", {
+        **exp.config.to_dict(), "resolved": {**resolved, "pooling": exp.pooling}})
+
+
+def end_epoch(exp: Experiment, out: Path, mgr, predict, frozen, state: TrainState,
+              epoch: int, losses: np.ndarray, log: RunLog,
+              seconds: Callable[[], float]) -> dict:
+    """An epoch's bookkeeping after its training steps: dev evaluation, best epoch,
+    ``metrics.jsonl`` and the epoch's checkpoint. ``losses`` are the epoch's step losses,
+    ``seconds()`` the run's training seconds so far. Returns the dev metrics."""
+    task = exp.task
+    dev = evaluate(predict, state.trainable, frozen, exp.encoded["dev"], exp.labels["dev"],
+                   task, exp.config.batch_size)
+    if dev[task.select_metric] > log.best["score"]:
+        log.best = {"epoch": epoch, "score": dev[task.select_metric], "dev": dev,
+                    "params": jax.tree.map(jnp.copy, state.trainable)}
+    record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
+              "dev": dev}
+    learned = learned_architecture(state.trainable, exp.architecture, exp.source)
+    if exp.architecture.switched_layers:
+        record["switch_probs"] = {str(e["layer"]): e["switch_probs"][ADAPTER]
+                                  for e in learned["layers"] if "switch_probs" in e}
+    log.history.append(record)
+    _write_history(out, log.history)
+    best = log.best
+    meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
+            "best_score": best["score"], "best_dev": best["dev"], "history": log.history,
+            "train_seconds": seconds()}
+    checkpoint.save(mgr, epoch, state.trainable, state.opt_state, best["params"], learned,
+                    meta)
+    return dev
+
+
+def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_first: int,
+               train_seconds: float, extra: dict[str, Any] | None = None) -> dict:
+    """Test evaluation of the best epoch; writes ``architecture.json`` and ``result.json``
+    (with ``extra`` keys appended) and returns the result."""
+    task, c = exp.task, exp.config
+    test = evaluate(predict, best["params"], frozen, exp.encoded["test"],
+                    exp.labels["test"], task, c.batch_size)
+    learned = learned_architecture(best["params"], exp.architecture, exp.source)
+    weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
+                                           exp.architecture)
+    result = {
+        "task": task.name, "method": c.method, "model": c.model,
+        "train_size": c.train_size, "seed": c.seed,
+        "dev": best["dev"], "test": test, "best_epoch": best["epoch"],
+        "select_metric": task.select_metric,
+        # What predicting the test set's most frequent class scores: the chance level.
+        "majority": majority_class_scores(task, exp.labels["test"]),
+        "selected_layers": methods.layers_run(learned, drop_first),
+        "pooling": exp.pooling,
+        "trainable_params": count_params(best["params"]),
+        "adapter_weights": weights, "adapter_biases": biases,
+        "train_seconds": round(train_seconds, 2),
+        "examples": {k: int(len(v)) for k, v in exp.labels.items()},
+    }
+    note = methods.result_note(c.method, exp.architecture)
+    if note:
+        result["note"] = note
+    result.update(extra or {})
+    checkpoint.write_json_atomic(out / "architecture.json", learned)
+    checkpoint.write_json_atomic(out / "result.json", result)
+    return result
+
+
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
           pretrained=None) -> dict:
     """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``."""
@@ -611,12 +747,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     _check_same_run(out, config, resolved)
     mesh = data_mesh()
     check_batch_size(config.batch_size, mesh)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"Cannot create the run directory {out} ({e.strerror or e}); choose "
-                        f"a writable --out.") from None
-    checkpoint.remove_stale_temp_files(out)
+    prepare_run_dir(out)
 
     task, c = exp.task, config
     trainable, frozen = exp.trainable, replicate(exp.frozen, mesh)
@@ -627,93 +758,42 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         c.method, exp.architecture.depth, c.adapterdrop_max, c.drop_first)
     step_fn = make_train_step(exp.model, tx, task.is_regression, drop_max, mesh)
     predict = make_predict(exp.model, task.is_regression, drop_first, mesh)
-    train_key = jax.random.split(jax.random.key(c.seed))[1]
+    train_key = run_keys(c.seed)[1]
 
     mgr = checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep)
     try:
-        best = {"epoch": 0, "score": -math.inf, "dev": None,
-                "params": jax.tree.map(jnp.copy, state.trainable)}
-        history: list[dict] = []
-        start_epoch, elapsed = 1, 0.0
-        if mgr.latest_step() is not None:
-            restored = checkpoint.restore(mgr, state.trainable, state.opt_state)
-            meta = restored["meta"]
-            state = replicate(state.replace(step=jnp.int32(meta["step"]),
-                                            trainable=restored["params"],
-                                            opt_state=restored["opt_state"]), mesh)
-            best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
-                    "dev": meta["best_dev"], "params": replicate(restored["best_params"], mesh)}
-            history = meta["history"]
-            start_epoch, elapsed = meta["epoch"] + 1, meta["train_seconds"]
+        state, log = resume(mgr, state)
+        state = replicate(state, mesh)
+        log.best["params"] = replicate(log.best["params"], mesh)
         # Written only once the checkpoint (if any) is known to fit, so that a refused resume
         # leaves the directory as it was.
-        checkpoint.write_json_atomic(out / "config.json", {
-            **config.to_dict(), "resolved": {**resolved, "pooling": exp.pooling}})
-        _write_history(out, history)
+        write_config(out, exp, resolved)
+        _write_history(out, log.history)
 
         select = task.select_metric
         bar = _progress(c.epochs, progress)
-        bar.update(start_epoch - 1)
-        t0 = time.perf_counter() - elapsed
-        for epoch in range(start_epoch, c.epochs + 1):
-            shuffle_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0])
+        bar.update(log.start_epoch - 1)
+        t0 = time.perf_counter() - log.elapsed
+        for epoch in range(log.start_epoch, c.epochs + 1):
             losses, grad_norms = [], []
             for batch in pipeline.batches(exp.encoded["train"], exp.labels["train"],
-                                          c.batch_size, shuffle_seed=shuffle_seed):
+                                          c.batch_size,
+                                          shuffle_seed=shuffle_seed(c.seed, epoch)):
                 state, metrics = step_fn(state, frozen, batch, train_key)
                 losses.append(metrics["loss"])
                 grad_norms.append(metrics["grad_norm"])
             losses = np.asarray(jax.device_get(losses), dtype=np.float64)
             _check_finite(losses, np.asarray(jax.device_get(grad_norms), dtype=np.float64),
                           state, epoch, mgr)
-            dev = evaluate(predict, state.trainable, frozen, exp.encoded["dev"],
-                           exp.labels["dev"], task, c.batch_size)
-            if dev[select] > best["score"]:
-                best = {"epoch": epoch, "score": dev[select], "dev": dev,
-                        "params": jax.tree.map(jnp.copy, state.trainable)}
-            record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
-                      "dev": dev}
-            learned = learned_architecture(state.trainable, exp.architecture, exp.source)
-            if exp.architecture.switched_layers:
-                record["switch_probs"] = {str(e["layer"]): e["switch_probs"][ADAPTER]
-                                          for e in learned["layers"] if "switch_probs" in e}
-            history.append(record)
-            _write_history(out, history)
-            meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
-                    "best_score": best["score"], "best_dev": best["dev"], "history": history,
-                    "train_seconds": time.perf_counter() - t0}
-            checkpoint.save(mgr, epoch, state.trainable, state.opt_state, best["params"],
-                            learned, meta)
+            dev = end_epoch(exp, out, mgr, predict, frozen, state, epoch, losses, log,
+                            lambda: time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{dev[select]:.4f}"})
         bar.close()
     finally:
         mgr.close()
     train_seconds = time.perf_counter() - t0
-
-    test = evaluate(predict, best["params"], frozen, exp.encoded["test"],
-                    exp.labels["test"], task, c.batch_size)
-    learned = learned_architecture(best["params"], exp.architecture, exp.source)
-    weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
-                                           exp.architecture)
-    result = {
-        "task": task.name, "method": c.method, "model": c.model,
-        "train_size": c.train_size, "seed": c.seed,
-        "dev": best["dev"], "test": test, "best_epoch": best["epoch"],
-        "select_metric": select,
-        "selected_layers": methods.layers_run(learned, drop_first),
-        "pooling": exp.pooling,
-        "trainable_params": count_params(state.trainable),
-        "adapter_weights": weights, "adapter_biases": biases,
-        "train_seconds": round(train_seconds, 2),
-        "examples": {k: int(len(v)) for k, v in exp.labels.items()},
-    }
-    note = methods.result_note(c.method, exp.architecture)
-    if note:
-        result["note"] = note
-    checkpoint.write_json_atomic(out / "architecture.json", learned)
-    checkpoint.write_json_atomic(out / "result.json", result)
-    return result
+    return finish_run(exp, out, predict, frozen, log.best, drop_first, train_seconds)
 
 
 def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState, epoch: int,

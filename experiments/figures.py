@@ -86,7 +86,8 @@ def rationals_figure(runs: list[Path], path: Path) -> Path:
     fig, axes = plt.subplots(len(tasks), depth, figsize=(1.9 * depth, 1.7 * len(tasks)),
                              squeeze=False, sharex=True)
     x = np.linspace(-3, 3, 241, dtype=np.float32)
-    for row, (task, task_runs) in zip(axes, tasks.items()):
+    for r, (task, task_runs) in enumerate(tasks.items()):
+        row = axes[r]
         inputs = [_inputs(r) for r in task_runs]
         for n, (arch, hist) in enumerate(zip(archs[task], inputs)):
             version = arch["architecture"].get("rational_version", "A")
@@ -110,8 +111,9 @@ def rationals_figure(runs: list[Path], path: Path) -> Path:
         for layer, ax in enumerate(row):
             ax.plot(x, np.maximum(x, 0), color="k", lw=0.5, ls=":")
             ax.set_ylim(-3, 4)
+            ax.set_xlim(-3, 3)
             ax.tick_params(labelsize=6)
-            if row is axes[0]:
+            if r == 0:
                 ax.set_title(f"layer {layer}", fontsize=8)
         row[0].set_ylabel(task, fontsize=9)
     fig.tight_layout()

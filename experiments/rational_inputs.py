@@ -29,7 +29,7 @@ from aa_jax.methods import read_learned
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.train import load_run, merge
 
-EDGES = np.linspace(-4.0, 4.0, 81)  # the figure shows [-3, 3]; the rest is counted apart
+EDGES = np.linspace(-4.0, 4.0, 161)  # the figure shows [-3, 3]; the rest is counted apart
 
 
 def rational_inputs(run_dir: Path, pretrained=None) -> dict:
@@ -49,7 +49,7 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
                                deterministic=True,
                                capture_intermediates=lambda m, _: m.name == "down")
         found = {}
-        flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+        flat = jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}))[0]
         for path, value in flat:
             keys = [getattr(k, "key", "") for k in path]
             layer = next(int(k.split("_")[1]) for k in keys if str(k).startswith("layer_"))

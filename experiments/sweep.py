@@ -240,6 +240,21 @@ def publish(sweep: Sweep, point: Point) -> Path:
     return dst
 
 
+def record_inputs(sweep: Sweep, point: Point, backbone) -> None:
+    """Figure 3's input distributions of an AA run (see rational_inputs.py); a failure
+    here is reported and leaves the run as it is."""
+    from rational_inputs import rational_inputs
+
+    try:
+        record = rational_inputs(sweep.work_dir(point), backbone)
+    except Exception as e:  # noqa: BLE001
+        print(f"    (no rational inputs for {run_name(point)}: {type(e).__name__}: {e})",
+              file=sys.stderr)
+        return
+    for d in (sweep.work_dir(point), sweep.result_dir(point)):
+        write_json_atomic(d / "rational_inputs.json", record)
+
+
 def record_failure(sweep: Sweep, point: Point, error: BaseException) -> None:
     dst = sweep.result_dir(point)
     dst.mkdir(parents=True, exist_ok=True)
@@ -407,6 +422,8 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         for (p, _), result in zip(group, results):
             waiting.pop(run_name(p), None)
             dst = publish(sweep, p)
+            if p.settings["method"] == "aa":
+                record_inputs(sweep, p, backbones[config.model])
             test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
             print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
                   f"{result['train_seconds']:.0f} s", flush=True)

@@ -167,7 +167,13 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
         failure = json.loads((results / f"rte-broken-24-{s}" / "failed.json").read_text())
         assert "last" in failure["error"] and "UserError" in failure["error"]
     for name in done:
-        assert sorted(p.name for p in (results / name).iterdir()) == sorted(sweep.COPIED)
+        extra = ("rational_inputs.json",) if name.startswith("rte-aa-") else ()
+        assert sorted(p.name for p in (results / name).iterdir()) == sorted(
+            sweep.COPIED + extra)
+    inputs = json.loads((results / "rte-aa-24-42" / "rational_inputs.json").read_text())
+    assert sorted(map(int, inputs["layers"])) == sorted(
+        json.loads((results / "rte-aa-24-42" / "architecture.json").read_text())
+        ["selected_layers"])
 
     aa = json.loads((results / "rte-aa-24-42" / "architecture.json").read_text())
     k = len(aa["selected_layers"])

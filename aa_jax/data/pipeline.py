@@ -164,3 +164,22 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
             "labels": labels[chunk],
             "weights": weights,
         }
+
+
+def widen(batch: dict[str, np.ndarray], width: int,
+          pad_id: int = 0) -> dict[str, np.ndarray]:
+    """``batch`` with its sequence axis padded to ``width`` tokens (at least its own width).
+
+    The new positions are padding like :func:`batches` writes it (``pad_id``, token type
+    0, attention mask 0), so the model masks them out of attention and pooling. Used to
+    give several runs' batches of one step one shape.
+    """
+    extra = width - batch["input_ids"].shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot narrow a batch of width {batch['input_ids'].shape[1]} "
+                         f"to {width}")
+    if extra == 0:
+        return batch
+    fill = {"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}
+    return {k: (np.pad(v, ((0, 0), (0, extra)), constant_values=fill[k]) if k in fill else v)
+            for k, v in batch.items()}
