@@ -283,6 +283,14 @@ def main(argv=None) -> int:
 
         enable_compilation_cache()
     try:
+        if args.command == "train":
+            from aa_jax.distributed import initialize
+
+            if initialize():
+                import jax
+
+                print(f"process {jax.process_index()} of {jax.process_count()}; "
+                      f"{jax.device_count()} devices in all", flush=True)
         return commands[args.command](args)
     except UserError as e:
         if args.debug:

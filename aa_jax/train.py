@@ -40,6 +40,7 @@ from aa_jax import checkpoint
 from aa_jax.adapters import Architecture, adapter_weight_count
 from aa_jax.data import glue, pipeline
 from aa_jax.data.metrics import compute_metrics, majority_class_scores
+from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_record
 from aa_jax import methods
 from aa_jax.methods import METHODS, architecture_for, learned_architecture
@@ -317,7 +318,36 @@ def data_mesh(devices=None) -> Mesh | None:
 
 def replicate(tree, mesh: Mesh | None):
     """``tree`` copied onto every device of ``mesh`` (unchanged without a mesh)."""
-    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
+    if mesh is None:
+        return tree
+    if multi_process():  # from host memory, which holds the same values in every process
+        tree = jax.tree.map(np.asarray, tree)
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(batch: dict, mesh: Mesh | None) -> dict:
+    """A host batch as one array over the mesh. Every process holds the whole batch and
+    gives each of its devices that device's rows (needed only across processes: within
+    one, jit shards a host batch itself)."""
+    if mesh is None or not multi_process():
+        return batch
+    rows = NamedSharding(mesh, P("data"))
+    return {k: jax.make_array_from_callback(np.shape(v), rows,
+                                            lambda index, v=v: np.asarray(v)[index])
+            for k, v in batch.items()}
+
+
+def _across_processes(fn: Callable, mesh: Mesh | None, batch_arg: int) -> Callable:
+    """``fn`` taking host batches in a multi-process run (itself otherwise)."""
+    if mesh is None or not multi_process():
+        return fn
+
+    def call(*args):
+        args = list(args)
+        args[batch_arg] = global_batch(args[batch_arg], mesh)
+        return fn(*args)
+
+    return call
 
 
 def _shardings(mesh: Mesh | None, batch_arg: int, num_args: int) -> dict[str, Any]:
@@ -380,7 +410,8 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
     global norm before clipping.
     """
     step = _step_function(model, tx, regression, adapterdrop_max)
-    return jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4))
+    return _across_processes(jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4)), mesh,
+                             2)
 
 
 def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
@@ -430,7 +461,7 @@ def make_predict(model, regression: bool, drop_first: int = 0,
             adapter_drop=int(drop_first) if drop_first else None)
         return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
 
-    return jax.jit(predict, **_shardings(mesh, 2, 3))
+    return _across_processes(jax.jit(predict, **_shardings(mesh, 2, 3)), mesh, 2)
 
 
 def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> dict:
@@ -666,6 +697,8 @@ def resume(mgr, state: TrainState) -> tuple[TrainState, RunLog]:
 
 def write_config(out: Path, exp: Experiment, resolved: dict[str, Any]) -> None:
     """``config.json``: the run's settings and what its locations resolved to."""
+    if not is_primary():
+        return
     checkpoint.write_json_atomic(out / "config.json", {
         **exp.config.to_dict(), "resolved": {**resolved, "pooling": exp.pooling}})
 
@@ -727,8 +760,9 @@ def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_fir
     if note:
         result["note"] = note
     result.update(extra or {})
-    checkpoint.write_json_atomic(out / "architecture.json", learned)
-    checkpoint.write_json_atomic(out / "result.json", result)
+    if is_primary():
+        checkpoint.write_json_atomic(out / "architecture.json", learned)
+        checkpoint.write_json_atomic(out / "result.json", result)
     return result
 
 
@@ -821,6 +855,8 @@ def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState,
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
+    if not is_primary():
+        return
     checkpoint.write_text_atomic(out / "metrics.jsonl",
                                  "".join(json.dumps(r) + "\n" for r in history))
 
