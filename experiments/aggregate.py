@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import RESULTS, SWEEPS, Sweep, run_name  # noqa: E402
 
 from aa_jax.checkpoint import is_complete, write_text_atomic  # noqa: E402
+from aa_jax.data.glue import get_task  # noqa: E402
 
 ALPHA = 0.05
 
@@ -126,8 +127,7 @@ def table(sweep: Sweep, done: dict, split: str, majority: dict,
     for p in sorted(chosen, key=lambda p: (size_order(p),
                                            labels.index(p.label) if labels else 0)):
         rows.setdefault(row_key(sweep, p), {t: [] for t in tasks})[p.settings["task"]].append(p)
-    metric = {t: next((r["select_metric"] for r in done.values() if r["task"] == t), "?")
-              for t in tasks}
+    metric = {t: select_metric(t, done) for t in tasks}
     marks = {}
     for key, cells in rows.items():
         for t, points in cells.items():
@@ -164,6 +164,17 @@ def table(sweep: Sweep, done: dict, split: str, majority: dict,
     return "\n".join(lines), learns
 
 
+def select_metric(task: str, done: dict) -> str:
+    """The metric a task's runs select and report (from its results, else its definition)."""
+    found = next((r["select_metric"] for r in done.values() if r["task"] == task), None)
+    if found:
+        return found
+    try:
+        return get_task(task).select_metric
+    except Exception:  # noqa: BLE001 - a user task that has no run yet
+        return "?"
+
+
 def size_order(p) -> int:
     size = p.settings.get("train_size")
     return 10**9 if size is None else size
@@ -171,7 +182,8 @@ def size_order(p) -> int:
 
 def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
                     metric: dict) -> dict:
-    """Per size, the tasks whose baseline scores significantly above the majority class."""
+    """Per size, the tasks whose baseline scores significantly above the majority class
+    (none where the majority-class score is not known yet)."""
     values: dict[tuple, list[float]] = {}
     for p in sweep.points:
         if p.label == "baseline" and run_name(p) in done:
@@ -179,7 +191,8 @@ def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
                 score(done[run_name(p)]))
     learns: dict = {}
     for (size, task), vs in values.items():
-        if not at_chance(vs, (majority.get(task) or {}).get(metric[task])):
+        chance = (majority.get(task) or {}).get(metric[task])
+        if chance is not None and not at_chance(vs, chance):
             learns.setdefault(size, set()).add(task)
     return learns
 
