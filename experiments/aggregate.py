@@ -284,13 +284,25 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
         parts += ["", f"verdict: the paired t-test at p < {ALPHA}.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
-    missing = [run_name(p) for p in sweep.points if run_name(p) not in done]
+    missing = [p for p in sweep.points if run_name(p) not in done]
     if missing:
-        parts += ["## Not finished", ""]
-        for name in missing:
-            why = failed.get(name, {}).get("error")
-            parts.append(f"- {name}" + (f": failed, {why}" if why else ""))
+        counts: dict[tuple, list] = {}
+        for p in missing:
+            counts.setdefault((p.label, p.settings.get("train_size")), []).append(p)
+        parts += ["## Not finished", "",
+                  "Runs the grid lists that have no result yet (run the sweep again to "
+                  "continue it; `--plan` estimates the cost).", "",
+                  "| method | n | runs left | seeds left |", "|---|---|---|---|"]
+        for (label, size), ps in counts.items():
+            seeds = sorted({p.settings.get("seed") for p in ps})
+            parts.append(f"| {label} | {size or 'full'} | {len(ps)} | "
+                         f"{', '.join(map(str, seeds))} |")
         parts.append("")
+        broken = [p for p in missing if run_name(p) in failed]
+        if broken:
+            parts += ["Failed runs (their `failed.json` has the traceback):", ""]
+            parts += [f"- {run_name(p)}: {failed[run_name(p)]['error']}" for p in broken]
+            parts.append("")
     return "\n".join(parts)
 
 
