@@ -35,7 +35,7 @@ from flax.traverse_util import flatten_dict
 
 from aa_jax.adapters import Architecture, validate_layer_indices
 from aa_jax.errors import UserError
-from aa_jax.switch import ADAPTER, is_selected, switch_probabilities
+from aa_jax.switch import is_selected, switch_probabilities
 
 METHODS = ("baseline", "adapterdrop", "aa", "aa_focused", "last_n", "switch_only",
            "rational_only")

@@ -24,7 +24,6 @@ kernels (``tests/test_seeds.py`` checks both cases to 1e-10 in float64).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 

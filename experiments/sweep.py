@@ -42,7 +42,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys

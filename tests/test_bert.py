@@ -10,7 +10,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 from transformers import BertConfig
 
-from aa_jax.adapters import Architecture, LayerSpec
+from aa_jax.adapters import Architecture
 from aa_jax.models.bert import BertForSequenceClassification, BertModel
 from aa_jax.models.loader import with_backbone
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aa_jax.errors import UserError
 
 DEFAULT_MAX_LENGTH = 128
 
