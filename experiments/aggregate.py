@@ -199,28 +199,48 @@ def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
 
 # -- paired tests -----------------------------------------------------------------------
 
-def comparisons(sweep: Sweep) -> list[tuple[str, str]]:
+def comparisons(sweep: Sweep) -> list:
+    """The sweep's ``comparisons``: ``[a, b]`` pairs of method labels, or
+    ``{"key": k, "a": x, "b": y}`` for two values of a grid key (such as the dtype) under
+    one label. Default: every label against ``baseline``."""
     listed = sweep.spec.get("comparisons")
     if listed:
-        return [tuple(c) for c in listed]
+        return listed
     labels = list(dict.fromkeys(p.label for p in sweep.points))
-    return [(lab, "baseline") for lab in labels if lab != "baseline" and "baseline" in labels]
+    return [[lab, "baseline"] for lab in labels if lab != "baseline" and "baseline" in labels]
 
 
-def paired(sweep: Sweep, done: dict, a: str, b: str, learns: dict) -> list[list[str]]:
-    """One row per size (and other grid value): the (task, seed) pairs both labels have."""
-    by_cell = {}
+def paired(sweep: Sweep, done: dict, comparison, learns: dict) -> list[list[str]]:
+    """One row per size (and other grid value): the (task, seed) pairs both sides have."""
+    if isinstance(comparison, dict):
+        key, a, b = comparison["key"], comparison["a"], comparison["b"]
+        title_a = f"{key} {a}"
+
+        def side(p):  # (the slot it pairs in, which side it is)
+            rest = {k: v for k, v in p.cell.items() if k != key}
+            return (p.label, json.dumps(rest, sort_keys=True)), p.cell.get(key)
+    else:
+        a, b = comparison
+        title_a = a
+
+        def side(p):
+            return json.dumps(p.cell, sort_keys=True), p.label
+    slots: dict = {}
     for p in sweep.points:
-        by_cell.setdefault(json.dumps(p.cell, sort_keys=True), {})[p.label] = p
+        slot, which = side(p)
+        slots.setdefault(slot, {})[which] = p
     groups: dict[tuple, list[tuple[float, float, str]]] = {}
-    for cell, labels in by_cell.items():
-        if a in labels and b in labels:
-            ra, rb = done.get(run_name(labels[a])), done.get(run_name(labels[b]))
+    for sides in slots.values():
+        if a in sides and b in sides:
+            ra, rb = done.get(run_name(sides[a])), done.get(run_name(sides[b]))
             if ra and rb:
-                c = json.loads(cell)
-                rest = (("train_size", labels[a].settings.get("train_size")),) + tuple(
-                    (k, v) for k, v in c.items() if k not in ("task", "seed", "train_size"))
-                groups.setdefault(rest, []).append((score(ra), score(rb), c.get("task")))
+                pa = sides[a]
+                rest = (("train_size", pa.settings.get("train_size")),) + tuple(
+                    (k, v) for k, v in pa.cell.items()
+                    if k not in ("task", "seed", "train_size")
+                    and not (isinstance(comparison, dict) and k == comparison["key"]))
+                groups.setdefault(rest, []).append((score(ra), score(rb),
+                                                    pa.settings.get("task")))
     out = []
     for rest, pairs in groups.items():
         size = dict(rest).get("train_size")
@@ -239,9 +259,9 @@ def paired(sweep: Sweep, done: dict, a: str, b: str, learns: dict) -> list[list[
                 w_p = math.nan
             title = row_title(("", rest)).lstrip(", ")
             verdict = ("–" if math.isnan(t_p) else
-                       f"{a} {'higher' if d.mean() > 0 else 'lower'}" if t_p < ALPHA
+                       f"{title_a} {'higher' if d.mean() > 0 else 'lower'}" if t_p < ALPHA
                        else "within noise")
-            out.append([f"{a} − {b}", str(size or "full") + (f", {title}" if title else ""),
+            out.append([f"{title_a} − {b}", str(size or "full") + (f", {title}" if title else ""),
                         scope, str(n), f"{d.mean():+.2f}", f"{d.std(ddof=1):.2f}" if n > 1
                         else "–", fmt_p(t_p), fmt_p(w_p), verdict])
     return out
@@ -274,7 +294,7 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
         parts += ["Majority class of each test set: " + "; ".join(
             f"{t} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())
             for t, m in majors.items()) + ".", ""]
-    rows = [r for a, b in comparisons(sweep) for r in paired(sweep, done, a, b, learns)]
+    rows = [r for c in comparisons(sweep) for r in paired(sweep, done, c, learns)]
     if rows:
         head = ["comparison", "n", "tasks", "pairs", "mean diff", "std", "t-test p",
                 "Wilcoxon p", "verdict"]
