@@ -194,3 +194,28 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
 
 def test_the_committed_tables_are_regenerated_byte_for_byte():
     assert aggregate.main(["--check"]) == 0
+
+
+@pytest.mark.slow
+def test_together_trains_a_cells_seeds_as_one_program_where_their_configs_agree(
+        tmp_path, tiny_checkpoint, fake_glue):
+    body = {"base": {"model": str(tiny_checkpoint), "train_size": 24, "epochs": 2,
+                     "batch_size": 8, "max_length": 32},
+            "grid": {"seed": [42, 92], "task": ["rte"], "method": ["aa", "aa_focused"]},
+            "methods": {"aa_focused": {"architecture": "@aa"}}}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(body))
+    results = tmp_path / "results"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
+    proc = subprocess.run(_sweep_cmd(path, fake_glue, results, tmp_path / "work", "--together"),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trained = [line for line in proc.stdout.splitlines() if line.endswith(": training")]
+    # The AA seeds share one config and train together; each AA-focused seed takes its own
+    # seed's AA run as architecture, so those configs differ and train one by one.
+    assert trained[0] == "[2/4] rte-aa-24-42, rte-aa-24-92: training"
+    for seed in (42, 92):
+        result = json.loads((results / f"rte-aa-24-{seed}" / "result.json").read_text())
+        assert result["seeds_together"] == [42, 92]
+    assert trained[1:] == [f"[{3 + i}/4] rte-aa_focused-24-{s}: training"
+                           for i, s in enumerate((42, 92))]
