@@ -439,6 +439,14 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
     return 1 if failed else 0
 
 
+def together_wanted(choice: str) -> bool:
+    if choice == "auto":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return choice == "on"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a sweep JSON file (see experiments/sweeps/)")
@@ -449,9 +457,11 @@ def main(argv=None) -> int:
                         "(default runs/sweeps/<sweep name>)")
     parser.add_argument("--epochs", type=int, default=None, help="override for quick checks")
     parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N")
-    parser.add_argument("--together", action="store_true",
+    parser.add_argument("--together", nargs="?", const="on", default="auto",
+                        choices=("auto", "on", "off"),
                         help="train the seeds of a cell as one vmapped program where their "
-                        "configs allow it")
+                        "configs allow it; auto (the default): on a GPU or TPU, not on a "
+                        "CPU, where it measured slower")
     parser.add_argument("--plan", action="store_true",
                         help="print what is left and its estimated cost, run nothing")
     parser.add_argument("--commit", action="store_true",
@@ -464,7 +474,7 @@ def main(argv=None) -> int:
         if args.plan:
             plan(sweep, shard_of(sweep.points, args.shard))
             return 0
-        return run(sweep, args.shard, args.together, args.commit)
+        return run(sweep, args.shard, together_wanted(args.together), args.commit)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
