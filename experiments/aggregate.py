@@ -11,11 +11,11 @@ result files is read, so the tables are reproduced byte for byte from a clone.
 Tables: one row per method label (and per other grid value, such as the train size or the
 learning rate), one column per task, each cell the task's main metric (CoLA MCC, STS-B
 Spearman, MRPC F1, else accuracy) in percent, mean ± standard deviation over seeds. A cell
-is marked † when its seeds do not score significantly above the majority class of the test
-set (their mean minus two standard errors is not above it; one seed: not above it). "avg"
-averages every
-task like the paper; "avg (learns)" only the tasks where the baseline of that size is not
-marked, so that chance-level tasks are not averaged as if they were signal.
+is marked † when its seeds do not score clearly above the majority class of the test
+set (their mean minus two standard errors is not above it; one seed: not above it).
+"avg" averages every task like the paper; "avg (learns)" only the tasks where the
+baseline of that size is not marked, so that chance-level tasks are not averaged as if
+they were signal.
 
 Paired comparisons: for each pair of labels a sweep lists under ``comparisons`` (else
 every label against ``baseline``), the test-score differences over the (task, seed) pairs
@@ -184,7 +184,7 @@ def size_order(p) -> int:
 
 def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
                     metric: dict) -> dict:
-    """Per size, the tasks whose baseline scores significantly above the majority class
+    """Per size, the tasks whose baseline scores clearly above the majority class
     (none where the majority-class score is not known yet)."""
     values: dict[tuple, list[float]] = {}
     for p in sweep.points:
