@@ -372,9 +372,7 @@ def together_group(sweep: Sweep, first: Point, config: TrainConfig, todo: list[P
             c = resolve(sweep, p)
         except (Waiting, UserError):
             continue
-        same = dataclasses.replace(c, seed=config.seed)
-        if dataclasses.asdict(same) == dataclasses.asdict(config) and (
-                c.architecture is None or c.architecture == config.architecture):
+        if dataclasses.replace(c, seed=config.seed) == config:
             group.append((p, c))
     return group
 
