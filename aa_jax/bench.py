@@ -55,10 +55,10 @@ def compiled_flops(fn, *args) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 ``size`` x ``size`` matmul on the default device (median)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+def matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """GFLOP/s of a ``size`` x ``size`` matmul on the default device (median)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(jnp.matmul)
     return 2 * size**3 / median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
@@ -66,7 +66,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         methods: tuple[str, ...] = DEFAULT_METHODS, repeats: int = 5,
         pretrained=None, selected_layers: list[int] | None = None,
-        dtype: str = "float32") -> list[dict[str, Any]]:
+        dtype: str = "float32", peak: float | None = None) -> list[dict[str, Any]]:
     """One record per method: times, examples/s, achieved GFLOP/s and peak fraction.
 
     ``last_n`` puts adapters in the upper half of the layers (3 of 6 for MiniLM);
@@ -80,7 +80,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
              "token_type_ids": jnp.zeros((b, n), jnp.int32),
              "attention_mask": jnp.ones((b, n), jnp.int32),
              "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
-    peak = matmul_peak()
+    peak = peak or matmul_peak()
     records = []
     upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
     for method in methods:

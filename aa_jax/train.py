@@ -754,6 +754,8 @@ def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_fir
         "trainable_params": count_params(best["params"]),
         "adapter_weights": weights, "adapter_biases": biases,
         "train_seconds": round(train_seconds, 2),
+        # Where it ran: a run's numbers differ in rounding from one device to another.
+        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
         "examples": {k: int(len(v)) for k, v in exp.labels.items()},
     }
     note = methods.result_note(c.method, exp.architecture)

@@ -14,8 +14,11 @@ Where things go:
 Restarting is always safe: a finished run is skipped, an interrupted one resumes from its
 last checkpoint. A run that raises is recorded in ``<results>/<run>/failed.json`` with its
 error, the sweep goes on, and the next invocation tries it again. ``--shard i/n`` runs
-every n-th point (from the i-th), so that n machines can share a sweep; a point whose
-reference (below) another shard has not produced yet is reported as waiting. ``--plan``
+every n-th (task, train size) cell, in the sweep's order, so that n machines can share a
+sweep; a point whose reference (below) another shard has not produced yet is reported as
+waiting. ``--workers n`` runs the n shards as n processes on this machine (for an
+accelerator that one small model leaves idle: compilation and input run on the host's
+cores). ``--plan``
 prints what is left and an estimate of its cost from the measured times of finished runs.
 ``--commit`` commits each finished run's files to git as it arrives.
 
@@ -42,6 +45,7 @@ import dataclasses
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -279,8 +283,15 @@ def git_commit(paths: list[Path], message: str) -> None:
 
 
 def shard_of(points: list[Point], shard: tuple[int, int]) -> list[Point]:
+    """The points of shard ``i`` of ``n``: whole (task, train size) cells, dealt out in the
+    sweep's order, so that a run and the runs it refers to (``@aa``) and a cell's seeds
+    (trained together) stay in one shard."""
     i, n = shard
-    return [p for p in points if p.index % n == i - 1]
+    cells: dict[tuple, int] = {}
+    for p in points:
+        cells.setdefault((p.settings.get("task"), p.settings.get("train_size")), len(cells))
+    return [p for p in points
+            if cells[(p.settings.get("task"), p.settings.get("train_size"))] % n == i - 1]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -296,14 +307,19 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | None]]:
     """Seconds per pending point, from the measured training times of finished runs
-    (any sweep): the median of runs of the same task, size and method, else the same task
-    and size, else the same task scaled by size."""
+    (any sweep) on this kind of device: the median of runs of the same task, size and
+    method, else the same task and size, else the same task scaled by size."""
+    import jax
+
+    backend = jax.default_backend()
     measured: dict[tuple, list[float]] = {}
     for result_file in RESULTS.glob("*/*/result.json"):
         try:
             r = json.loads(result_file.read_text())
             epochs = json.loads((result_file.parent / "config.json").read_text())["epochs"]
         except (OSError, ValueError, KeyError):
+            continue
+        if r.get("device", "cpu").split(":")[0] != backend:  # unrecorded: this project's CPU
             continue
         per_epoch = r["train_seconds"] / epochs
         for key in ((r["task"], r["train_size"], r["method"]), (r["task"], r["train_size"]),
@@ -405,7 +421,8 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         group = together_group(sweep, point, config, todo, failed) if together else [nxt]
         names = [run_name(p) for p, _ in group]
         count += len(group)
-        print(f"[{count}/{total}] {', '.join(names)}: training", flush=True)
+        where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+        print(f"[{where}{count}/{total}] {', '.join(names)}: training", flush=True)
         try:
             if config.model not in backbones:
                 backbones[config.model] = load_pretrained(config.model)
@@ -437,6 +454,37 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
     return 1 if failed else 0
 
 
+def run_workers(args: argparse.Namespace) -> int:
+    """Runs shard i/n in each of n child processes and waits for them all; a SIGTERM or
+    SIGINT is passed on to them (a killed run resumes at the next start)."""
+    base = [sys.executable, str(Path(__file__).resolve()), args.sweep,
+            "--together", args.together]
+    for flag, value in (("--glue-dir", args.glue_dir), ("--out", args.out),
+                        ("--work", args.work), ("--epochs", args.epochs)):
+        if value is not None:
+            base += [flag, str(value)]
+    if args.commit:
+        base.append("--commit")
+    # One accelerator shared by n processes: none may take most of its memory up front.
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
+    n = args.workers
+    children = [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
+                for i in range(1, n + 1)]
+
+    def stop(signum, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return max(codes)
+
+
 def together_wanted(choice: str) -> bool:
     if choice == "auto":
         import jax
@@ -455,6 +503,8 @@ def main(argv=None) -> int:
                         "(default runs/sweeps/<sweep name>)")
     parser.add_argument("--epochs", type=int, default=None, help="override for quick checks")
     parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the sweep as N shards in N processes on this machine")
     parser.add_argument("--together", nargs="?", const="on", default="auto",
                         choices=("auto", "on", "off"),
                         help="train the seeds of a cell as one vmapped program where their "
@@ -469,9 +519,14 @@ def main(argv=None) -> int:
         sweep = Sweep.load(args.sweep, args.glue_dir,
                            Path(args.out) if args.out else None,
                            Path(args.work) if args.work else None, args.epochs)
+        if args.workers < 1 or (args.workers > 1 and args.shard != (1, 1)):
+            raise UserError("--workers takes a count of at least 1 and splits the whole "
+                            "sweep; give either --workers or --shard, not both.")
         if args.plan:
             plan(sweep, shard_of(sweep.points, args.shard))
             return 0
+        if args.workers > 1:
+            return run_workers(args)
         return run(sweep, args.shard, together_wanted(args.together), args.commit)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

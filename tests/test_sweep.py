@@ -73,12 +73,21 @@ def test_bad_sweeps_are_refused_in_one_sentence(tmp_path):
         sweep.Sweep.load(path)
 
 
-def test_shards_partition_the_points(tmp_path):
-    points = sweep.Sweep.load(spec(tmp_path)).points
-    shards = [sweep.shard_of(points, (i, 3)) for i in (1, 2, 3)]
+def test_shards_partition_the_points_by_task_and_size(tmp_path):
+    path = spec(tmp_path)
+    body = json.loads(path.read_text())
+    body["grid"]["train_size"], body["grid"]["task"] = [100, 300], ["rte", "cola", "sst2"]
+    path.write_text(json.dumps(body))
+    points = sweep.Sweep.load(path).points
+    shards = [sweep.shard_of(points, (i, 4)) for i in (1, 2, 3, 4)]
     names = [sweep.run_name(p) for s in shards for p in s]
     assert sorted(names) == sorted(sweep.run_name(p) for p in points)
-    assert all(abs(len(s) - len(points) / 3) < 1 for s in shards)
+    # 6 (task, size) cells dealt to 4 shards in the sweep's order: 2, 2, 1, 1 cells.
+    assert [len(s) for s in shards] == [len(points) // 6 * k for k in (2, 2, 1, 1)]
+    for s in shards:  # a cell's seeds, and a run with the aa run it refers to, stay together
+        cells = {(p.settings["task"], p.settings["train_size"]) for p in s}
+        assert sum((p.settings["task"], p.settings["train_size"]) in cells
+                   for p in points) == len(s)
     for bad in ("0/2", "3/2", "x", "1/0"):
         with pytest.raises(Exception, match="write i/n"):
             sweep.parse_shard(bad)
@@ -123,6 +132,32 @@ def test_the_transfer_rule_skips_empty_architectures_and_breaks_ties_by_task_ord
 def _sweep_cmd(path, glue, results, work, *extra):
     return [sys.executable, str(REPO / "experiments" / "sweep.py"), str(path),
             "--glue-dir", str(glue), "--out", str(results), "--work", str(work), *extra]
+
+
+@pytest.mark.slow
+def test_workers_split_the_sweep_into_shard_processes(tmp_path, tiny_checkpoint, fake_glue):
+    body = {"base": {"model": str(tiny_checkpoint), "train_size": 24, "epochs": 1,
+                     "batch_size": 8, "max_length": 32},
+            "grid": {"seed": [42], "task": ["rte", "cola"],
+                     "method": ["baseline", "aa", "aa_focused"]},
+            "methods": {"aa_focused": PAPER["methods"]["aa_focused"]}}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(body))
+    results, work = tmp_path / "results", tmp_path / "work"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
+    cmd = _sweep_cmd(path, fake_glue, results, work)
+    both = subprocess.run(cmd + ["--workers", "2", "--shard", "1/2"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "either --workers or --shard" in both.stderr
+    run = subprocess.run(cmd + ["--workers", "2"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {f.parent.name for f in results.glob("*/result.json")} == {
+        f"{t}-{m}-24-42" for t in ("rte", "cola") for m in ("baseline", "aa", "aa_focused")}
+    # One task per shard: each process trained its own cell, aa_focused after its aa run.
+    for i, task in ((1, "rte"), (2, "cola")):
+        lines = [ln for ln in run.stdout.splitlines() if ln.startswith(f"[shard {i}/2: ")]
+        assert [ln.split("] ")[1].split("-")[0] for ln in lines] == [task] * 3
 
 
 @pytest.mark.slow
