@@ -21,6 +21,10 @@ Paired comparisons: for each pair of labels a sweep lists under ``comparisons`` 
 every label against ``baseline``), the test-score differences over the (task, seed) pairs
 both have, per size: their mean and standard deviation in points, a paired t-test and a
 Wilcoxon signed-rank test.
+
+The README's Results section quotes the paper sweep's status line, Table 2 and paired
+comparisons between two markers; aggregating ``paper`` refreshes that excerpt, and
+``--check`` verifies it too.
 """
 
 from __future__ import annotations
@@ -361,6 +365,45 @@ def figures(sweep: Sweep, done: dict) -> list[Path]:
     return written
 
 
+README = SWEEPS.parent.parent / "README.md"
+README_START = "<!-- generated from experiments/results/paper/TABLE.md -->"
+README_END = "<!-- end of generated part -->"
+
+
+def section(table: str, title: str) -> list[str]:
+    """The Markdown table under the heading that starts with ``title``."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {title}"))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            rows.append(line)
+    return rows
+
+
+def readme_excerpt(table: str) -> str:
+    """What the README's Results section quotes from the paper sweep's TABLE.md: its status
+    line, Table 2's rows with results, and the paired comparisons of at least 2 pairs."""
+    status = next(line for line in table.splitlines() if " runs finished" in line)
+    head, *rows = section(table, "Table 2")
+    rows = rows[:1] + [r for r in rows[1:] if any(
+        c.strip() != "–" for c in r.strip("|").split("|")[2:-2])]
+    pairs, *comparisons = section(table, "Paired comparisons")
+    comparisons = comparisons[:1] + [r for r in comparisons[1:]
+                                     if int(r.strip("|").split("|")[3]) >= 2]
+    return "\n".join([f"*{status}*", "", "Table 2 (rows with results so far):", "", head,
+                      *rows, "", "Paired comparisons so far (at least 2 pairs):", "",
+                      pairs, *comparisons])
+
+
+def readme_with(readme: str, excerpt: str) -> str:
+    before, rest = readme.split(README_START, 1)
+    _, after = rest.split(README_END, 1)
+    return f"{before}{README_START}\n{excerpt}\n{README_END}{after}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="*", help="sweep names (default: all with results)")
@@ -386,6 +429,17 @@ def main(argv=None) -> int:
         if not args.no_figures:
             for f in figures(sweep, done):
                 print(f"  {f}")
+    paper = RESULTS / "paper" / "TABLE.md"
+    if "paper" in names and paper.is_file() and README.is_file():
+        # The README quotes the committed table, so it is checked against that file.
+        readme = README.read_text()
+        text = readme_with(readme, readme_excerpt(paper.read_text()))
+        if args.check:
+            if text != readme:
+                differ.append(f"{README} (its Results excerpt)")
+        elif text != readme:
+            write_text_atomic(README, text)
+            print(f"{README}: Results excerpt")
     if differ:
         print("differs from the results: " + ", ".join(differ), file=sys.stderr)
         return 1
