@@ -228,7 +228,27 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
 
 
 def test_the_committed_tables_are_regenerated_byte_for_byte():
-    assert aggregate.main(["--check"]) == 0
+    assert aggregate.main(["--check"]) == 0  # the README's Results excerpt included
+
+
+def test_readme_excerpt_keeps_rows_with_results_and_comparisons_of_two_pairs():
+    table = "\n".join([
+        "# paper", "", "3 of 9 runs finished. Trained on cpu: 3. Generated.", "",
+        "## Table 2: the methods", "", "| method | n | rte | sst2 | avg | layers | w |",
+        "|---|---|---|---|---|---|---|", "| baseline | 100 | 50.0 | 70.0 | 60.0 | 6.0 | 9 |",
+        "| aa | 100 | – | – | – | – | – |", "", "## Table 3", "", "| method | n |",
+        "|---|---|", "| last4 | 300 |", "", "## Paired comparisons (test)", "",
+        "| comparison | n | tasks | pairs | mean diff |", "|---|---|---|---|---|",
+        "| aa − baseline | 100 | all tasks | 2 | +1.00 |",
+        "| aa − baseline | 100 | tasks that learn | 1 | +2.00 |", "", "## Dev scores", ""])
+    excerpt = aggregate.readme_excerpt(table)
+    assert excerpt.splitlines()[0] == "*3 of 9 runs finished. Trained on cpu: 3. Generated.*"
+    assert "| baseline | 100 |" in excerpt and "| aa | 100 |" not in excerpt
+    assert "last4" not in excerpt
+    assert "all tasks | 2" in excerpt and "tasks that learn | 1" not in excerpt
+    readme = f"intro\n{aggregate.README_START}\nold\n{aggregate.README_END}\nrest\n"
+    assert aggregate.readme_with(readme, "new") == (
+        f"intro\n{aggregate.README_START}\nnew\n{aggregate.README_END}\nrest\n")
 
 
 @pytest.mark.slow
