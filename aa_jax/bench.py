@@ -43,16 +43,18 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
-def compiled_flops(fn, *args) -> float | None:
-    """Floating-point operations of one call of the jitted ``fn``, from XLA's cost analysis."""
+def compile_counted(fn, *args) -> tuple[Callable, float | None]:
+    """``fn`` compiled once for ``args`` (ahead of time, so timing it compiles nothing
+    again), and the floating-point operations of one call from XLA's cost analysis."""
+    compiled = fn.lower(*args).compile()
     try:
-        cost = fn.lower(*args).compile().cost_analysis()
+        cost = compiled.cost_analysis()
     except Exception:  # a backend without cost analysis
-        return None
+        return compiled, None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    return compiled, (float(flops) if flops and flops > 0 else None)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
@@ -97,8 +99,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         predict = make_predict(net, regression=False)
         state = [init_state(trainable, tx)]
         key = jax.random.key(1)
-        train_flops = compiled_flops(step, state[0], frozen, batch, key)
-        predict_flops = compiled_flops(predict, trainable, frozen, batch)
+        step, train_flops = compile_counted(step, state[0], frozen, batch, key)
+        predict, predict_flops = compile_counted(predict, trainable, frozen, batch)
 
         def train_once():
             state[0], metrics = step(state[0], frozen, batch, key)
