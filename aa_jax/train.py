@@ -732,6 +732,13 @@ def end_epoch(exp: Experiment, out: Path, mgr, predict, frozen, state: TrainStat
     return dev
 
 
+def device_name() -> str:
+    """The backend and, where it says more, the kind of device: ``cpu``, ``gpu: NVIDIA
+    H100 80GB HBM3``."""
+    backend, kind = jax.default_backend(), jax.devices()[0].device_kind
+    return backend if kind.lower() == backend else f"{backend}: {kind}"
+
+
 def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_first: int,
                train_seconds: float, extra: dict[str, Any] | None = None) -> dict:
     """Test evaluation of the best epoch; writes ``architecture.json`` and ``result.json``
@@ -755,7 +762,7 @@ def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_fir
         "adapter_weights": weights, "adapter_biases": biases,
         "train_seconds": round(train_seconds, 2),
         # Where it ran: a run's numbers differ in rounding from one device to another.
-        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
+        "device": device_name(),
         "examples": {k: int(len(v)) for k, v in exp.labels.items()},
     }
     note = methods.result_note(c.method, exp.architecture)

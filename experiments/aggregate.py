@@ -286,10 +286,11 @@ def where_run(done: dict) -> str:
         return ""
     devices: dict[str, int] = {}
     for r in done.values():
-        name = r.get("device", "cpu (not recorded)")
+        backend, _, kind = r.get("device", "cpu").partition(": ")
+        name = backend if kind in ("", backend) else f"{backend} ({kind})"
         devices[name] = devices.get(name, 0) + 1
     together = sum(len(r.get("seeds_together") or []) > 1 for r in done.values())
-    return ("Trained on " + ", ".join(f"{d}: {n}" for d, n in sorted(devices.items()))
+    return ("Trained on " + ", ".join(f"{d}: {n} runs" for d, n in sorted(devices.items()))
             + (f" ({together} of them with other seeds as one vmapped program)"
                if together else "") + ". ")
 
