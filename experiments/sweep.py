@@ -136,8 +136,8 @@ def expand(spec: dict, glue_dir: str | None, epochs: int | None, name: str) -> l
                 raise UserError(f"Sweep {name}: unknown method {label!r}; use a method name "
                                 f"or define it under 'methods'.")
             settings.setdefault("method", label)
-            if glue_dir:
-                settings["glue_dir"] = glue_dir
+            if glue_dir:  # relative, like the references, so configs name no machine's paths
+                settings["glue_dir"] = os.path.relpath(glue_dir)
             if epochs:
                 settings["epochs"] = epochs
             unknown = sorted(set(settings) - CONFIG_FIELDS)
