@@ -22,8 +22,8 @@ from aa_jax.export import static_architecture
 from aa_jax.methods import architecture_for
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
-from aa_jax.train import (TrainConfig, init_params, init_state, make_optimizer, make_predict,
-                          make_train_step)
+from aa_jax.train import (TrainConfig, device_name, init_params, init_state, make_optimizer,
+                          make_predict, make_train_step)
 
 DEFAULT_METHODS = ("baseline", "aa", "rational_only", "switch_only", "last_n")
 # Bench-only entries: an exported AA model (``aa-jax export``) whose switches picked the
@@ -114,7 +114,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
             "method": method, "model": model, "dtype": dtype,
             "adapter_layers": list(arch.adapter_layers),
             "trainable_params": sum(x.size for x in jax.tree.leaves(trainable)), "batch_size": b, "length": n,
-            "device": jax.devices()[0].device_kind,
+            "device": device_name(),
             "train_step_s": round(train_s, 4), "predict_s": round(predict_s, 4),
             "train_examples_per_s": round(b / train_s, 2),
             "predict_examples_per_s": round(b / predict_s, 2),

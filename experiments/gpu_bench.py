@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from aa_jax import bench
 from aa_jax.models.bert import BertModel
 from aa_jax.models.loader import Pretrained, load_config
-from aa_jax.train import device_name
 
 QQP_LAYERS = [2, 6, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23]  # the paper's transfer
 
@@ -56,7 +55,6 @@ def main(argv=None) -> None:
         for method in args.methods.split(","):
             [r] = bench.run(args.model, args.batch_size, args.length, (method,), args.repeats,
                             pretrained=pre, selected_layers=layers, dtype=dtype, peak=peak)
-            r["device"] = device_name()
             print(json.dumps(r), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -287,11 +287,14 @@ def shard_of(points: list[Point], shard: tuple[int, int]) -> list[Point]:
     sweep's order, so that a run and the runs it refers to (``@aa``) and a cell's seeds
     (trained together) stay in one shard."""
     i, n = shard
-    cells: dict[tuple, int] = {}
+
+    def cell(p: Point) -> tuple:
+        return p.settings.get("task"), p.settings.get("train_size")
+
+    order: dict[tuple, int] = {}
     for p in points:
-        cells.setdefault((p.settings.get("task"), p.settings.get("train_size")), len(cells))
-    return [p for p in points
-            if cells[(p.settings.get("task"), p.settings.get("train_size"))] % n == i - 1]
+        order.setdefault(cell(p), len(order))
+    return [p for p in points if order[cell(p)] % n == i - 1]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
