@@ -542,4 +542,8 @@ if __name__ == "__main__":
 
     reexec_with_mimalloc(sys.argv)
     enable_compilation_cache()
+    # Whole lines, one write each: the shards of --workers share one terminal or pipe, and
+    # under PYTHONUNBUFFERED a print's text and its newline would be two writes.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
     sys.exit(main())

@@ -157,7 +157,7 @@ def test_workers_split_the_sweep_into_shard_processes(tmp_path, tiny_checkpoint,
     # One task per shard: each process trained its own cell, aa_focused after its aa run.
     for i, task in ((1, "rte"), (2, "cola")):
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith(f"[shard {i}/2: ")]
-        assert [ln.split("] ")[1].split("-")[0] for ln in lines] == [task] * 3
+        assert [ln.split("] ")[1].split("-")[0] for ln in lines] == [task] * 3, run.stdout
 
 
 @pytest.mark.slow
