@@ -64,6 +64,7 @@ BENCH_ARGS = ["bench", "--methods", "baseline,aa", "--batch-size", "2", "--lengt
               "--repeats", "1", "--json"]
 
 
+@pytest.mark.slow
 def test_bench_prints_one_json_record_per_method(tiny_checkpoint, capsys):
     assert cli.main([*BENCH_ARGS, "--model", str(tiny_checkpoint)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -187,6 +187,7 @@ def kill_point(seed: int) -> tuple[str, int]:
     return kind, rng.randint(1, EPOCHS + 4)
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_result(tmp_path, run_args, subprocess_env,
                                                    reference):
     seed = int(os.environ.get("AA_JAX_KILL_SEED", random.SystemRandom().randrange(2**32)))

@@ -88,7 +88,10 @@ METHOD_ARGS = {
 }
 
 
-@pytest.mark.parametrize("task", ["rte", "stsb", "cola"])
+# cola runs by default; rte (a sentence pair) and stsb (regression) repeat the same path
+# on the other input and head kinds and run with `-m slow`.
+@pytest.mark.parametrize("task", [pytest.param("rte", marks=pytest.mark.slow),
+                                  pytest.param("stsb", marks=pytest.mark.slow), "cola"])
 def test_cli_trains_every_method(tmp_path, tiny_checkpoint, fake_glue, task, capsys):
     aa_out = None
     for method, args in METHOD_ARGS.items():
