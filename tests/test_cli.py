@@ -81,6 +81,7 @@ def test_bench_refuses_an_unknown_method(tiny_checkpoint, capsys):
     assert "Unknown method(s) fast" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two whole processes, each paying JAX's start-up and compilation
 @pytest.mark.skipif(sys.platform != "linux", reason="the allocator restart is for Linux")
 @pytest.mark.parametrize("setting, want", [(None, "mimalloc"), ("system", "system")])
 def test_the_command_restarts_with_mimalloc_unless_told_not_to(tiny_checkpoint, setting, want):

@@ -221,8 +221,11 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, run_args, subprocess
 def test_same_seed_same_result_other_seed_other_result(runs, reference, fake_glue, run_args,
                                                        subprocess_env):
     again, other = runs["again"], runs["seed7"]
-    _finish(_start([*run_args, "--out", str(again)], subprocess_env))
-    _finish(_start([*run_args, "--seed", "7", "--out", str(other)], subprocess_env))
+    # The two runs are independent processes, so they run side by side.
+    procs = [_start([*run_args, "--out", str(again)], subprocess_env),
+             _start([*run_args, "--seed", "7", "--out", str(other)], subprocess_env)]
+    for proc in procs:
+        _finish(proc)
     want = _result(reference)
     assert {k: _result(again)[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
     assert _history(again) == _history(reference)
