@@ -14,8 +14,9 @@ Spearman, MRPC F1, else accuracy) in percent, mean ± standard deviation over se
 is marked † when its seeds do not score clearly above the majority class of the test
 set (their mean minus two standard errors is not above it; one seed: not above it).
 "avg" averages every task like the paper; "avg (learns)" only the tasks where the
-baseline of that size is not marked, so that chance-level tasks are not averaged as if
-they were signal.
+baseline of that size has at least two seeds and is not marked, so that chance-level
+tasks are not averaged as if they were signal (one seed cannot show that a score is
+clearly above the majority class, only that it is not).
 
 Paired comparisons: for each pair of labels a sweep lists under ``comparisons`` (else
 every label against ``baseline``), the test-score differences over the (task, seed) pairs
@@ -188,8 +189,8 @@ def size_order(p) -> int:
 
 def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
                     metric: dict) -> dict:
-    """Per size, the tasks whose baseline scores clearly above the majority class
-    (none where the majority-class score is not known yet)."""
+    """Per size, the tasks whose baseline scores clearly above the majority class over at
+    least two seeds (none where the majority-class score is not known yet)."""
     values: dict[tuple, list[float]] = {}
     for p in sweep.points:
         if p.label == "baseline" and run_name(p) in done:
@@ -198,7 +199,7 @@ def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
     learns: dict = {}
     for (size, task), vs in values.items():
         chance = (majority.get(task) or {}).get(metric[task])
-        if chance is not None and not at_chance(vs, chance):
+        if chance is not None and len(vs) >= 2 and not at_chance(vs, chance):
             learns.setdefault(size, set()).add(task)
     return learns
 
@@ -310,7 +311,7 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
              "Cells: mean ± std over seeds; (k/N): only k of the N seeds have finished; †: "
              "the seeds' mean minus two standard errors is not above the majority-class score "
              "of the test set (one seed: not above it). avg (learns): the tasks where the "
-             "baseline of that size is not †.",
+             "baseline of that size has at least two seeds and is not †.",
              ""]
     majors = {t: m for t, m in majority.items()
               if any(p.settings["task"] == t for p in sweep.points)}

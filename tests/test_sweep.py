@@ -231,6 +231,23 @@ def test_the_committed_tables_are_regenerated_byte_for_byte():
     assert aggregate.main(["--check"]) == 0  # the README's Results excerpt included
 
 
+def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_path):
+    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "mrpc"],
+                                               "method": ["baseline"]}))
+    scores = {"rte": [0.70, 0.72], "cola": [0.90], "mrpc": [0.51, 0.60]}
+    done = {f"{task}-baseline-100-{seed}": {"select_metric": "accuracy",
+                                            "test": {"accuracy": value}}
+            for task, values in scores.items() for seed, value in zip((42, 92), values)}
+    majority = {task: {"accuracy": 0.5} for task in scores}
+    metric = {task: "accuracy" for task in scores}
+    learns = aggregate.baseline_learns(s, done, majority, list(scores), metric)
+    # mrpc: mean 0.555, two standard errors 0.09, so not clearly above 0.5; cola: one seed.
+    assert learns == {100: {"rte"}}
+    assert not aggregate.at_chance([0.90], 0.5) and aggregate.at_chance([0.50], 0.5)
+    assert aggregate.at_chance(scores["mrpc"], 0.5)
+    assert aggregate.baseline_learns(s, done, {}, list(scores), metric) == {}
+
+
 def test_readme_excerpt_keeps_rows_with_results_and_comparisons_of_two_pairs():
     table = "\n".join([
         "# paper", "", "3 of 9 runs finished. Trained on cpu: 3. Generated.", "",
