@@ -224,8 +224,14 @@ def test_same_seed_same_result_other_seed_other_result(runs, reference, fake_glu
     # The two runs are independent processes, so they run side by side.
     procs = [_start([*run_args, "--out", str(again)], subprocess_env),
              _start([*run_args, "--seed", "7", "--out", str(other)], subprocess_env)]
-    for proc in procs:
-        _finish(proc)
+    try:
+        for proc in procs:
+            _finish(proc)
+    finally:  # a failure in the first leaves no second process running on its own
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     want = _result(reference)
     assert {k: _result(again)[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
     assert _history(again) == _history(reference)
