@@ -23,8 +23,13 @@ every label against ``baseline``), the test-score differences over the (task, se
 both have, per size: their mean and standard deviation in points, a paired t-test and a
 Wilcoxon signed-rank test.
 
-The README's Results section quotes the paper sweep's status line, Table 2 and paired
-comparisons between two markers; aggregating ``paper`` refreshes that excerpt, and
+The paper's claims: each of a sweep's ``claims`` names a paired comparison and the direction
+the paper reports (``higher``, ``lower``, ``equal``, or ``not lower``), or the label whose
+kept layers or stored adapter weights it is about; per size, the measured difference, its
+tests and a verdict.
+
+The README's Results section quotes the paper sweep's status line, Table 2 and the claims
+between two markers; aggregating ``paper`` refreshes that excerpt, and
 ``--check`` verifies it too.
 """
 
@@ -41,7 +46,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import RESULTS, SWEEPS, Sweep, run_name  # noqa: E402
+from sweep import RESULTS, SWEEPS, Sweep, UserError, run_name  # noqa: E402
 
 from aa_jax.checkpoint import is_complete, write_text_atomic  # noqa: E402
 from aa_jax.data.glue import get_task  # noqa: E402
@@ -217,18 +222,17 @@ def comparisons(sweep: Sweep) -> list:
     return [[lab, "baseline"] for lab in labels if lab != "baseline" and "baseline" in labels]
 
 
-def paired(sweep: Sweep, done: dict, comparison, learns: dict) -> list[list[str]]:
-    """One row per size (and other grid value): the (task, seed) pairs both sides have."""
+def pair_groups(sweep: Sweep, done: dict, comparison) -> dict[tuple, list]:
+    """The finished (score a, score b, task) pairs of a comparison, grouped by the grid
+    values other than task and seed (the train size first)."""
     if isinstance(comparison, dict):
         key, a, b = comparison["key"], comparison["a"], comparison["b"]
-        title_a = f"{key} {a}"
 
         def side(p):  # (the slot it pairs in, which side it is)
             rest = {k: v for k, v in p.cell.items() if k != key}
             return (p.label, json.dumps(rest, sort_keys=True)), p.cell.get(key)
     else:
         a, b = comparison
-        title_a = a
 
         def side(p):
             return json.dumps(p.cell, sort_keys=True), p.label
@@ -248,30 +252,176 @@ def paired(sweep: Sweep, done: dict, comparison, learns: dict) -> list[list[str]
                     and not (isinstance(comparison, dict) and k == comparison["key"]))
                 groups.setdefault(rest, []).append((score(ra), score(rb),
                                                     pa.settings.get("task")))
+    return groups
+
+
+def tests(pairs: list) -> tuple[np.ndarray, float, float]:
+    """The differences in points, the paired t-test's p and the Wilcoxon test's p (nan
+    where a test is undefined: one pair, or no spread)."""
+    d = np.array([x - y for x, y, _ in pairs]) * 100
+    n = len(d)
+    t_p = stats.ttest_rel([x for x, _, _ in pairs], [y for _, y, _ in pairs]).pvalue \
+        if n > 1 and np.any(d != d[0]) else math.nan
+    try:
+        w_p = stats.wilcoxon(d).pvalue if n > 1 and np.any(d != 0) else math.nan
+    except ValueError:
+        w_p = math.nan
+    return d, t_p, w_p
+
+
+def group_title(rest: tuple) -> str:
+    size = dict(rest).get("train_size")
+    title = row_title(("", rest)).lstrip(", ")
+    return str(size or "full") + (f", {title}" if title else "")
+
+
+def paired(sweep: Sweep, done: dict, comparison, learns: dict) -> list[list[str]]:
+    """One row per size (and other grid value): the (task, seed) pairs both sides have."""
+    if isinstance(comparison, dict):
+        title_a, b = f"{comparison['key']} {comparison['a']}", comparison["b"]
+    else:
+        title_a, b = comparison
     out = []
-    for rest, pairs in groups.items():
+    for rest, pairs in pair_groups(sweep, done, comparison).items():
         size = dict(rest).get("train_size")
         for scope, chosen in (("all tasks", pairs),
                               ("tasks that learn", [x for x in pairs
                                                     if x[2] in learns.get(size, set())])):
             if scope != "all tasks" and len(chosen) in (0, len(pairs)):
                 continue
-            d = np.array([x - y for x, y, _ in chosen]) * 100
+            d, t_p, w_p = tests(chosen)
             n = len(d)
-            t_p = stats.ttest_rel([x for x, _, _ in chosen], [y for _, y, _ in chosen]).pvalue \
-                if n > 1 and np.any(d != d[0]) else math.nan
-            try:
-                w_p = stats.wilcoxon(d).pvalue if n > 1 and np.any(d != 0) else math.nan
-            except ValueError:
-                w_p = math.nan
-            title = row_title(("", rest)).lstrip(", ")
             verdict = ("–" if math.isnan(t_p) else
                        f"{title_a} {'higher' if d.mean() > 0 else 'lower'}" if t_p < ALPHA
                        else "within noise")
-            out.append([f"{title_a} − {b}", str(size or "full") + (f", {title}" if title else ""),
-                        scope, str(n), f"{d.mean():+.2f}", f"{d.std(ddof=1):.2f}" if n > 1
-                        else "–", fmt_p(t_p), fmt_p(w_p), verdict])
+            out.append([f"{title_a} − {b}", group_title(rest), scope, str(n),
+                        f"{d.mean():+.2f}", f"{d.std(ddof=1):.2f}" if n > 1 else "–",
+                        fmt_p(t_p), fmt_p(w_p), verdict])
     return out
+
+
+# -- the paper's claims -----------------------------------------------------------------
+
+EXPECTS = ("higher", "lower", "equal", "not lower")
+
+
+def claim_verdict(expect: str, mean: float, t_p: float) -> str:
+    """What a paired t-test at ``ALPHA`` says of a claim that ``a`` is ``expect`` against
+    ``b`` (``equal``: on par; ``not lower``: on par or better)."""
+    if math.isnan(t_p):
+        return "cannot tell (too few pairs)"
+    significant = t_p < ALPHA
+    if expect == "equal":
+        return (f"disagrees ({'higher' if mean > 0 else 'lower'})" if significant
+                else "no difference found")
+    if expect == "not lower":
+        return ("no difference found" if not significant else
+                "agrees (higher)" if mean > 0 else "disagrees")
+    if (mean > 0) == (expect == "higher"):
+        return "agrees" if significant else "cannot tell (the claim's sign)"
+    return "disagrees" if significant else "cannot tell (opposite sign)"
+
+
+def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list[str]]:
+    """The rows of one of the sweep's ``claims``: per size, a paired comparison's mean
+    difference over all tasks with its tests and the per-task means (tasks whose baseline
+    stays at the majority class marked †); the layers an AA label keeps; or the adapter
+    weights a label stores against another's."""
+    rows = []
+    if "layers_kept" in claim:
+        label = claim["layers_kept"]
+        low, high = claim["paper_fraction"]
+        by_size: dict = {}
+        for p in sweep.points:
+            if p.label == label and run_name(p) in done:
+                arch = json.loads((sweep.result_dir(p) / "architecture.json").read_text())
+                by_size.setdefault(p.settings.get("train_size"), []).append(
+                    (len(arch["selected_layers"]), arch["depth"], p.settings["task"]))
+        for size, runs in sorted(by_size.items(), key=lambda kv: kv[0] or 10**9):
+            kept = [k for k, _, _ in runs]
+            frac = statistics.mean(k / depth for k, depth, _ in runs)
+            per_task = {}
+            for k, _, t in runs:
+                per_task.setdefault(t, []).append(k)
+            verdict = ("fewer layers kept" if frac < low else
+                       "more layers kept" if frac > high else "agrees")
+            rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
+                         f"{statistics.mean(kept):.1f} of {runs[0][1]} layers "
+                         f"({100 * frac:.0f}%; {min(kept)} to {max(kept)} per run)", "–", "–",
+                         "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
+                                   for t, v in per_task.items()), verdict])
+        return rows
+    if "weights" in claim:
+        label, other = claim["weights"], claim["b"]
+        by_size = {}
+        for p in sweep.points:
+            if p.label in (label, other) and run_name(p) in done:
+                by_size.setdefault(p.settings.get("train_size"), {}).setdefault(
+                    p.label, []).append(done[run_name(p)]["adapter_weights"])
+        for size, sides in sorted(by_size.items(), key=lambda kv: kv[0] or 10**9):
+            if label in sides and other in sides:
+                mine, theirs = statistics.mean(sides[label]), statistics.mean(sides[other])
+                rows.append([str(size or "full"), f"{label} against {other}: "
+                             f"{len(sides[label])} runs",
+                             f"{round(mine):,} against {round(theirs):,} adapter weights",
+                             "–", "–", "–", "agrees" if mine < theirs else "disagrees"])
+        return rows
+    a, b, expect = claim["a"], claim["b"], claim["expect"]
+    for rest, pairs in pair_groups(sweep, done, [a, b]).items():
+        size = dict(rest).get("train_size")
+        d, t_p, w_p = tests(pairs)
+        per_task: dict[str, list[float]] = {}
+        for (x, y, t), diff in zip(pairs, d):
+            per_task.setdefault(t, []).append(diff)
+        verdict = claim_verdict(expect, d.mean(), t_p)
+        learning = [x for x in pairs if x[2] in learns.get(size, set())]
+        if 1 < len(learning) < len(pairs):
+            dl, tl, _ = tests(learning)
+            verdict += (f"; tasks that learn: {dl.mean():+.2f} over {len(dl)}, "
+                        f"p {fmt_p(tl)}, {claim_verdict(expect, dl.mean(), tl)}")
+        rows.append([group_title(rest), f"{a} − {b}: {len(d)} pairs", f"{d.mean():+.2f}",
+                     fmt_p(t_p),
+                     fmt_p(w_p), "; ".join(
+                         f"{t} {statistics.mean(v):+.2f} ({len(v)})"
+                         + ("" if t in learns.get(size, set()) else " †")
+                         for t, v in per_task.items()), verdict])
+    return rows
+
+
+def check_claims(sweep: Sweep) -> list[dict]:
+    """The sweep's ``claims``, each checked to name labels the sweep has."""
+    labels = {p.label for p in sweep.points}
+    claims = sweep.spec.get("claims", [])
+    for claim in claims:
+        kind = ("layers_kept" if "layers_kept" in claim else "weights" if "weights" in claim
+                else "paired")
+        need = {"layers_kept": ("claim", "layers_kept", "paper_fraction"),
+                "weights": ("claim", "weights", "b"),
+                "paired": ("claim", "a", "b", "expect")}[kind]
+        missing = [k for k in need if k not in claim]
+        named = [claim[k] for k in ("a", "b", "layers_kept", "weights") if k in claim]
+        if missing:
+            raise UserError(f"Sweep {sweep.name}: the claim {claim} lacks "
+                            f"{', '.join(missing)}; see experiments/aggregate.py.")
+        if any(x not in labels for x in named):
+            raise UserError(f"Sweep {sweep.name}: the claim {claim.get('claim')!r} names a "
+                            f"method label the grid does not have; use one of "
+                            f"{', '.join(sorted(labels))}.")
+        if kind == "paired" and claim["expect"] not in EXPECTS:
+            raise UserError(f"Sweep {sweep.name}: the claim {claim['claim']!r} expects "
+                            f"{claim['expect']!r}; use one of {', '.join(EXPECTS)}.")
+    return claims
+
+
+def claims_table(sweep: Sweep, done: dict, learns: dict) -> list[str]:
+    head = ["the paper's claim", "n", "measured over", "result", "t-test p", "Wilcoxon p",
+            "per task", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim in check_claims(sweep):
+        rows = claim_rows(sweep, done, claim, learns)
+        for i, row in enumerate(rows or [["–"] * 7]):
+            lines.append("| " + " | ".join([claim["claim"] if i == 0 else ""] + row) + " |")
+    return lines
 
 
 def fmt_p(p: float) -> str:
@@ -327,6 +477,14 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         parts += ["| " + " | ".join(r) + " |" for r in rows]
         parts += ["", f"verdict: the paired t-test at p < {ALPHA}.", ""]
+    if sweep.spec.get("claims"):
+        parts += ["## The paper's claims", "", *claims_table(sweep, done, learns), "",
+                  "result: the mean test difference of the first method named against the "
+                  "second in points, paired over (task, seed); per task: its mean difference "
+                  "and (pairs), † where the baseline of that size stays at the majority "
+                  f"class. verdict: the paired t-test at p < {ALPHA} over all tasks, and "
+                  "over the tasks that learn where they are fewer; \"no difference found\" "
+                  "is not evidence of equality with this few pairs.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
     missing = [p for p in sweep.points if run_name(p) not in done]
@@ -387,17 +545,17 @@ def section(table: str, title: str) -> list[str]:
 
 def readme_excerpt(table: str) -> str:
     """What the README's Results section quotes from the paper sweep's TABLE.md: its status
-    line, Table 2's rows with results, and the paired comparisons of at least 2 pairs."""
-    status = next(line for line in table.splitlines() if " runs finished" in line)
+    line, Table 2's rows with results, and the paper's claims with what was measured."""
+    lines = table.splitlines()
+    status = next(line for line in lines if " runs finished" in line)
     head, *rows = section(table, "Table 2")
     rows = rows[:1] + [r for r in rows[1:] if any(
         c.strip() != "–" for c in r.strip("|").split("|")[2:-2])]
-    pairs, *comparisons = section(table, "Paired comparisons")
-    comparisons = comparisons[:1] + [r for r in comparisons[1:]
-                                     if int(r.strip("|").split("|")[3]) >= 2]
+    claims = section(table, "The paper's claims")
+    legend = lines[lines.index(claims[-1]) + 2]
     return "\n".join([f"*{status}*", "", "Table 2 (rows with results so far):", "", head,
-                      *rows, "", "Paired comparisons so far (at least 2 pairs):", "",
-                      pairs, *comparisons])
+                      *rows, "", "The paper's claims beside what was measured here (every "
+                      "paired comparison is in TABLE.md):", "", *claims, "", legend])
 
 
 def readme_with(readme: str, excerpt: str) -> str:

@@ -248,7 +248,7 @@ def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_
     assert aggregate.baseline_learns(s, done, {}, list(scores), metric) == {}
 
 
-def test_readme_excerpt_keeps_rows_with_results_and_comparisons_of_two_pairs():
+def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
     table = "\n".join([
         "# paper", "", "3 of 9 runs finished. Trained on cpu: 3. Generated.", "",
         "## Table 2: the methods", "", "| method | n | rte | sst2 | avg | layers | w |",
@@ -256,16 +256,61 @@ def test_readme_excerpt_keeps_rows_with_results_and_comparisons_of_two_pairs():
         "| aa | 100 | – | – | – | – | – |", "", "## Table 3", "", "| method | n |",
         "|---|---|", "| last4 | 300 |", "", "## Paired comparisons (test)", "",
         "| comparison | n | tasks | pairs | mean diff |", "|---|---|---|---|---|",
-        "| aa − baseline | 100 | all tasks | 2 | +1.00 |",
-        "| aa − baseline | 100 | tasks that learn | 1 | +2.00 |", "", "## Dev scores", ""])
+        "| aa − baseline | 100 | all tasks | 2 | +1.00 |", "", "## The paper's claims", "",
+        "| claim | n | verdict |", "|---|---|---|", "| AA is on par | 100 | agrees |", "",
+        "result: what the columns mean.", "", "## Dev scores", ""])
     excerpt = aggregate.readme_excerpt(table)
     assert excerpt.splitlines()[0] == "*3 of 9 runs finished. Trained on cpu: 3. Generated.*"
     assert "| baseline | 100 |" in excerpt and "| aa | 100 |" not in excerpt
-    assert "last4" not in excerpt
-    assert "all tasks | 2" in excerpt and "tasks that learn | 1" not in excerpt
+    assert "last4" not in excerpt and "all tasks" not in excerpt
+    assert "| AA is on par | 100 | agrees |" in excerpt
+    assert excerpt.splitlines()[-1] == "result: what the columns mean."
     readme = f"intro\n{aggregate.README_START}\nold\n{aggregate.README_END}\nrest\n"
     assert aggregate.readme_with(readme, "new") == (
         f"intro\n{aggregate.README_START}\nnew\n{aggregate.README_END}\nrest\n")
+
+
+def test_claim_verdicts_follow_the_paired_test_and_the_papers_direction():
+    v = aggregate.claim_verdict
+    assert v("higher", +2.0, 0.01) == "agrees" and v("higher", -2.0, 0.01) == "disagrees"
+    assert v("lower", -2.0, 0.01) == "agrees" and v("lower", +2.0, 0.01) == "disagrees"
+    assert v("higher", +2.0, 0.2) == "cannot tell (the claim's sign)"
+    assert v("lower", +2.0, 0.2) == "cannot tell (opposite sign)"
+    assert v("equal", -2.0, 0.01) == "disagrees (lower)"
+    assert v("equal", +2.0, 0.2) == "no difference found"
+    assert v("not lower", +2.0, 0.01) == "agrees (higher)"
+    assert v("not lower", -2.0, 0.01) == "disagrees"
+    assert v("higher", +2.0, float("nan")) == "cannot tell (too few pairs)"
+
+
+def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
+    claims = [{"claim": "AA is on par", "a": "aa", "b": "baseline", "expect": "equal"},
+              {"claim": "AA keeps half", "layers_kept": "aa", "paper_fraction": [0.5, 0.6]},
+              {"claim": "AA-focused stores less", "weights": "aa_focused", "b": "baseline"}]
+    s = sweep.Sweep.load(spec(tmp_path, claims=claims), results=tmp_path / "results")
+    scores = {("rte", 42): (0.60, 0.50), ("rte", 92): (0.62, 0.51),
+              ("cola", 42): (0.30, 0.10), ("cola", 92): (0.25, 0.20)}
+    done = {}
+    for (task, seed), (aa, base) in scores.items():
+        for label, value, layers in (("aa", aa, [1, 2]), ("baseline", base, list(range(6))),
+                                     ("aa_focused", aa, [1, 2])):
+            name = f"{task}-{label}-100-{seed}"
+            finish(s.results / name, task, layers)
+            done[name] = {"select_metric": "accuracy", "test": {"accuracy": value},
+                          "adapter_weights": 1000 * len(layers)}
+    learns = {100: {"rte"}}
+    on_par, kept, weights = (aggregate.claim_rows(s, done, c, learns) for c in claims)
+    diffs = [10.0, 11.0, 20.0, 5.0]  # aa − baseline in points, rte then cola
+    assert on_par[0][:3] == ["100", "aa − baseline: 4 pairs", f"{sum(diffs) / 4:+.2f}"]
+    assert on_par[0][5] == "rte +10.50 (2); cola +12.50 (2) †"
+    # all four pairs: t = 11.5 / (6.24 / 2), p < 0.05: AA is not on par but higher.
+    assert on_par[0][6].startswith("disagrees (higher); tasks that learn: +10.50 over 2")
+    assert kept == [["100", "aa: 4 runs", "2.0 of 6 layers (33%; 2 to 2 per run)", "–", "–",
+                     "rte 2.0 (2); cola 2.0 (2)", "fewer layers kept"]]
+    assert weights[0][2:] == ["2,000 against 6,000 adapter weights", "–", "–", "–", "agrees"]
+    bad = spec(tmp_path, claims=[{"claim": "x", "a": "aa", "b": "nope", "expect": "higher"}])
+    with pytest.raises(sweep.UserError, match="names a method label the grid does not have"):
+        aggregate.check_claims(sweep.Sweep.load(bad))
 
 
 @pytest.mark.slow
