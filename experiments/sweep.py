@@ -233,12 +233,31 @@ def resolve(sweep: Sweep, point: Point) -> TrainConfig:
 
 # -- running ----------------------------------------------------------------------------
 
+def published_config(sweep: Sweep, text: str) -> str:
+    """A run's config.json as the results folder keeps it: an architecture taken from a
+    run in ``<repo>/experiments/results/`` is named relative to ``<repo>``, as a clone
+    finds it, whichever folder the sweep ran from (training reads it relative to there)."""
+    config = json.loads(text)
+    arch = config.get("architecture")
+    root = sweep.results.resolve().parent
+    if not arch or root.name != "results" or root.parent.name != "experiments":
+        return text
+    where = Path(arch).resolve()
+    if root not in where.parents:
+        return text
+    config["architecture"] = where.relative_to(root.parent.parent).as_posix()
+    return json.dumps(config, indent=2) + "\n"
+
+
 def publish(sweep: Sweep, point: Point) -> Path:
     """Copies a finished run's files into the results folder, result.json last."""
     src, dst = sweep.work_dir(point), sweep.result_dir(point)
     dst.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
-        write_text_atomic(dst / name, (src / name).read_text())
+        text = (src / name).read_text()
+        if name == "config.json":
+            text = published_config(sweep, text)
+        write_text_atomic(dst / name, text)
     (dst / "failed.json").unlink(missing_ok=True)
     return dst
 

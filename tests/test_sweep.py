@@ -227,6 +227,25 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
                        for i, s in enumerate((42, 92))], third.stdout
 
 
+def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, monkeypatch):
+    repo = tmp_path / "main"
+    s = sweep.Sweep.load(spec(tmp_path), results=repo / "experiments" / "results" / "small")
+    aa = s.results / "rte-aa-100-42"
+    aa.mkdir(parents=True)
+    elsewhere = tmp_path / "checkout"  # a sweep run from another folder, --out ../main/...
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = {"task": "rte", "architecture": "../main/experiments/results/small/rte-aa-100-42",
+              "resolved": {"selected_layers": [1]}}
+    out = json.loads(sweep.published_config(s, json.dumps(config)))
+    assert out == {**config, "architecture": "experiments/results/small/rte-aa-100-42"}
+    outside = {**config, "architecture": str(tmp_path / "my_arch")}
+    assert json.loads(sweep.published_config(s, json.dumps(outside))) == outside
+    plain = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "out")
+    assert sweep.published_config(plain, json.dumps(config)) == json.dumps(config)
+    assert sweep.published_config(s, json.dumps({"task": "rte"})) == json.dumps({"task": "rte"})
+
+
 def test_the_committed_tables_are_regenerated_byte_for_byte():
     assert aggregate.main(["--check"]) == 0  # the README's Results excerpt included
 
