@@ -322,70 +322,88 @@ def claim_verdict(expect: str, mean: float, t_p: float) -> str:
     return "disagrees" if significant else "cannot tell (opposite sign)"
 
 
-def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list[str]]:
-    """The rows of one of the sweep's ``claims``: per size, a paired comparison's mean
-    difference over all tasks with its tests and the per-task means (tasks whose baseline
-    stays at the majority class marked †); the layers an AA label keeps; or the adapter
-    weights a label stores against another's."""
+def by_size(items) -> list[tuple]:
+    """``(size, value)`` items grouped by size, smallest first (the full set last)."""
+    groups: dict = {}
+    for size, value in items:
+        groups.setdefault(size, []).append(value)
+    return sorted(groups.items(), key=lambda kv: 10**9 if kv[0] is None else kv[0])
+
+
+def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -> list:
+    """Per size, how many layers the ``label`` runs kept, against the paper's fraction."""
     rows = []
-    if "layers_kept" in claim:
-        label = claim["layers_kept"]
-        low, high = claim["paper_fraction"]
-        by_size: dict = {}
-        for p in sweep.points:
-            if p.label == label and run_name(p) in done:
-                arch = json.loads((sweep.result_dir(p) / "architecture.json").read_text())
-                by_size.setdefault(p.settings.get("train_size"), []).append(
-                    (len(arch["selected_layers"]), arch["depth"], p.settings["task"]))
-        for size, runs in sorted(by_size.items(), key=lambda kv: kv[0] or 10**9):
-            kept = [k for k, _, _ in runs]
-            frac = statistics.mean(k / depth for k, depth, _ in runs)
-            per_task = {}
-            for k, _, t in runs:
-                per_task.setdefault(t, []).append(k)
-            verdict = ("fewer layers kept" if frac < low else
-                       "more layers kept" if frac > high else "agrees")
-            rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
-                         f"{statistics.mean(kept):.1f} of {runs[0][1]} layers "
-                         f"({100 * frac:.0f}%; {min(kept)} to {max(kept)} per run)", "–", "–",
-                         "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
-                                   for t, v in per_task.items()), verdict])
-        return rows
-    if "weights" in claim:
-        label, other = claim["weights"], claim["b"]
-        by_size = {}
-        for p in sweep.points:
-            if p.label in (label, other) and run_name(p) in done:
-                by_size.setdefault(p.settings.get("train_size"), {}).setdefault(
-                    p.label, []).append(done[run_name(p)]["adapter_weights"])
-        for size, sides in sorted(by_size.items(), key=lambda kv: kv[0] or 10**9):
-            if label in sides and other in sides:
-                mine, theirs = statistics.mean(sides[label]), statistics.mean(sides[other])
-                rows.append([str(size or "full"), f"{label} against {other}: "
-                             f"{len(sides[label])} runs",
-                             f"{round(mine):,} against {round(theirs):,} adapter weights",
-                             "–", "–", "–", "agrees" if mine < theirs else "disagrees"])
-        return rows
-    a, b, expect = claim["a"], claim["b"], claim["expect"]
+    finished = [p for p in sweep.points if p.label == label and run_name(p) in done]
+    for size, runs in by_size(
+            (p.settings.get("train_size"), (p.settings["task"], json.loads(
+                (sweep.result_dir(p) / "architecture.json").read_text())))
+            for p in finished):
+        kept = [len(arch["selected_layers"]) for _, arch in runs]
+        fraction = statistics.mean(len(arch["selected_layers"]) / arch["depth"]
+                                   for _, arch in runs)
+        per_task: dict[str, list[int]] = {}
+        for (task, _), k in zip(runs, kept):
+            per_task.setdefault(task, []).append(k)
+        verdict = ("fewer layers kept" if fraction < paper[0] else
+                   "more layers kept" if fraction > paper[1] else "agrees")
+        rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
+                     f"{statistics.mean(kept):.1f} of {runs[0][1]['depth']} layers "
+                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)", "–", "–",
+                     "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
+                               for t, v in per_task.items()), verdict])
+    return rows
+
+
+def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
+    """Per size, the adapter weights the ``label`` runs store against the ``other`` runs."""
+    rows = []
+    finished = [p for p in sweep.points if p.label in (label, other) and run_name(p) in done]
+    for size, runs in by_size((p.settings.get("train_size"),
+                               (p.label, done[run_name(p)]["adapter_weights"]))
+                              for p in finished):
+        mine = [w for lab, w in runs if lab == label]
+        theirs = [w for lab, w in runs if lab == other]
+        if mine and theirs:
+            a, b = statistics.mean(mine), statistics.mean(theirs)
+            rows.append([str(size or "full"), f"{label} against {other}: {len(mine)} runs",
+                         f"{round(a):,} against {round(b):,} adapter weights", "–", "–", "–",
+                         "agrees" if a < b else "disagrees"])
+    return rows
+
+
+def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
+                      learns: dict) -> list:
+    """Per size, ``a − b`` over all tasks with its tests, the per-task means (marked †
+    where the task does not learn: see :func:`baseline_learns`) and the verdict, and the
+    verdict over the tasks that learn where they are fewer than all."""
+    rows = []
     for rest, pairs in pair_groups(sweep, done, [a, b]).items():
-        size = dict(rest).get("train_size")
+        learning = learns.get(dict(rest).get("train_size"), set())
         d, t_p, w_p = tests(pairs)
         per_task: dict[str, list[float]] = {}
-        for (x, y, t), diff in zip(pairs, d):
-            per_task.setdefault(t, []).append(diff)
+        for (_, _, task), diff in zip(pairs, d):
+            per_task.setdefault(task, []).append(diff)
         verdict = claim_verdict(expect, d.mean(), t_p)
-        learning = [x for x in pairs if x[2] in learns.get(size, set())]
-        if 1 < len(learning) < len(pairs):
-            dl, tl, _ = tests(learning)
+        chosen = [x for x in pairs if x[2] in learning]
+        if 1 < len(chosen) < len(pairs):
+            dl, tl, _ = tests(chosen)
             verdict += (f"; tasks that learn: {dl.mean():+.2f} over {len(dl)}, "
                         f"p {fmt_p(tl)}, {claim_verdict(expect, dl.mean(), tl)}")
+        tasks = "; ".join(f"{t} {statistics.mean(v):+.2f} ({len(v)})"
+                          + ("" if t in learning else " †") for t, v in per_task.items())
         rows.append([group_title(rest), f"{a} − {b}: {len(d)} pairs", f"{d.mean():+.2f}",
-                     fmt_p(t_p),
-                     fmt_p(w_p), "; ".join(
-                         f"{t} {statistics.mean(v):+.2f} ({len(v)})"
-                         + ("" if t in learns.get(size, set()) else " †")
-                         for t, v in per_task.items()), verdict])
+                     fmt_p(t_p), fmt_p(w_p), tasks, verdict])
     return rows
+
+
+def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list[str]]:
+    """The rows of one of the sweep's ``claims``, one per size: the layers an AA label
+    keeps, the adapter weights a label stores against another's, or a paired comparison."""
+    if "layers_kept" in claim:
+        return layers_kept_rows(sweep, done, claim["layers_kept"], claim["paper_fraction"])
+    if "weights" in claim:
+        return weights_rows(sweep, done, claim["weights"], claim["b"])
+    return paired_claim_rows(sweep, done, claim["a"], claim["b"], claim["expect"], learns)
 
 
 def check_claims(sweep: Sweep) -> list[dict]:
@@ -481,8 +499,8 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
         parts += ["## The paper's claims", "", *claims_table(sweep, done, learns), "",
                   "result: the mean test difference of the first method named against the "
                   "second in points, paired over (task, seed); per task: its mean difference "
-                  "and (pairs), † where the baseline of that size stays at the majority "
-                  f"class. verdict: the paired t-test at p < {ALPHA} over all tasks, and "
+                  "and (pairs), † where the baseline of that size does not score clearly "
+                  "above the majority class over at least two seeds. verdict: the paired t-test at p < {ALPHA} over all tasks, and "
                   "over the tasks that learn where they are fewer; \"no difference found\" "
                   "is not evidence of equality with this few pairs.", ""]
     dev, _ = table(sweep, done, "dev", majority)
