@@ -42,33 +42,46 @@ def _by_task(runs: list[Path]) -> dict[str, list[Path]]:
     return out
 
 
+def switch_history(runs: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """A task's seeds together: each layer's p(adapter) after every epoch, the mean over
+    seeds (``[layers, epochs]``, up to the epochs every seed finished), and for each layer
+    how many seeds' learned architectures selected it."""
+    curves, selected = [], []
+    for run in runs:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                 if x.strip()]
+        layers = sorted(lines[0].get("switch_probs", {}), key=int)
+        curves.append([[r["switch_probs"][k] for r in lines] for k in layers])
+        selected += json.loads((run / "architecture.json").read_text())["selected_layers"]
+    epochs = min(len(c[0]) for c in curves)
+    mean = np.mean([np.asarray(c)[:, :epochs] for c in curves], axis=0)
+    return mean, [selected.count(layer) for layer in range(len(mean))]
+
+
 def switches_figure(runs: list[Path], path: Path) -> Path:
-    """One panel per task: each layer's p(adapter) after every epoch, mean over seeds (the
-    shaded band is their range); the dashed line is the selection threshold."""
+    """One panel per task: each layer's p(adapter) after every epoch as a heat map, the
+    mean over seeds (a switch that commits shows as 0 or 1 in every seed, so a mean
+    between says how many seeds kept the layer); beside each layer, how many seeds
+    selected it."""
     plt = _pyplot()
     tasks = _by_task(runs)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 2.8), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 0.8, 2.9),
+                             squeeze=False, layout="constrained")
+    image = None
     for ax, (task, task_runs) in zip(axes[0], tasks.items()):
-        curves = []
-        for run in task_runs:
-            lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
-                     if x.strip()]
-            curves.append({int(k): [r["switch_probs"][k] for r in lines]
-                           for k in lines[0].get("switch_probs", {})})
-        epochs = np.arange(1, min(len(next(iter(c.values()))) for c in curves) + 1)
-        for layer in sorted(curves[0]):
-            ys = np.array([c[layer][:len(epochs)] for c in curves])
-            color = plt.cm.viridis(layer / max(1, len(curves[0]) - 1))
-            ax.plot(epochs, ys.mean(0), color=color, label=f"layer {layer}")
-            ax.fill_between(epochs, ys.min(0), ys.max(0), color=color, alpha=0.15, lw=0)
-        ax.axhline(0.5, color="k", lw=0.5, ls="--")
+        mean, selected = switch_history(task_runs)
+        layers, epochs = mean.shape
+        image = ax.imshow(mean, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                          extent=(0.5, epochs + 0.5, -0.5, layers - 0.5),
+                          interpolation="nearest")
+        ax.set_yticks(range(layers))
+        ax.set_yticklabels([f"{k} ({n}/{len(task_runs)})" for k, n in enumerate(selected)],
+                           fontsize=7)
         ax.set_title(f"{task} ({len(task_runs)} seeds)", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("p(adapter)")
-    axes[0][-1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("layer (seeds that kept it)")
+    fig.colorbar(image, ax=axes[0].tolist(), label="p(adapter), mean over seeds",
+                 fraction=0.05, pad=0.02)
     return _save(fig, path)
 
 

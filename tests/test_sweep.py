@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,6 +245,28 @@ def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, m
     plain = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "out")
     assert sweep.published_config(plain, json.dumps(config)) == json.dumps(config)
     assert sweep.published_config(s, json.dumps({"task": "rte"})) == json.dumps({"task": "rte"})
+
+
+def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_path):
+    import figures
+
+    runs = []
+    for seed, probs, selected in ((42, [[0.4, 0.9], [0.1, 1.0], [0.0, 1.0]], [1]),
+                                  (92, [[0.6, 0.5], [0.9, 0.7]], [0, 1])):
+        run = tmp_path / f"rte-aa-100-{seed}"
+        finish(run, "rte", selected, depth=2)
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e + 1, "switch_probs": {"0": p0, "1": p1}}) + "\n"
+            for e, (p0, p1) in enumerate(probs)))
+        runs.append(run)
+    mean, kept = figures.switch_history(runs)
+    # layers by epochs, up to the 2 epochs both seeds finished
+    np.testing.assert_allclose(mean, [[0.5, 0.5], [0.7, 0.85]])
+    assert kept == [1, 2]
+    png = figures.switches_figure(runs, tmp_path / "switches.png")
+    first = png.read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figures.switches_figure(runs, png).read_bytes() == first  # reproducible
 
 
 def test_the_committed_tables_are_regenerated_byte_for_byte():
