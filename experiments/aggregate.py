@@ -1,7 +1,7 @@
 """Result tables in the paper's layout, paired tests and figures, from the committed results.
 
     uv run python experiments/aggregate.py            # every sweep with results
-    uv run python experiments/aggregate.py table2     # one sweep
+    uv run python experiments/aggregate.py paper      # one sweep
     uv run python experiments/aggregate.py --check    # exit 1 if a committed table differs
 
 For each sweep (``experiments/sweeps/<name>.json``) with a results folder, writes

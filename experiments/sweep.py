@@ -1,6 +1,6 @@
 """Runs a sweep: a base config plus a grid of overrides, one run directory per point.
 
-    uv run python experiments/sweep.py experiments/sweeps/table2.json --glue-dir ../shared/glue
+    uv run python experiments/sweep.py experiments/sweeps/paper.json --glue-dir ../shared/glue
 
 Runs execute one after another in this process and share the loaded backbone, the
 allocator of ``aa-jax`` (mimalloc) and XLA's persistent compilation cache.
