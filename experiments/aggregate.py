@@ -500,7 +500,8 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
                   "result: the mean test difference of the first method named against the "
                   "second in points, paired over (task, seed); per task: its mean difference "
                   "and (pairs), † where the baseline of that size does not score clearly "
-                  "above the majority class over at least two seeds. verdict: the paired t-test at p < {ALPHA} over all tasks, and "
+                  "above the majority class over at least two seeds. verdict: the paired "
+                  f"t-test at p < {ALPHA} over all tasks, and "
                   "over the tasks that learn where they are fewer; \"no difference found\" "
                   "is not evidence of equality with this few pairs.", ""]
     dev, _ = table(sweep, done, "dev", majority)
