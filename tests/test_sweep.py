@@ -290,6 +290,26 @@ def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_
     assert aggregate.baseline_learns(s, done, {}, list(scores), metric) == {}
 
 
+def test_a_table_entry_can_limit_its_rows_to_some_train_sizes(tmp_path):
+    grid = {"seed": [42], "task": ["rte"], "method": ["baseline", "aa"],
+            "train_size": [100, 300]}
+    tables = {"all sizes": ["aa"], "at 300": {"labels": ["baseline", "aa"], "sizes": [300]}}
+    s = sweep.Sweep.load(spec(tmp_path, grid=grid, tables=tables))
+    done = {f"rte-{m}-{n}-42": {"task": "rte", "select_metric": "accuracy",
+                                "test": {"accuracy": 0.6},
+                                "selected_layers": [0], "adapter_weights": 1}
+            for m in ("baseline", "aa") for n in (100, 300)}
+    rows = {}
+    for title, group in tables.items():
+        labels, sizes = aggregate.table_group(s, title, group)
+        text, _ = aggregate.table(s, done, "test", {}, labels, sizes)
+        rows[title] = [line.split(" | ")[:2] for line in text.splitlines()[2:]]
+    assert rows == {"all sizes": [["| aa", "100"], ["| aa", "300"]],
+                    "at 300": [["| baseline", "300"], ["| aa", "300"]]}
+    with pytest.raises(UserError, match="the table 'bad' should be a list of labels"):
+        aggregate.table_group(s, "bad", {"methods": ["aa"]})
+
+
 def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
     table = "\n".join([
         "# paper", "", "3 of 9 runs finished. Trained on cpu: 3. Generated.", "",
