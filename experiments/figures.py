@@ -129,8 +129,22 @@ def rationals_figure(runs: list[Path], path: Path) -> Path:
             if r == 0:
                 ax.set_title(f"layer {layer}", fontsize=8)
         row[0].set_ylabel(task, fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=_rationals_legend(), loc="lower center", ncol=5, fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path)
+
+
+def _rationals_legend() -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [Line2D([], [], color="tab:green", lw=1.4, label="first seed, layer kept"),
+            Line2D([], [], color="tab:gray", lw=1.4, label="first seed, layer left out"),
+            Line2D([], [], color="tab:green", lw=0.6, alpha=0.5,
+                   label="other seeds (same colours)"),
+            Line2D([], [], color="k", lw=0.5, ls=":", label="ReLU"),
+            Patch(color="0.85", label="inputs it saw (first seed, kept layers)")]
 
 
 def _inputs(run: Path) -> dict | None:

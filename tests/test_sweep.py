@@ -269,6 +269,45 @@ def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_p
     assert figures.switches_figure(runs, png).read_bytes() == first  # reproducible
 
 
+def test_rationals_figure_draws_each_seeds_function_and_the_kept_layers_inputs(
+        tmp_path, monkeypatch):
+    import figures
+
+    # R(x) = (0 + 1 x) / (1 + |0 x|) = x; the second seed's R(x) = 2x
+    runs = []
+    for seed, slope, selected in ((42, 1.0, [1]), (92, 2.0, [0, 1])):
+        run = tmp_path / f"rte-aa-100-{seed}"
+        finish(run, "rte", selected, depth=2)
+        layers = [{"layer": k, "selected": k in selected,
+                   "rational": {"numerator": [0.0, slope], "denominator": [0.0]}}
+                  for k in range(2)]
+        (run / "architecture.json").write_text(json.dumps(
+            {"depth": 2, "selected_layers": selected, "layers": layers,
+             "architecture": {"rational_version": "A"}}))
+        runs.append(run)
+    edges = np.linspace(-3, 3, 7).tolist()
+    (runs[0] / "rational_inputs.json").write_text(json.dumps(
+        {"edges": edges, "layers": {"1": {"counts": [0, 0.2, 0.3, 0.3, 0.2, 0]}}}))
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    figures.rationals_figure(runs, tmp_path / "rationals.png")
+    fig = drawn[0]
+    main = [ax for ax in fig.axes if ax.get_title() in ("layer 0", "layer 1")]
+    x = np.linspace(-3, 3, 241)
+    for layer, ax in enumerate(main):
+        first, second, relu = ax.get_lines()
+        np.testing.assert_allclose(first.get_ydata(), x, atol=1e-6)
+        np.testing.assert_allclose(second.get_ydata(), 2 * x, atol=1e-6)
+        np.testing.assert_allclose(relu.get_ydata(), np.maximum(x, 0))
+        assert first.get_color() == ("tab:green" if layer == 1 else "tab:gray")
+        assert second.get_color() == "tab:green"  # the second seed kept both layers
+        assert first.get_linewidth() > second.get_linewidth()
+    histograms = [ax for ax in fig.axes if ax not in main]  # twin axes, kept layers only
+    assert len(histograms) == 1 and histograms[0].bbox.bounds == main[1].bbox.bounds
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["first seed, layer kept", "first seed, layer left out"]
+
+
 def test_the_committed_tables_are_regenerated_byte_for_byte():
     assert aggregate.main(["--check"]) == 0  # the README's Results excerpt included
 
