@@ -350,7 +350,8 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
                    "more layers kept" if fraction > paper[1] else "agrees")
         rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
                      f"{statistics.mean(kept):.1f} of {runs[0][1]['depth']} layers "
-                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)", "–", "–",
+                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)",
+                     math.nan, math.nan,
                      "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
                                for t, v in per_task.items()), verdict])
     return rows
@@ -368,7 +369,8 @@ def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
         if mine and theirs:
             a, b = statistics.mean(mine), statistics.mean(theirs)
             rows.append([str(size or "full"), f"{label} against {other}: {len(mine)} runs",
-                         f"{round(a):,} against {round(b):,} adapter weights", "–", "–", "–",
+                         f"{round(a):,} against {round(b):,} adapter weights", math.nan,
+                         math.nan, "–",
                          "agrees" if a < b else "disagrees"])
     return rows
 
@@ -394,13 +396,14 @@ def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
         tasks = "; ".join(f"{t} {statistics.mean(v):+.2f} ({len(v)})"
                           + ("" if t in learning else " †") for t, v in per_task.items())
         rows.append([group_title(rest), f"{a} − {b}: {len(d)} pairs", f"{d.mean():+.2f}",
-                     fmt_p(t_p), fmt_p(w_p), tasks, verdict])
+                     t_p, w_p, tasks, verdict])
     return rows
 
 
-def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list[str]]:
+def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list]:
     """The rows of one of the sweep's ``claims``, one per size: the layers an AA label
-    keeps, the adapter weights a label stores against another's, or a paired comparison."""
+    keeps, the adapter weights a label stores against another's, or a paired comparison.
+    A row's 4th and 5th cells are the t-test's and the Wilcoxon test's p (nan: none)."""
     if "layers_kept" in claim:
         return layers_kept_rows(sweep, done, claim["layers_kept"], claim["paper_fraction"])
     if "weights" in claim:
@@ -433,15 +436,32 @@ def check_claims(sweep: Sweep) -> list[dict]:
     return claims
 
 
-def claims_table(sweep: Sweep, done: dict, learns: dict) -> list[str]:
-    head = ["the paper's claim", "n", "measured over", "result", "t-test p", "Wilcoxon p",
-            "per task", "verdict"]
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``ps`` for testing them as one family: the k-th
+    smallest of m p-values is multiplied by m - k + 1, capped at 1 and kept at least as
+    large as the adjusted values before it (nan stays nan and is not counted)."""
+    order = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    out, running = [math.nan] * len(ps), 0.0
+    for k, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p))
+        out[i] = running
+    return out
+
+
+def claims_table(sweep: Sweep, done: dict, learns: dict) -> tuple[list[str], int]:
+    """The claims' rows as Markdown lines, and how many t-tests Holm's adjustment counts."""
+    head = ["the paper's claim", "n", "measured over", "result", "t-test p", "Holm p",
+            "Wilcoxon p", "per task", "verdict"]
+    rows = [(claim["claim"] if i == 0 else "", row)
+            for claim in check_claims(sweep)
+            for i, row in enumerate(claim_rows(sweep, done, claim, learns)
+                                    or [["–"] * 3 + [math.nan] * 2 + ["–"] * 2])]
+    adjusted = holm([row[3] for _, row in rows])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for claim in check_claims(sweep):
-        rows = claim_rows(sweep, done, claim, learns)
-        for i, row in enumerate(rows or [["–"] * 7]):
-            lines.append("| " + " | ".join([claim["claim"] if i == 0 else ""] + row) + " |")
-    return lines
+    for (title, row), p_holm in zip(rows, adjusted):
+        cells = [title, *row[:3], fmt_p(row[3]), fmt_p(p_holm), fmt_p(row[4]), *row[5:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, sum(not math.isnan(p) for p in adjusted)
 
 
 def fmt_p(p: float) -> str:
@@ -510,14 +530,18 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
         parts += ["| " + " | ".join(r) + " |" for r in rows]
         parts += ["", f"verdict: the paired t-test at p < {ALPHA}.", ""]
     if sweep.spec.get("claims"):
-        parts += ["## The paper's claims", "", *claims_table(sweep, done, learns), "",
+        lines, family = claims_table(sweep, done, learns)
+        parts += ["## The paper's claims", "", *lines, "",
                   "result: the mean test difference of the first method named against the "
                   "second in points, paired over (task, seed); per task: its mean difference "
                   "and (pairs), † where the baseline of that size does not score clearly "
                   "above the majority class over at least two seeds. verdict: the paired "
                   f"t-test at p < {ALPHA} over all tasks, and "
                   "over the tasks that learn where they are fewer; \"no difference found\" "
-                  "is not evidence of equality with this few pairs.", ""]
+                  "is not evidence of equality with this few pairs. Holm p: the t-test's p "
+                  f"adjusted (Holm) for the {family} t-tests over all tasks in this table at once; "
+                  f"a verdict whose Holm p is {ALPHA} or more may be one of the chance "
+                  "findings that this many tests bring.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
     missing = [p for p in sweep.points if run_name(p) not in done]
