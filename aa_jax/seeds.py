@@ -168,6 +168,7 @@ def stack_step_batches(batches: list[dict], pad_id: int) -> dict:
 def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool,
                     pretrained) -> list[dict]:
     """Trains seeds whose run directories are at the same epoch as one program."""
+    started = time.perf_counter()
     exps, resolved = [], []
     for config, out in zip(configs, outs):
         resolved.append(training.resolve_inputs(config))
@@ -216,6 +217,7 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
         select = task.select_metric
         bar = training._progress(c.epochs, progress)
         bar.update(start - 1)
+        setup_seconds = time.perf_counter() - started
         # The checkpoints carry each seed's share of the group's time (see train_seeds).
         t0 = time.perf_counter() - sum(log.elapsed for log in logs)
 
@@ -261,7 +263,8 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
     extra = {"seeds_together": seeds, "group_train_seconds": round(group_seconds, 2)}
     results = [None if i in failures else
                training.finish_run(exps[i], outs[i], predict, exps[i].frozen, logs[i].best,
-                                   drop_first, group_seconds / n, extra)
+                                   drop_first, group_seconds / n, extra,
+                                   setup_seconds=setup_seconds / n)
                for i in range(n)]
     if failures:
         raise failures[min(failures)]

@@ -740,12 +740,17 @@ def device_name() -> str:
 
 
 def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_first: int,
-               train_seconds: float, extra: dict[str, Any] | None = None) -> dict:
+               train_seconds: float, extra: dict[str, Any] | None = None,
+               setup_seconds: float = 0.0) -> dict:
     """Test evaluation of the best epoch; writes ``architecture.json`` and ``result.json``
-    (with ``extra`` keys appended) and returns the result."""
+    (with ``extra`` keys appended) and returns the result. ``setup_seconds``: the time
+    before training began (data, model, optimizer, resuming), which the result adds to the
+    test evaluation's as ``setup_and_test_seconds``."""
     task, c = exp.task, exp.config
+    started = time.perf_counter()
     test = evaluate(predict, best["params"], frozen, exp.encoded["test"],
                     exp.labels["test"], task, c.batch_size)
+    setup_and_test = setup_seconds + time.perf_counter() - started
     learned = learned_architecture(best["params"], exp.architecture, exp.source)
     weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
                                            exp.architecture)
@@ -761,6 +766,8 @@ def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_fir
         "trainable_params": count_params(best["params"]),
         "adapter_weights": weights, "adapter_biases": biases,
         "train_seconds": round(train_seconds, 2),
+        # The rest of the run's wall time, as its last process spent it (what --plan adds).
+        "setup_and_test_seconds": round(setup_and_test, 2),
         # Where it ran: a run's numbers differ in rounding from one device to another.
         "device": device_name(),
         "examples": {k: int(len(v)) for k, v in exp.labels.items()},
@@ -778,6 +785,7 @@ def finish_run(exp: Experiment, out: Path, predict, frozen, best: dict, drop_fir
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
           pretrained=None) -> dict:
     """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``."""
+    started = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory for the run.")
@@ -816,6 +824,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         select = task.select_metric
         bar = _progress(c.epochs, progress)
         bar.update(log.start_epoch - 1)
+        setup_seconds = time.perf_counter() - started
         t0 = time.perf_counter() - log.elapsed
         for epoch in range(log.start_epoch, c.epochs + 1):
             losses, grad_norms = [], []
@@ -836,7 +845,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     finally:
         mgr.close()
     train_seconds = time.perf_counter() - t0
-    return finish_run(exp, out, predict, frozen, log.best, drop_first, train_seconds)
+    return finish_run(exp, out, predict, frozen, log.best, drop_first, train_seconds,
+                      setup_seconds=setup_seconds)
 
 
 def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState, epoch: int,

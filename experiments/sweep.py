@@ -327,14 +327,18 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | None]]:
-    """Seconds per pending point, from the measured training times of finished runs
-    (any sweep) on this kind of device: the median of runs of the same task, size and
-    method, else the same task and size, else the same task scaled by size."""
+def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | None,
+                                                             float | None]]:
+    """Seconds per pending point, from the finished runs (any sweep) on this kind of
+    device: its training time (the median of runs of the same task, size and method, else
+    the same task and size, else the same task scaled by size) and its set-up and test
+    evaluation (the median of the same task and size, else the same task; results older
+    than ``setup_and_test_seconds`` did not record it). None where nothing measured fits."""
     import jax
 
     backend = jax.default_backend()
     measured: dict[tuple, list[float]] = {}
+    other: dict[tuple, list[float]] = {}
     for result_file in RESULTS.glob("*/*/result.json"):
         try:
             r = json.loads(result_file.read_text())
@@ -348,6 +352,9 @@ def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | Non
                     (r["task"],)):
             measured.setdefault(key, []).append(per_epoch / (r["train_size"] or 1)
                                                 if len(key) == 1 else per_epoch)
+        if "setup_and_test_seconds" in r:
+            for key in ((r["task"], r["train_size"]), (r["task"],)):
+                other.setdefault(key, []).append(r["setup_and_test_seconds"])
     out = []
     for p in points:
         s = {**dataclasses.asdict(TrainConfig()), **p.settings}
@@ -355,12 +362,15 @@ def estimate(sweep: Sweep, points: list[Point]) -> list[tuple[Point, float | Non
         scale = s["epochs"]
         for key in ((s["task"], s["train_size"], method), (s["task"], s["train_size"])):
             if key in measured:
-                out.append((p, scale * statistics.median(measured[key])))
+                train = scale * statistics.median(measured[key])
                 break
         else:
             per_example = measured.get((s["task"],))
-            out.append((p, scale * statistics.median(per_example) * (s["train_size"] or 0)
-                        if per_example and s["train_size"] else None))
+            train = (scale * statistics.median(per_example) * (s["train_size"] or 0)
+                     if per_example and s["train_size"] else None)
+        setup = next((statistics.median(other[key]) for key in
+                      ((s["task"], s["train_size"]), (s["task"],)) if key in other), None)
+        out.append((p, train, setup))
     return out
 
 
@@ -369,17 +379,22 @@ def plan(sweep: Sweep, points: list[Point]) -> None:
     print(f"{sweep.name}: {len(points) - len(pending)} of {len(points)} runs done, "
           f"{len(pending)} to go")
     costs = estimate(sweep, pending)
-    known = [c for _, c in costs if c is not None]
-    unknown = sum(c is None for _, c in costs)
     groups: dict[tuple, list[float]] = {}
-    for p, c in costs:
+    for p, train, setup in costs:
         s = p.settings
-        groups.setdefault((s.get("train_size"), s.get("task")), []).append(c or 0.0)
+        groups.setdefault((s.get("train_size"), s.get("task")), []).append(
+            (train or 0.0) + (setup or 0.0))
     for (size, task), cs in groups.items():
         print(f"  {task:6s} {size!s:>5} examples: {len(cs):4d} runs, ~{sum(cs) / 3600:.1f} h")
-    print(f"estimated training time left: {sum(known) / 3600:.1f} h"
-          + (f" (+{unknown} runs with no measurement to go by)" if unknown else "")
-          + "; setup, compilation and test evaluation add to it")
+    train = sum(t for _, t, _ in costs if t is not None)
+    setup = sum(o for _, _, o in costs if o is not None)
+    no_train = sum(t is None for _, t, _ in costs)
+    no_setup = sum(o is None for _, _, o in costs)
+    print(f"estimated time left: {(train + setup) / 3600:.1f} h (training {train / 3600:.1f} h"
+          + (f", set-up and test evaluation {setup / 3600:.1f} h" if setup else "") + ")"
+          + (f"; {no_train} runs have no measured training time to go by" if no_train else "")
+          + (f"; set-up and test evaluation add to the {no_setup} runs whose task has no "
+             "measurement of them yet" if no_setup else ""))
 
 
 def train_points(sweep: Sweep, group: list[tuple[Point, TrainConfig]], backbone,

@@ -58,6 +58,7 @@ def test_train_on_own_csv_files(tmp_path, tiny_checkpoint, regression, capsys):
     result = json.loads((out / "result.json").read_text())
     assert set(result["test"]) == ({"pearson", "spearman"} if regression else {"accuracy"})
     assert result["examples"] == {"train": 24, "dev": 8, "test": 12}
+    assert result["train_seconds"] > 0 and result["setup_and_test_seconds"] > 0
 
 
 BENCH_ARGS = ["bench", "--methods", "baseline,aa", "--batch-size", "2", "--length", "16",

@@ -303,6 +303,7 @@ def test_run_dirs_match_sequential_runs_in_float32(reference, capsys):
         assert result["seed"] == seed and result["seeds_together"] == SEEDS
         assert result["train_seconds"] == pytest.approx(
             result["group_train_seconds"] / len(SEEDS), abs=0.01)
+        assert result["setup_and_test_seconds"] > 0
         assert "seeds_together" not in _result(want)
         # The same checkpoint format as train(): eval reads it ...
         capsys.readouterr()

@@ -229,6 +229,38 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
                        for i, s in enumerate((42, 92))], third.stdout
 
 
+def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monkeypatch,
+                                                                   capsys):
+    results = tmp_path / "results"
+    measured = [("rte", 100, "baseline", 20.0, 30.0), ("rte", 100, "aa", 40.0, None),
+                ("cola", 300, "baseline", 60.0, 10.0), ("cola", 300, "aa", 60.0, 20.0)]
+    for task, size, method, train, setup in measured:
+        run = results / "old" / f"{task}-{method}-{size}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"epochs": 2}))
+        record = {"task": task, "train_size": size, "method": method, "train_seconds": train}
+        if setup is not None:  # results older than the field have no set-up time
+            record["setup_and_test_seconds"] = setup
+        (run / "result.json").write_text(json.dumps(record))
+    monkeypatch.setattr(sweep, "RESULTS", results)
+    grid = {"seed": [42], "task": ["rte", "cola", "mrpc"], "method": ["aa"],
+            "train_size": [100, 300]}
+    s = sweep.Sweep.load(spec(tmp_path, grid=grid, base={"epochs": 4}),
+                         results=tmp_path / "mine")
+    got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
+           for p, train, setup in sweep.estimate(s, s.points)}
+    # seconds per epoch x 4 epochs: rte-aa-100 its own 20/epoch; rte at 300 scales rte's
+    # median per example (0.1 and 0.2 per epoch) by 300; cola at 100 by 100 (0.1)
+    assert got[("rte", 100)] == (80.0, 30.0)
+    assert got[("rte", 300)] == (pytest.approx(4 * 0.15 * 300), 30.0)  # the task's setup
+    assert got[("cola", 300)] == (120.0, 15.0) and got[("cola", 100)] == (40.0, 15.0)
+    assert got[("mrpc", 100)] == (None, None)
+    sweep.plan(s, s.points)
+    out = capsys.readouterr().out
+    assert "2 runs have no measured training time" in out  # mrpc
+    assert "set-up and test evaluation add to the 2 runs" in out
+
+
 def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, monkeypatch):
     repo = tmp_path / "main"
     s = sweep.Sweep.load(spec(tmp_path), results=repo / "experiments" / "results" / "small")
