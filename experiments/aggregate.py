@@ -544,26 +544,36 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
                   "findings that this many tests bring.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
-    missing = [p for p in sweep.points if run_name(p) not in done]
-    if missing:
-        counts: dict[tuple, list] = {}
-        for p in missing:
-            counts.setdefault((p.label, p.settings.get("train_size")), []).append(p)
-        parts += ["## Not finished", "",
-                  "Runs the grid lists that have no result yet (run the sweep again to "
-                  "continue it; `--plan` estimates the cost).", "",
-                  "| method | n | runs left | seeds left |", "|---|---|---|---|"]
-        for (label, size), ps in counts.items():
-            seeds = sorted({p.settings.get("seed") for p in ps})
-            parts.append(f"| {label} | {size or 'full'} | {len(ps)} | "
-                         f"{', '.join(map(str, seeds))} |")
-        parts.append("")
-        broken = [p for p in missing if run_name(p) in failed]
-        if broken:
-            parts += ["Failed runs (their `failed.json` has the traceback):", ""]
-            parts += [f"- {run_name(p)}: {failed[run_name(p)]['error']}" for p in broken]
-            parts.append("")
+    parts += not_finished(sweep, done, failed)
     return "\n".join(parts)
+
+
+def not_finished(sweep: Sweep, done: dict, failed: dict) -> list[str]:
+    """The grid's runs without a result, per method and size, with the seeds each task
+    still lacks, and the failed runs' errors."""
+    missing = [p for p in sweep.points if run_name(p) not in done]
+    if not missing:
+        return []
+    cells: dict[tuple, dict[str, list]] = {}
+    for p in missing:
+        tasks = cells.setdefault((p.label, p.settings.get("train_size")), {})
+        tasks.setdefault(p.settings["task"], []).append(p.settings.get("seed"))
+    parts = ["## Not finished", "",
+             "Runs the grid lists that have no result yet (run the sweep again to "
+             "continue it; `--plan` estimates the cost).", "",
+             "| method | n | runs left | seeds left per task |", "|---|---|---|---|"]
+    for (label, size), tasks in cells.items():
+        left = "; ".join(f"{task} {', '.join(map(str, sorted(seeds)))}"
+                         for task, seeds in tasks.items())
+        parts.append(f"| {label} | {size or 'full'} | "
+                     f"{sum(map(len, tasks.values()))} | {left} |")
+    parts.append("")
+    broken = [p for p in missing if run_name(p) in failed]
+    if broken:
+        parts += ["Failed runs (their `failed.json` has the traceback):", ""]
+        parts += [f"- {run_name(p)}: {failed[run_name(p)]['error']}" for p in broken]
+        parts.append("")
+    return parts
 
 
 def figures(sweep: Sweep, done: dict) -> list[Path]:

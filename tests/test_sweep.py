@@ -404,6 +404,21 @@ def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
         f"intro\n{aggregate.README_START}\nnew\n{aggregate.README_END}\nrest\n")
 
 
+def test_not_finished_lists_each_tasks_missing_seeds_and_the_failed_runs(tmp_path):
+    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola"],
+                                               "method": ["baseline", "aa"]}))
+    done = {"rte-baseline-100-42": {}, "cola-baseline-100-42": {}, "cola-baseline-100-92": {},
+            "rte-aa-100-92": {}}
+    failed = {"cola-aa-100-42": {"error": "out of memory"}}
+    lines = aggregate.not_finished(s, done, failed)
+    rows = [line for line in lines if line.startswith("| ") and line[2:8] != "method"]
+    # in the order the sweep runs them: seed 42's rte-aa is the first run missing
+    assert rows == ["| aa | 100 | 3 | rte 42; cola 42, 92 |", "| baseline | 100 | 1 | rte 92 |"]
+    assert "- cola-aa-100-42: out of memory" in lines
+    everything = {sweep.run_name(p): {} for p in s.points}
+    assert aggregate.not_finished(s, everything, {}) == []
+
+
 def test_holm_multiplies_the_kth_smallest_p_by_the_tests_left_and_keeps_the_order():
     nan = float("nan")
     # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to the 0.06 before it
