@@ -194,19 +194,29 @@ def size_order(p) -> int:
     return 10**9 if size is None else size
 
 
-def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
-                    metric: dict) -> dict:
-    """Per size, the tasks whose baseline scores clearly above the majority class over at
-    least two seeds (none where the majority-class score is not known yet)."""
+def baseline_verdicts(sweep: Sweep, done: dict, majority: dict, metric: dict) -> dict:
+    """Per (size, task) whose baseline has at least two seeds and whose majority-class
+    score is known: whether the baseline scores clearly above the majority class."""
     values: dict[tuple, list[float]] = {}
     for p in sweep.points:
         if p.label == "baseline" and run_name(p) in done:
             values.setdefault((p.settings.get("train_size"), p.settings["task"]), []).append(
                 score(done[run_name(p)]))
-    learns: dict = {}
+    verdicts = {}
     for (size, task), vs in values.items():
         chance = (majority.get(task) or {}).get(metric[task])
-        if chance is not None and len(vs) >= 2 and not at_chance(vs, chance):
+        if chance is not None and len(vs) >= 2:
+            verdicts[(size, task)] = not at_chance(vs, chance)
+    return verdicts
+
+
+def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
+                    metric: dict) -> dict:
+    """Per size, the tasks whose baseline scores clearly above the majority class over at
+    least two seeds (none where the majority-class score is not known yet)."""
+    learns: dict = {}
+    for (size, task), above in baseline_verdicts(sweep, done, majority, metric).items():
+        if above:
             learns.setdefault(size, set()).add(task)
     return learns
 
@@ -544,13 +554,17 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict) -> str:
                   "findings that this many tests bring.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
-    parts += not_finished(sweep, done, failed)
+    tasks = list(dict.fromkeys(p.settings["task"] for p in sweep.points))
+    verdicts = baseline_verdicts(sweep, done, majority,
+                                 {t: select_metric(t, done) for t in tasks})
+    parts += not_finished(sweep, done, failed, verdicts)
     return "\n".join(parts)
 
 
-def not_finished(sweep: Sweep, done: dict, failed: dict) -> list[str]:
+def not_finished(sweep: Sweep, done: dict, failed: dict, verdicts: dict) -> list[str]:
     """The grid's runs without a result, per method and size, with the seeds each task
-    still lacks, and the failed runs' errors."""
+    still lacks (marked by what its baseline of that size shows: ``verdicts``, from
+    :func:`baseline_verdicts`), and the failed runs' errors."""
     missing = [p for p in sweep.points if run_name(p) not in done]
     if not missing:
         return []
@@ -558,16 +572,22 @@ def not_finished(sweep: Sweep, done: dict, failed: dict) -> list[str]:
     for p in missing:
         tasks = cells.setdefault((p.label, p.settings.get("train_size")), {})
         tasks.setdefault(p.settings["task"], []).append(p.settings.get("seed"))
+    mark = {None: "?", False: "†", True: ""}
     parts = ["## Not finished", "",
              "Runs the grid lists that have no result yet (run the sweep again to "
              "continue it; `--plan` estimates the cost).", "",
              "| method | n | runs left | seeds left per task |", "|---|---|---|---|"]
     for (label, size), tasks in cells.items():
-        left = "; ".join(f"{task} {', '.join(map(str, sorted(seeds)))}"
+        left = "; ".join(f"{task}{mark[verdicts.get((size, task))]} "
+                         f"{', '.join(map(str, sorted(seeds)))}"
                          for task, seeds in tasks.items())
         parts.append(f"| {label} | {size or 'full'} | "
                      f"{sum(map(len, tasks.values()))} | {left} |")
-    parts.append("")
+    at_majority = sum(verdicts.get((p.settings.get("train_size"), p.settings["task"])) is False
+                      for p in missing)
+    parts += ["", "†: the baseline of that task and size does not score clearly above the "
+              f"majority class over at least two seeds ({at_majority} of the {len(missing)} "
+              "runs left); ?: fewer than two of that baseline's seeds have finished.", ""]
     broken = [p for p in missing if run_name(p) in failed]
     if broken:
         parts += ["Failed runs (their `failed.json` has the traceback):", ""]

@@ -410,13 +410,40 @@ def test_not_finished_lists_each_tasks_missing_seeds_and_the_failed_runs(tmp_pat
     done = {"rte-baseline-100-42": {}, "cola-baseline-100-42": {}, "cola-baseline-100-92": {},
             "rte-aa-100-92": {}}
     failed = {"cola-aa-100-42": {"error": "out of memory"}}
-    lines = aggregate.not_finished(s, done, failed)
+    # cola's two baseline seeds stay at the majority class; rte's baseline has one seed
+    verdicts = {(100, "cola"): False}
+    lines = aggregate.not_finished(s, done, failed, verdicts)
     rows = [line for line in lines if line.startswith("| ") and line[2:8] != "method"]
     # in the order the sweep runs them: seed 42's rte-aa is the first run missing
-    assert rows == ["| aa | 100 | 3 | rte 42; cola 42, 92 |", "| baseline | 100 | 1 | rte 92 |"]
+    assert rows == ["| aa | 100 | 3 | rte? 42; cola† 42, 92 |",
+                    "| baseline | 100 | 1 | rte? 92 |"]
+    assert "(2 of the 4 runs left)" in "\n".join(lines)
     assert "- cola-aa-100-42: out of memory" in lines
+    learns = aggregate.not_finished(s, done, failed, {(100, "cola"): True, (100, "rte"): True})
+    assert "| aa | 100 | 3 | rte 42; cola 42, 92 |" in learns
+    assert "(0 of the 4 runs left)" in "\n".join(learns)
     everything = {sweep.run_name(p): {} for p in s.points}
-    assert aggregate.not_finished(s, everything, {}) == []
+    assert aggregate.not_finished(s, everything, {}, {}) == []
+
+
+def test_baseline_verdicts_need_two_seeds_and_the_majority_score(tmp_path):
+    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "sst2"],
+                                               "method": ["baseline"]}))
+
+    def result(value):
+        return {"test": {"accuracy": value}, "select_metric": "accuracy"}
+
+    done = {"rte-baseline-100-42": result(0.50), "rte-baseline-100-92": result(0.54),
+            "sst2-baseline-100-42": result(0.80), "sst2-baseline-100-92": result(0.82),
+            "cola-baseline-100-42": result(0.90)}
+    majority = {"rte": {"accuracy": 0.5271}, "sst2": {"accuracy": 0.5092},
+                "cola": {"accuracy": 0.6913}}
+    metric = {"rte": "accuracy", "sst2": "accuracy", "cola": "accuracy"}
+    # rte: mean 0.52 minus two standard errors (2 x 0.02) is 0.48, not above 0.5271; sst2 is
+    # far above; cola has one seed only, so it has no verdict however high it scores
+    assert aggregate.baseline_verdicts(s, done, majority, metric) == {
+        (100, "rte"): False, (100, "sst2"): True}
+    assert aggregate.baseline_verdicts(s, done, {}, metric) == {}
 
 
 def test_holm_multiplies_the_kth_smallest_p_by_the_tests_left_and_keeps_the_order():
