@@ -148,7 +148,7 @@ def table(sweep: Sweep, done: dict, split: str, majority: dict,
             values = [score(done[run_name(p)], split) for p in points if run_name(p) in done]
             marks[(key, t)] = split == "test" and at_chance(
                 values, (majority.get(t) or {}).get(metric[t]))
-    learns = baseline_learns(sweep, done, majority, tasks, metric)
+    learns = baseline_learns(sweep, done, majority, metric)
     head = ["method", "n"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg"]
     if split == "test":
         head += ["avg (learns)"]
@@ -210,8 +210,7 @@ def baseline_verdicts(sweep: Sweep, done: dict, majority: dict, metric: dict) ->
     return verdicts
 
 
-def baseline_learns(sweep: Sweep, done: dict, majority: dict, tasks: list[str],
-                    metric: dict) -> dict:
+def baseline_learns(sweep: Sweep, done: dict, majority: dict, metric: dict) -> dict:
     """Per size, the tasks whose baseline scores clearly above the majority class over at
     least two seeds (none where the majority-class score is not known yet)."""
     learns: dict = {}

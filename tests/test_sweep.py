@@ -354,12 +354,12 @@ def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_
             for task, values in scores.items() for seed, value in zip((42, 92), values)}
     majority = {task: {"accuracy": 0.5} for task in scores}
     metric = {task: "accuracy" for task in scores}
-    learns = aggregate.baseline_learns(s, done, majority, list(scores), metric)
+    learns = aggregate.baseline_learns(s, done, majority, metric)
     # mrpc: mean 0.555, two standard errors 0.09, so not clearly above 0.5; cola: one seed.
     assert learns == {100: {"rte"}}
     assert not aggregate.at_chance([0.90], 0.5) and aggregate.at_chance([0.50], 0.5)
     assert aggregate.at_chance(scores["mrpc"], 0.5)
-    assert aggregate.baseline_learns(s, done, {}, list(scores), metric) == {}
+    assert aggregate.baseline_learns(s, done, {}, metric) == {}
 
 
 def test_a_table_entry_can_limit_its_rows_to_some_train_sizes(tmp_path):
