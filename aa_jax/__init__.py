@@ -8,7 +8,13 @@ command line runs before anything else) does not load JAX.
 """
 
 import importlib
+import importlib.metadata
 import os
+
+try:
+    __version__ = importlib.metadata.version("aa-jax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without install
+    __version__ = "0+unknown"
 
 # transformers is used for tokenizers and configs only; its notice that PyTorch is absent
 # is noise here.

@@ -103,6 +103,8 @@ class Architecture:
       rational_version / rational_degrees / rational_init: the rational activation.
       temperature: the Gumbel-softmax temperature tau of every switch.
       hard_switch: straight-through switches (one-hot forward, soft backward).
+      adapter: the adapter kind (:data:`KINDS`): ``seq_bn`` (the paper's) or ``lora``.
+      lora_rank / lora_alpha: LoRA's rank r and scale alpha (the update is alpha / r * BA).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -112,6 +114,9 @@ class Architecture:
     rational_init: str = "one"
     temperature: float = 0.1
     hard_switch: bool = False
+    adapter: str = "seq_bn"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -127,6 +132,15 @@ class Architecture:
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise UserError(f"Switch temperature must be a positive number, got "
                             f"{self.temperature!r}; the paper uses 0.1.")
+        if self.adapter not in KINDS:
+            raise UserError(f"Unknown adapter kind {self.adapter!r}; choose one of: "
+                            f"{', '.join(KINDS)}.")
+        if (isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int)
+                or self.lora_rank < 1):
+            raise UserError(f"lora_rank must be a positive integer, got {self.lora_rank!r}.")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not self.lora_alpha > 0):
+            raise UserError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}.")
 
     # -- constructors for the paper's methods -------------------------------------------
     @classmethod
@@ -205,7 +219,8 @@ class Architecture:
                     raise UserError(f"Layer {i}: '{key}' must be a {kind.__name__}.")
             specs.append(LayerSpec(**entry))
         d["layers"] = specs
-        checks = {"reduction_factor": int, "hard_switch": bool}
+        checks = {"reduction_factor": int, "hard_switch": bool, "adapter": str,
+                  "lora_rank": int}
         for key, kind in checks.items():
             if key in d and (not isinstance(d[key], kind) or
                              (kind is int and isinstance(d[key], bool))):
@@ -237,6 +252,40 @@ class Architecture:
         return cls.from_dict(d)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdapterKind:
+    """One kind of adapter: what the ``--adapter`` flag names.
+
+    Attributes:
+      name: the flag's value.
+      description: one line for ``--help``.
+      param_rules: ``(pattern, group)`` for the parameters it adds to a layer, as a path
+        below ``bert/encoder/<layer>/`` (see :mod:`aa_jax.params`).
+      weight_count: ``(hidden_size, architecture) -> (weights, biases)`` of one layer's
+        adapter, from the sizes alone.
+    """
+
+    name: str
+    description: str
+    param_rules: tuple[tuple[str, str], ...]
+    weight_count: Callable[[int, Any], tuple[int, int]]
+
+
+def _seq_bn_weights(hidden_size: int, architecture) -> tuple[int, int]:
+    r = bottleneck_size(hidden_size, architecture.reduction_factor)
+    return 2 * hidden_size * r, r + hidden_size
+
+
+KINDS: dict[str, AdapterKind] = {
+    "seq_bn": AdapterKind(
+        "seq_bn", "bottleneck adapter after the feed-forward block (Pfeiffer; the paper's)",
+        ((r"output/slot/adapter/(down|up)/(kernel|bias)", "adapter"),
+         (r"output/slot/adapter/rational/(numerator|denominator)", "rational"),
+         (r"output/slot/switch/logits", "switch")),
+        _seq_bn_weights),
+}
+
+
 def validate_layer_indices(layers: Sequence[Any], depth: int) -> set[int]:
     """Checks 0-based layer indices: integers, in range, no duplicates."""
     chosen = []
@@ -259,9 +308,9 @@ def bottleneck_size(hidden_size: int, reduction_factor: int) -> int:
 
 def adapter_weight_count(hidden_size: int, architecture: Architecture) -> tuple[int, int]:
     """(weights, biases) of all adapters, from the sizes alone (the paper counts weights)."""
-    r = bottleneck_size(hidden_size, architecture.reduction_factor)
+    weights, biases = KINDS[architecture.adapter].weight_count(hidden_size, architecture)
     n = len(architecture.adapter_layers)
-    return n * 2 * hidden_size * r, n * (r + hidden_size)
+    return n * weights, n * biases
 
 
 class BottleneckAdapter(nn.Module):
@@ -324,6 +373,14 @@ class AdapterSlot(nn.Module):
             self.hidden_size, arch.reduction_factor, self.spec.activation,
             arch.rational_version, arch.rational_degrees, arch.rational_init,
             dtype=self.dtype, name="adapter")
+        traced_drop = drop is not None and not isinstance(drop, bool)
+        if traced_drop and not self.spec.switch:
+            # A dropped adapter is skipped, not computed and discarded.
+            if self.is_initializing():
+                adapter(x)  # both cond branches must see the same (created) params
+            a = nn.cond(drop, lambda mdl, x_: jnp.zeros_like(x_), lambda mdl, x_: mdl(x_),
+                        adapter, x)
+            return jnp.where(drop, x, layer_norm(a + residual))
         if not self.spec.switch:
             out = layer_norm(adapter(x) + residual)
         else:

@@ -19,16 +19,42 @@ import jax
 import jax.numpy as jnp
 
 from aa_jax.export import static_architecture
-from aa_jax.methods import architecture_for
+from aa_jax.methods import METHODS
 from aa_jax.models.bert import BertForSequenceClassification
-from aa_jax.models.loader import load_pretrained
-from aa_jax.train import (TrainConfig, device_name, init_params, init_state, make_optimizer,
-                          make_predict, make_train_step)
+from aa_jax.models.loader import load_pretrained, random_pretrained
+from aa_jax.config import TrainConfig
+from aa_jax.experiment import init_params
+from aa_jax.step import init_state, make_optimizer, make_predict, make_train_step
+from aa_jax.train import device_name
 
 DEFAULT_METHODS = ("baseline", "aa", "rational_only", "switch_only", "last_n")
-# Bench-only entries: an exported AA model (``aa-jax export``) whose switches picked the
-# upper half of the layers, and AA-focused on the same layers (both as in aa_focused).
-EXTRA_METHODS = ("aa_export",)
+# Bench-only entries besides the registered methods: an exported AA model (``aa-jax
+# export``) whose switches picked the upper half of the layers.
+EXTRA_METHODS: dict[str, Callable[[int, list[int]], Any]] = {
+    "aa_export": lambda depth, upper: static_architecture(
+        METHODS["aa"].architecture(depth), upper),
+}
+
+
+def bench_names() -> tuple[str, ...]:
+    """What ``--methods`` accepts: the registered methods and the bench-only entries."""
+    return (*METHODS, *EXTRA_METHODS)
+
+
+def architecture(name: str, depth: int, upper: list[int], **options):
+    """The architecture benchmarked as ``name``: ``last_n`` in the upper half of the
+    layers, ``aa_focused`` in ``upper``, ``aa_export`` an export that chose ``upper``."""
+    if name in EXTRA_METHODS:
+        return EXTRA_METHODS[name](depth, upper)
+    return METHODS[name].architecture(depth, last_n=depth - depth // 2,
+                                      selected_layers=upper, **options)
+
+
+def _bench_batch(b: int, n: int) -> dict:
+    return {"input_ids": jnp.full((b, n), 1000, jnp.int32),
+            "token_type_ids": jnp.zeros((b, n), jnp.int32),
+            "attention_mask": jnp.ones((b, n), jnp.int32),
+            "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -78,19 +104,12 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     pre = pretrained or load_pretrained(model, tokenizer=False)
     depth = pre.config.num_hidden_layers
     b, n = batch_size, length
-    batch = {"input_ids": jnp.full((b, n), 1000, jnp.int32),
-             "token_type_ids": jnp.zeros((b, n), jnp.int32),
-             "attention_mask": jnp.ones((b, n), jnp.int32),
-             "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
+    batch = _bench_batch(b, n)
     peak = peak or matmul_peak()
     records = []
     upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
     for method in methods:
-        if method == "aa_export":
-            arch = static_architecture(architecture_for("aa", depth), upper)
-        else:
-            arch = architecture_for(method, depth, last_n=(depth + 1) // 2,
-                                    selected_layers=upper)
+        arch = architecture(method, depth, upper)
         net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
                                             dtype=jnp.dtype(dtype))
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
@@ -149,3 +168,54 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['predict_examples_per_s']:7.1f} {num(r['predict_gflops'])} "
             f"{pct(r['predict_peak_fraction'])}")
     return "\n".join(lines)
+
+
+def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline", "aa"),
+                  batch_size: int = 32, length: int = 128, random_weights: bool = False,
+                  dtype: str = "float32", selected_layers: list[int] | None = None,
+                  adapter: str = "seq_bn") -> list[dict[str, Any]]:
+    """Per method, the seconds to set up and to compile, without running anything.
+
+    ``init_s``: the method's trainable params and the backbone in its layout
+    (:func:`aa_jax.experiment.init_params`); ``lower_s`` / ``compile_s``: tracing and
+    lowering, then XLA's compilation, of the jitted train step; ``predict_lower_s`` /
+    ``predict_compile_s``: the same for inference. With ``random_weights`` the backbone is
+    drawn on the host (:func:`aa_jax.models.loader.random_pretrained`; ``weights_s``),
+    so checkpoints that are not installed (``bert-large``) can be measured offline.
+    """
+    started = time.perf_counter()
+    pre = (random_pretrained(model) if random_weights
+           else load_pretrained(model, tokenizer=False))
+    weights_s = time.perf_counter() - started
+    depth = pre.config.num_hidden_layers
+    upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
+    batch = _bench_batch(batch_size, length)
+    records = []
+    for method in methods:
+        t = time.perf_counter()
+        arch = architecture(method, depth, upper, adapter=adapter)
+        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
+                                            dtype=jnp.dtype(dtype))
+        trainable, frozen = init_params(net, jax.random.key(0), pre.params)
+        tx = make_optimizer(TrainConfig(), 1000, trainable)
+        state = init_state(trainable, tx)
+        jax.block_until_ready((state, frozen))
+        init_s = time.perf_counter() - t
+        times = {}
+        for name, fn, args in (
+                ("", make_train_step(net, tx, regression=False),
+                 (state, frozen, batch, jax.random.key(1))),
+                ("predict_", make_predict(net, regression=False), (trainable, frozen, batch))):
+            t = time.perf_counter()
+            lowered = fn.lower(*args)
+            times[f"{name}lower_s"] = round(time.perf_counter() - t, 2)
+            t = time.perf_counter()
+            lowered.compile()
+            times[f"{name}compile_s"] = round(time.perf_counter() - t, 2)
+        records.append({"method": method, "model": model, "dtype": dtype,
+                        "random_weights": random_weights, "device": device_name(),
+                        "batch_size": batch_size, "length": length,
+                        "adapter_layers": list(arch.adapter_layers),
+                        "weights_s": round(weights_s, 2), "init_s": round(init_s, 2),
+                        **times})
+    return records

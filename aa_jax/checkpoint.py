@@ -22,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from aa_jax.errors import UserError
+from aa_jax.params import segments_of, stack_layers, unstack_layers
 
 ITEMS = ("params", "opt_state", "best_params", "architecture", "meta")
 
@@ -108,10 +109,12 @@ def manager(directory: str | Path, max_to_keep: int = 2,
 
 def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
          architecture: dict, meta: dict) -> None:
+    """Saves an epoch; parameter trees (and the optimizer state's) are stored per layer
+    (:func:`aa_jax.params.unstack_layers`), whatever layout the model runs in."""
     mgr.save(epoch, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        best_params=ocp.args.StandardSave(best_params),
+        params=ocp.args.StandardSave(unstack_layers(params)),
+        opt_state=ocp.args.StandardSave(unstack_layers(opt_state)),
+        best_params=ocp.args.StandardSave(unstack_layers(best_params)),
         architecture=ocp.args.JsonSave(architecture),
         meta=ocp.args.JsonSave(meta)))
     mgr.wait_until_finished()
@@ -158,10 +161,12 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
     failure says what happened.
     """
     epoch = mgr.latest_step() if epoch is None else epoch
+    segments = segments_of(params_like)
+    params_like, opt_state_like = unstack_layers(params_like), unstack_layers(opt_state_like)
     _check_fits(mgr, epoch, {"params": params_like, "opt_state": opt_state_like,
                              "best_params": params_like})
     try:
-        return mgr.restore(epoch, args=ocp.args.Composite(
+        out = mgr.restore(epoch, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(params_like),
             opt_state=ocp.args.StandardRestore(opt_state_like),
             best_params=ocp.args.StandardRestore(params_like),
@@ -169,6 +174,8 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
             meta=ocp.args.JsonRestore()))
     except Exception as e:
         raise _restore_failed(mgr.directory, epoch, e) from None
+    return {k: stack_layers(v, segments) if k in ("params", "opt_state", "best_params")
+            else v for k, v in out.items()}
 
 
 def restore_params(directory: str | Path, params_like, which: str = "best_params"):
@@ -177,6 +184,8 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
     if not directory.is_dir():
         raise UserError(f"{directory} holds no checkpoint; train first or pass a complete "
                         f"run directory.")
+    segments = segments_of(params_like)
+    params_like = unstack_layers(params_like)
     mgr = manager(directory, read_only=True)
     try:
         epoch = mgr.latest_step()
@@ -192,4 +201,4 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
             raise _restore_failed(directory, epoch, e) from None
     finally:
         mgr.close()
-    return out[which], out["meta"]
+    return stack_layers(out[which], segments), out["meta"]

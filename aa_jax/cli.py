@@ -14,6 +14,7 @@ the traceback instead).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,101 +36,125 @@ def _csv(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
+# Fields whose values the command line parses specially, and the types of the others.
+_PARSERS = {"train_size": _train_size}
+
+
+def _flag_type(field: dataclasses.Field):
+    """The argparse ``type`` of a config field, from its annotation."""
+    if field.name in _PARSERS:
+        return _PARSERS[field.name]
+    text = str(field.type)
+    if "list[str]" in text:
+        return _csv
+    for name, kind in (("int", int), ("float", float), ("str", str)):
+        if text.startswith(name):
+            return kind
+    raise TypeError(f"no command-line type for config field {field.name} ({text})")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~aa_jax.config.TrainConfig` field, from its metadata: the help
+    text, the flag (``--field-name`` unless given), the choices and the default."""
+    from aa_jax.config import PROTOCOLS, TrainConfig
+
+    rates = set(next(iter(PROTOCOLS.values())))
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+        kwargs = {"dest": field.name, "help": meta.get("help")}
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true", default=default, **kwargs)
+            continue
+        if field.name in rates:  # the --protocol's unless given
+            default = None
+            kwargs["help"] += "%(default).0s"  # (no "default: None" after it)
+        if "choices" in meta:
+            kwargs["choices"] = tuple(meta["choices"])
+        if field.name == "seed":
+            kwargs["help"] += "; or --seeds"
+        parser.add_argument(flag, type=_flag_type(field), default=default, **kwargs)
+
+
+def _debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from aa_jax.methods import METHODS
+    from aa_jax import __version__
+    from aa_jax.adapters import KINDS
+    from aa_jax.bench import bench_names
+    from aa_jax.config import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         prog="aa-jax", description="Adaptable Adapters in JAX: train adapters in a frozen "
         "BERT and learn which layers need one.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"aa-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train and evaluate one method on one task")
-    t.add_argument("--task", default="rte", help="GLUE task (cola, sst2, mrpc, qqp, stsb, "
-                   "mnli, qnli, rte, wnli); ignored with --data")
-    t.add_argument("--method", default="aa", choices=METHODS)
-    t.add_argument("--model", default="minilm",
-                   help="minilm (offline), bert-base, bert-large, a folder or a hub id")
-    t.add_argument("--train-size", type=_train_size, default=100,
-                   help="examples sampled for train+dev (75/25), or 'full'")
-    seeds = t.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=42)
-    seeds.add_argument("--seeds", default=None,
-                       help="several seeds trained together as one program, e.g. "
-                       "42,92,111: one run directory per seed (with --out DIR: "
-                       "DIR/seed-<seed>)")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--max-length", type=int, default=128)
-    t.add_argument("--protocol", choices=("released", "cpu"), default="released",
-                   help="the learning rates below: 'released' (1e-4, 0.05, 0.01) or 'cpu' "
-                   "(3e-3, 1.5, 0.3: chosen for MiniLM on the baseline's dev scores)")
-    t.add_argument("--lr", dest="learning_rate", type=float, default=None,
-                   help="adapters and classifier (default: the protocol's)")
-    t.add_argument("--switch-lr", dest="switch_learning_rate", type=float, default=None)
-    t.add_argument("--rational-lr", dest="rational_learning_rate", type=float, default=None)
-    t.add_argument("--glue-dir", default=None,
-                   help="local GLUE Parquet folder (else $AA_JAX_GLUE_DIR, else the hub)")
-    t.add_argument("--architecture", default=None,
-                   help="aa_focused: an AA run directory or its architecture.json")
-    t.add_argument("--last-n", type=int, default=None, help="last_n: number of layers")
-    t.add_argument("--activation", default="rational", help="last_n: rational or relu")
-    t.add_argument("--pooling", default="auto", choices=("auto", "pooler", "mean", "cls", "max"),
-                   help="head input: auto (the pooling a sentence-transformers checkpoint "
-                   "declares, e.g. mean for minilm; else the paper's pooled [CLS]), pooler, "
-                   "mean, cls (the [CLS] hidden state) or max")
-    t.add_argument("--rational-version", default="A", choices=("A", "B", "C", "N"))
-    t.add_argument("--hard-switch", action="store_true", help="straight-through switches")
-    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute dtype of the frozen backbone (LayerNorm statistics, "
-                   "softmax, rationals, switches, head and loss stay float32)")
-    t.add_argument("--max-grad-norm", type=float, default=1.0,
-                   help="clip the global gradient norm (0: off); the released code used 1.0")
-    t.add_argument("--adapterdrop-max", type=int, default=None,
-                   help="adapterdrop: each step drops the first n ~ U{0..N} layers' adapters "
-                   "(default: 10 of 24 layers scaled to the depth; 10 is the released code)")
-    t.add_argument("--drop-first", type=int, default=0,
-                   help="adapterdrop: drop the first k layers' adapters at evaluation")
-    t.add_argument("--data", type=_csv, default=None,
-                   help="own dataset: TRAIN_FILE,TEST_FILE (csv, tsv, jsonl, parquet)")
-    t.add_argument("--text-columns", type=_csv, default=None)
-    t.add_argument("--label-column", default="label")
+    t = sub.add_parser("train", help="train and evaluate one method on one task",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(t)
+    t.add_argument("--seeds", default=None,
+                   help="several seeds trained together as one program, e.g. 42,92,111: "
+                   "one run directory per seed (with --out DIR: DIR/seed-<seed>)")
+    t.add_argument("--protocol", choices=tuple(PROTOCOLS), default="released",
+                   help="the learning rates --lr, --switch-lr, --rational-lr default to: " +
+                   "; ".join(f"{name}: " + ", ".join(f"{v:g}" for v in rates.values())
+                             for name, rates in PROTOCOLS.items()))
     t.add_argument("--out", default=None, help="run directory (default runs/<...>); with "
                    "--seeds, the folder of the seeds' run directories")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug_flag(t)
 
     e = sub.add_parser("eval", help="re-evaluate a run's best epoch (or an export) on dev "
                        "and test")
     e.add_argument("run_dir")
+    _debug_flag(e)
 
     x = sub.add_parser("export", help="save a trained AA run as a static model (switches "
                        "resolved, only the selected adapters)")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True, help="a new directory for the export")
+    _debug_flag(x)
 
     b = sub.add_parser("bench", help="time the train step and inference of each method")
     b.add_argument("--model", default="minilm")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--length", type=int, default=128)
     b.add_argument("--methods", type=_csv, default=None,
-                   help="comma-separated (default baseline,aa,rational_only,switch_only,"
-                   "last_n)")
+                   help="comma-separated, of: " + ", ".join(bench_names()) +
+                   " (default baseline,aa,rational_only,switch_only,last_n; with "
+                   "--compile baseline,aa)")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of the frozen backbone")
     b.add_argument("--json", action="store_true", help="one JSON object per method")
+    b.add_argument("--compile", action="store_true",
+                   help="only set up and compile (train step and inference) and report the "
+                   "seconds: init_s, lower_s, compile_s, predict_lower_s, predict_compile_s")
+    b.add_argument("--random-weights", action="store_true",
+                   help="random backbone weights of the model's shapes (for checkpoints "
+                   "that are not installed, e.g. --model bert-large)")
+    b.add_argument("--adapter", default="seq_bn", choices=tuple(KINDS),
+                   help="the adapter kind")
+    _debug_flag(b)
 
     a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
     a.add_argument("run_dir")
     a.add_argument("--png", default=None, help="where to write the picture "
                    "(default RUN_DIR/architecture.png)")
+    _debug_flag(a)
     return parser
 
 
 def _config_from_args(args):
-    from aa_jax.train import TrainConfig
-
-    from aa_jax.train import PROTOCOLS
+    from aa_jax.config import PROTOCOLS, TrainConfig
 
     names = {f for f in TrainConfig.__dataclass_fields__}
     settings = {k: v for k, v in vars(args).items() if k in names}
@@ -247,16 +272,28 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     from aa_jax import allocator, bench
-    from aa_jax.methods import METHODS
 
-    methods = tuple(args.methods or bench.DEFAULT_METHODS)
-    unknown = [m for m in methods if m not in METHODS + bench.EXTRA_METHODS]
+    default = ("baseline", "aa") if args.compile else bench.DEFAULT_METHODS
+    methods = tuple(args.methods or default)
+    unknown = [m for m in methods if m not in bench.bench_names()]
     if unknown:
         raise UserError(f"Unknown method(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(METHODS + bench.EXTRA_METHODS)}.")
+                        f"{', '.join(bench.bench_names())}.")
     for name in ("batch_size", "length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer.")
+    if args.compile:
+        records = bench.compile_times(args.model, methods, args.batch_size, args.length,
+                                      args.random_weights, args.dtype, adapter=args.adapter)
+        for r in records:
+            print(json.dumps(r) if args.json else
+                  f"{r['method']:14s} init {r['init_s']:6.2f} s  train step: lower "
+                  f"{r['lower_s']:6.2f} s, compile {r['compile_s']:6.2f} s  inference: lower "
+                  f"{r['predict_lower_s']:6.2f} s, compile {r['predict_compile_s']:6.2f} s")
+        return 0
+    if args.random_weights or args.adapter != "seq_bn":
+        raise UserError("--random-weights and --adapter go with --compile; the timed "
+                        "benchmark uses the installed checkpoint and seq_bn adapters.")
     records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats,
                         dtype=args.dtype)
     for r in records:

@@ -9,8 +9,8 @@ adapters are stored.
 
 An export directory holds ``export.json`` (the run's config, the static architecture and
 where it came from), ``architecture.json`` (the learned architecture it was made from) and
-``params/`` (an orbax checkpoint of the head and the selected adapters; the backbone is
-reloaded from its own checkpoint). ``aa-jax eval EXPORT_DIR`` evaluates it, and
+``params/`` (an orbax checkpoint of the head and the selected adapters, per layer; the
+backbone is reloaded from its own checkpoint). ``aa-jax eval EXPORT_DIR`` evaluates it, and
 :func:`load_export` gives the model and parameters in Python.
 """
 
@@ -27,6 +27,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from aa_jax import checkpoint
 from aa_jax.adapters import Architecture, LayerSpec
 from aa_jax.errors import UserError
+from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
 SCHEMA = "aa_jax.export/v1"
 
@@ -46,15 +47,16 @@ def static_architecture(architecture: Architecture, selected: list[int]) -> Arch
 
 
 def static_params(trainable: dict, architecture: Architecture, selected: list[int]) -> dict:
-    """The trainable params a static model needs: no switch logits, and no adapter in the
-    layers whose switch chose the identity."""
-    dropped = {f"layer_{i}" for i, spec in enumerate(architecture.layers)
+    """The trainable params a static model needs, per layer: no switch logits, and no
+    adapter in the layers whose switch chose the identity."""
+    dropped = {i for i, spec in enumerate(architecture.layers)
                if spec.switch and i not in selected}
     kept = {}
-    for path, value in flatten_dict(trainable).items():
-        if "switch" in path:
+    for path, value in flatten_dict(unstack_layers(trainable)).items():
+        role = param_role(path)
+        if role.group == "switch":
             continue
-        if "adapter" in path and any(p in dropped for p in path):
+        if role.group != "head" and set(role.layers) & dropped:
             continue
         kept[path] = value
     return unflatten_dict(kept)
@@ -62,8 +64,8 @@ def static_params(trainable: dict, architecture: Architecture, selected: list[in
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Writes the static model of a finished AA run to ``out_dir``; returns its export.json."""
+    from aa_jax.experiment import load_run
     from aa_jax.methods import read_learned
-    from aa_jax.train import load_run
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if not checkpoint.is_complete(run_dir):
@@ -102,7 +104,8 @@ def is_export(path: str | Path) -> bool:
 
 def load_export(export_dir: str | Path, pretrained=None):
     """(experiment, params) of an export: the static model, its data, and its parameters."""
-    from aa_jax.train import TrainConfig, setup
+    from aa_jax.config import TrainConfig
+    from aa_jax.experiment import setup
 
     export_dir = Path(export_dir)
     record = checkpoint.read_json(export_dir / "export.json", "export")
@@ -114,8 +117,9 @@ def load_export(export_dir: str | Path, pretrained=None):
     exp = setup(config, pretrained, architecture=static, pooling=record.get("pooling"))
     try:
         with ocp.StandardCheckpointer() as loader:
-            params = loader.restore((export_dir / "params").absolute(), exp.trainable)
+            params = loader.restore((export_dir / "params").absolute(),
+                                    unstack_layers(exp.trainable))
     except Exception as e:
         raise UserError(f"The parameters in {export_dir / 'params'} could not be restored "
                         f"({type(e).__name__}); export the run again.") from None
-    return exp, params
+    return exp, stack_layers_like(params, exp.trainable)

@@ -1,4 +1,9 @@
-"""The paper's methods as architectures, and the learned architecture an AA run leaves.
+"""The paper's methods, registered once, and the learned architecture an AA run leaves.
+
+Every method is one :class:`Method` in :data:`METHODS` (where its adapters go, with which
+activation, whether switched, its AdapterDrop schedule, the inputs it resolves and its
+learning-rate groups). A run resolves its method once (:func:`get_method`) and the object
+travels; no other module compares method names. A new method is one entry here.
 
 | method        | adapters at              | activation        | switch |
 |---------------|--------------------------|-------------------|--------|
@@ -17,94 +22,156 @@ train size, seed). :func:`selected_layers_from` reads the selected layers back f
 file or from a run directory, so AA-focused can reuse them on any task, size or model of
 the same depth.
 
-Method-specific training and evaluation details live here too: AdapterDrop's per-step
-draw and its static evaluation drop (:func:`adapterdrop_schedule`), which layers' adapters
-actually run at inference (:func:`layers_run`), and what a result should say about itself
-(:func:`result_note`).
+Method-specific training and evaluation details live on the method: AdapterDrop's
+per-step draw and its evaluation drop (:meth:`Method.adapterdrop_schedule`) and what a
+result should say about itself (:meth:`Method.note`); :func:`layers_run` says which
+layers' adapters actually run at inference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from aa_jax.adapters import Architecture, validate_layer_indices
+from aa_jax.adapters import NO_ADAPTER, Architecture, LayerSpec, validate_layer_indices
 from aa_jax.errors import UserError
+from aa_jax.params import layer_params, param_role
 from aa_jax.switch import is_selected, switch_probabilities
 
-METHODS = ("baseline", "adapterdrop", "aa", "aa_focused", "last_n", "switch_only",
-           "rational_only")
 # v2: switch logits and probabilities in the released branch order (identity, adapter);
 # v1 files (aa_jax 0.1, order (adapter, identity)) are read and converted.
 LEARNED_SCHEMA = "aa_jax.learned_architecture/v2"
 _LEARNED_SCHEMA_V1 = "aa_jax.learned_architecture/v1"
 
 
-def architecture_for(method: str, depth: int, *, selected_layers=None, last_n: int | None = None,
-                     activation: str = "rational", **options: Any) -> Architecture:
-    """The :class:`Architecture` of ``method`` for a model with ``depth`` layers.
+# The learning rate of each trainable group, as the config field that holds it.
+LEARNING_RATES = {"adapter": "learning_rate", "head": "learning_rate",
+                  "switch": "switch_learning_rate", "rational": "rational_learning_rate"}
 
-    ``options`` go to the Architecture (rational_version, hard_switch, ...). An AA-focused
-    architecture that selects no layer is legitimate (an AA run may switch every adapter
-    off): it has no adapter, and training it trains the head alone.
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method of the paper: everything that differs between methods.
+
+    Attributes:
+      name: what ``--method`` and the sweeps call it.
+      description: one line for ``--help`` and the README.
+      layers: ``(depth, selected_layers, last_n) -> layer indices`` with an adapter
+        (``selected_layers`` are an AA run's, for ``reads_learned_layers``).
+      activation: the adapters' nonlinearity (``None``: the config's ``activation``).
+      switch: whether each adapter has a Gumbel-softmax switch.
+      adapterdrop: whether each step drops the first n ~ U{0..n_max} layers' adapters.
+      reads_learned_layers: whether it places adapters where an AA run selected them
+        (``--architecture``).
+      learning_rates: each trainable group's learning rate, as a config field.
     """
-    if method in ("baseline", "adapterdrop"):
-        return Architecture.uniform(depth, "relu", **options)
-    if method == "aa":
-        return Architecture.uniform(depth, "rational", switch=True, **options)
-    if method == "switch_only":
-        return Architecture.uniform(depth, "relu", switch=True, **options)
-    if method == "rational_only":
-        return Architecture.uniform(depth, "rational", **options)
-    if method == "aa_focused":
-        if selected_layers is None:
-            raise UserError("--method aa_focused needs --architecture pointing at an AA run "
-                            "directory or an architecture.json file.")
-        return Architecture.at_layers(depth, selected_layers, "rational", **options)
-    if method == "last_n":
-        if isinstance(last_n, bool) or not isinstance(last_n, int) or not 1 <= last_n <= depth:
-            raise UserError(f"--method last_n needs --last-n between 1 and the model's depth "
-                            f"{depth}, got {last_n!r}.")
-        return Architecture.at_layers(depth, range(depth - last_n, depth), activation,
-                                      **options)
-    raise UserError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
+
+    name: str
+    description: str
+    layers: Callable[[int, Sequence[int] | None, int | None], Sequence[int]]
+    activation: str | None = "relu"
+    switch: bool = False
+    adapterdrop: bool = False
+    reads_learned_layers: bool = False
+    learning_rates: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: dict(LEARNING_RATES))
+
+    def architecture(self, depth: int, *, selected_layers: Sequence[int] | None = None,
+                     last_n: int | None = None, activation: str = "rational",
+                     **options: Any) -> Architecture:
+        """The :class:`Architecture` for a model with ``depth`` layers. ``options`` go
+        to the Architecture (rational_version, hard_switch, adapter kind, ...).
+
+        An AA-focused architecture that selects no layer is legitimate (an AA run may
+        switch every adapter off): it has no adapter, and training it trains the head
+        alone.
+        """
+        chosen = validate_layer_indices(self.layers(depth, selected_layers, last_n), depth)
+        spec = LayerSpec(True, self.activation or activation, self.switch)
+        return Architecture(layers=tuple(spec if i in chosen else NO_ADAPTER
+                                         for i in range(depth)), **options)
+
+    def adapterdrop_schedule(self, depth: int, adapterdrop_max: int | None,
+                             drop_first: int) -> tuple[int, int]:
+        """AdapterDrop's ``(n_max, k)``: each training step drops the adapters of the first
+        ``n ~ U{0..n_max}`` layers, and evaluation drops the first ``k`` (their adapters
+        are not computed). ``(0, 0)`` for every other method.
+
+        ``adapterdrop_max=None`` scales the released code's 10 of 24 layers to the depth;
+        the released code draws from 0..10 whatever the depth (``adapterdrop_max=10``).
+        """
+        if not self.adapterdrop:
+            return 0, 0
+        if drop_first > depth:
+            raise UserError(f"--drop-first {drop_first} exceeds the model's {depth} layers; "
+                            f"drop at most {depth}.")
+        n_max = adapterdrop_max if adapterdrop_max is not None else (10 * depth) // 24
+        return n_max, drop_first
+
+    def note(self, architecture: Architecture) -> str | None:
+        """A sentence a result should carry about how it was obtained, or None."""
+        if self.reads_learned_layers and not architecture.adapter_layers:
+            return ("The architecture selects no layer, so no adapter was trained: this is "
+                    "the frozen encoder with a trained head.")
+        return None
 
 
-def adapterdrop_schedule(method: str, depth: int, adapterdrop_max: int | None,
-                         drop_first: int) -> tuple[int, int]:
-    """AdapterDrop's ``(n_max, k)``: each training step drops the adapters of the first
-    ``n ~ U{0..n_max}`` layers, and evaluation drops the first ``k`` (statically: their
-    adapters are not computed). ``(0, 0)`` for every other method.
+def _all(depth, selected, last_n):
+    return range(depth)
 
-    ``adapterdrop_max=None`` scales the released code's 10 of 24 layers to the depth;
-    the released code draws from 0..10 whatever the depth (``adapterdrop_max=10``).
-    """
-    if method != "adapterdrop":
-        return 0, 0
-    if drop_first > depth:
-        raise UserError(f"--drop-first {drop_first} exceeds the model's {depth} layers; "
-                        f"drop at most {depth}.")
-    n_max = adapterdrop_max if adapterdrop_max is not None else (10 * depth) // 24
-    return n_max, drop_first
+
+def _learned(depth, selected, last_n):
+    if selected is None:
+        raise UserError("--method aa_focused needs --architecture pointing at an AA run "
+                        "directory or an architecture.json file.")
+    return selected
+
+
+def _last(depth, selected, last_n):
+    if isinstance(last_n, bool) or not isinstance(last_n, int) or not 1 <= last_n <= depth:
+        raise UserError(f"--method last_n needs --last-n between 1 and the model's depth "
+                        f"{depth}, got {last_n!r}.")
+    return range(depth - last_n, depth)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("baseline", "Pfeiffer adapters with ReLU in every layer", _all),
+    Method("adapterdrop", "the baseline, each step dropping the first n ~ U{0..n_max} "
+           "layers' adapters", _all, adapterdrop=True),
+    Method("aa", "Adaptable Adapters: rational activations and a switch in every layer",
+           _all, activation="rational", switch=True),
+    Method("aa_focused", "rational adapters only where an AA run selected them "
+           "(--architecture)", _learned, activation="rational", reads_learned_layers=True),
+    Method("last_n", "adapters in the last --last-n layers (--activation)", _last,
+           activation=None),
+    Method("switch_only", "ReLU adapters with a switch in every layer", _all, switch=True),
+    Method("rational_only", "rational adapters in every layer, no switch", _all,
+           activation="rational"),
+)}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; an unknown name is one sentence."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise UserError(f"Unknown method {name!r}; choose one of: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def architecture_for(method: str, depth: int, **kwargs: Any) -> Architecture:
+    """``get_method(method).architecture(depth, **kwargs)``."""
+    return get_method(method).architecture(depth, **kwargs)
 
 
 def layers_run(learned: dict[str, Any], drop_first: int = 0) -> list[int]:
     """The layers whose adapters run at inference: the selected layers (an adapter, and a
     switch, if any, that picks it), less the first ``drop_first`` (AdapterDrop)."""
     return [i for i in learned["selected_layers"] if i >= drop_first]
-
-
-def result_note(method: str, architecture: Architecture) -> str | None:
-    """A sentence a result should carry about how it was obtained, or None."""
-    if method == "aa_focused" and not architecture.adapter_layers:
-        return ("The architecture selects no layer, so no adapter was trained: this is "
-                "the frozen encoder with a trained head.")
-    return None
 
 
 def learned_architecture(params: dict, architecture: Architecture,
@@ -117,16 +184,16 @@ def learned_architecture(params: dict, architecture: Architecture,
       architecture: the architecture that was trained.
       source: where it came from (model, task, train_size, seed, method).
     """
-    flat = flatten_dict(params)
+    per_layer = layer_params(params)
     layers = []
     for i, spec in enumerate(architecture.layers):
-        prefix = f"layer_{i}"
+        by_group: dict[str, list] = {}
+        for path, value in flatten_dict(per_layer.get(i, {})).items():
+            group = param_role(("bert", "encoder", f"layer_{i}") + path).group
+            by_group.setdefault(group, []).append((path, np.asarray(value, np.float64)))
 
-        def leaf(*names, _prefix=prefix):
-            for key, value in flat.items():
-                if _prefix in key and key[-len(names):] == names:
-                    return np.asarray(value, dtype=np.float64)
-            return None
+        def leaf(group, name, _found=by_group):
+            return next((v for p, v in _found.get(group, []) if p[-1] == name), None)
 
         entry: dict[str, Any] = {"layer": i, "adapter": spec.adapter,
                                  "activation": spec.activation if spec.adapter else None}

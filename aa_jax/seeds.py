@@ -3,7 +3,8 @@
 The paper reports every score as a mean over five seeds. Trained one after another, five
 runs read the frozen backbone five times per step on small batches. :func:`train_seeds`
 stacks the seeds' trainable states along a leading axis and runs one jitted ``vmap`` of
-the train step (:func:`aa_jax.train.make_seeds_train_step`): one frozen backbone, held
+the train step (:func:`aa_jax.step.make_seeds_train_step`) through the one epoch loop
+(:func:`aa_jax.train.epoch_loop`): one frozen backbone, held
 once, and matmuls ``seeds x batch`` rows wide.
 
 Each seed is still its own run, as :func:`aa_jax.train.train` would train it: its own data
@@ -32,12 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from aa_jax import checkpoint, methods
+from aa_jax import checkpoint
 from aa_jax import train as training
+from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
+from aa_jax.experiment import check_same_run, resolve_inputs, run_keys, setup
 from aa_jax.models.loader import load_pretrained
-from aa_jax.train import TrainConfig
+from aa_jax.step import (data_mesh, init_state, make_optimizer, make_predict,
+                         make_seeds_train_step, stack_runs, unstack_run)
 
 
 def train_seeds(configs: list[TrainConfig], out_dirs: list, progress: bool = True,
@@ -65,7 +69,7 @@ def train_seeds(configs: list[TrainConfig], out_dirs: list, progress: bool = Tru
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file; pass a directory for the run.")
         if checkpoint.is_complete(out):
-            training._check_same_run(out, config, training.resolve_inputs(config))
+            check_same_run(out, config, resolve_inputs(config))
             results[i] = checkpoint.read_json(out / "result.json", "run result")
         else:
             pending.append(i)
@@ -117,7 +121,7 @@ def _check_group(configs: list[TrainConfig], out_dirs: list) -> list[Path]:
     if shared:
         raise UserError(f"Several seeds would write to the run directory {shared[0]}; give "
                         f"each seed its own.")
-    if training.data_mesh() is not None:
+    if data_mesh() is not None:
         raise UserError(f"Seeds cannot train together on {len(jax.devices())} devices yet, "
                         f"because data parallel and seeds-together training are not "
                         f"combined; make one device visible (e.g. CUDA_VISIBLE_DEVICES=0) "
@@ -171,9 +175,9 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
     started = time.perf_counter()
     exps, resolved = [], []
     for config, out in zip(configs, outs):
-        resolved.append(training.resolve_inputs(config))
-        exps.append(training.setup(config, pretrained))
-        training._check_same_run(out, config, resolved[-1])
+        resolved.append(resolve_inputs(config))
+        exps.append(setup(config, pretrained))
+        check_same_run(out, config, resolved[-1])
     c, exp0 = configs[0], exps[0]
     sizes = {len(e.labels["train"]) for e in exps}
     if len(sizes) > 1:  # a user dataset smaller than --train-size: train them one by one
@@ -186,86 +190,50 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
     seeds = [config.seed for config in configs]
     frozen, frozen_axes = shared_backbone([e.frozen for e in exps])
     steps_per_epoch = pipeline.num_batches(sizes.pop(), c.batch_size)
-    tx = training.make_optimizer(c, steps_per_epoch * c.epochs, exp0.trainable)
-    drop_max, drop_first = methods.adapterdrop_schedule(
-        c.method, exp0.architecture.depth, c.adapterdrop_max, c.drop_first)
-    step_fn = training.make_seeds_train_step(exp0.model, tx, task.is_regression, drop_max,
-                                             frozen_axes)
-    predict = training.make_predict(exp0.model, task.is_regression, drop_first)
-    train_keys = training.stack_runs([training.run_keys(seed)[1] for seed in seeds])
+    tx = make_optimizer(c, steps_per_epoch * c.epochs, exp0.trainable,
+                        exp0.method.learning_rates)
+    drop_max, drop_first = exp0.method.adapterdrop_schedule(
+        exp0.architecture.depth, c.adapterdrop_max, c.drop_first)
+    step_fn = make_seeds_train_step(exp0.model, tx, task.is_regression, drop_max,
+                                    frozen_axes)
+    predict = make_predict(exp0.model, task.is_regression, drop_first)
+    train_keys = stack_runs([run_keys(seed)[1] for seed in seeds])
     pad_id = exp0.encoded["train"].pad_id
 
-    mgrs = [checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep) for out in outs]
-    failures: dict[int, UserError] = {}
+    runs = [training.Run(exp, out, checkpoint.manager(out / "checkpoints",
+                                                      c.checkpoints_to_keep),
+                         predict, exp.frozen, res)
+            for exp, out, res in zip(exps, outs, resolved)]
     try:
-        states, logs = [], []
-        for exp, mgr in zip(exps, mgrs):
-            state, log = training.resume(mgr, training.init_state(exp.trainable, tx))
-            states.append(state)
-            logs.append(log)
-        starts = {log.start_epoch for log in logs}
+        states = [run.start(init_state(run.exp.trainable, tx)) for run in runs]
+        starts = {run.log.start_epoch for run in runs}
         if len(starts) > 1:
             raise UserError(f"The checkpoints of seeds {seeds} record different epochs; "
                             f"train these seeds one at a time.")
-        start = starts.pop()
-        for exp, out, res, log in zip(exps, outs, resolved, logs):
-            training.write_config(out, exp, res)
-            training._write_history(out, log.history)
-        state = training.stack_runs(states)
+        state = stack_runs(states)
         del states
-
-        select = task.select_metric
-        bar = training._progress(c.epochs, progress)
-        bar.update(start - 1)
         setup_seconds = time.perf_counter() - started
         # The checkpoints carry each seed's share of the group's time (see train_seeds).
-        t0 = time.perf_counter() - sum(log.elapsed for log in logs)
+        t0 = time.perf_counter() - sum(run.log.elapsed for run in runs)
 
-        def seconds() -> float:
-            return (time.perf_counter() - t0) / n
-
-        for epoch in range(start, c.epochs + 1):
+        def batches(epoch: int):
             streams = [pipeline.batches(e.encoded["train"], e.labels["train"], c.batch_size,
                                         shuffle_seed=training.shuffle_seed(seed, epoch))
                        for e, seed in zip(exps, seeds)]
-            losses, grad_norms = [], []
             for step_batches in zip(*streams, strict=True):
-                batch = stack_step_batches(list(step_batches), pad_id)
-                state, metrics = step_fn(state, frozen, batch, train_keys)
-                losses.append(metrics["loss"])
-                grad_norms.append(metrics["grad_norm"])
-            losses = np.asarray(jax.device_get(losses), dtype=np.float64)  # [steps, seeds]
-            grad_norms = np.asarray(jax.device_get(grad_norms), dtype=np.float64)
-            devs = []
-            for i in range(n):
-                if i in failures:
-                    continue
-                one = training.unstack_run(state, i)
-                try:
-                    training._check_finite(losses[:, i], grad_norms[:, i], one, epoch,
-                                           mgrs[i])
-                except UserError as e:  # this seed stops here; the others go on
-                    failures[i] = e
-                    continue
-                devs.append(training.end_epoch(exps[i], outs[i], mgrs[i], predict,
-                                               exps[i].frozen, one, epoch, losses[:, i],
-                                               logs[i], seconds)[select])
-            if len(failures) == n:
-                break
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses.mean():.4f}",
-                            **{f"dev_{select}": f"{np.mean(devs):.4f}"})
-        bar.close()
+                yield stack_step_batches(list(step_batches), pad_id)
+
+        training.epoch_loop(runs, state, step_fn, frozen, train_keys, batches, unstack_run,
+                            progress, lambda: (time.perf_counter() - t0) / n)
     finally:
-        for mgr in mgrs:
-            mgr.close()
+        for run in runs:
+            run.mgr.close()
     group_seconds = time.perf_counter() - t0
     extra = {"seeds_together": seeds, "group_train_seconds": round(group_seconds, 2)}
-    results = [None if i in failures else
-               training.finish_run(exps[i], outs[i], predict, exps[i].frozen, logs[i].best,
-                                   drop_first, group_seconds / n, extra,
-                                   setup_seconds=setup_seconds / n)
-               for i in range(n)]
+    results = [None if run.failure else
+               run.finish(group_seconds / n, extra, setup_seconds=setup_seconds / n)
+               for run in runs]
+    failures = [run.failure for run in runs if run.failure]
     if failures:
-        raise failures[min(failures)]
+        raise failures[0]
     return results

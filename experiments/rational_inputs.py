@@ -27,7 +27,8 @@ from aa_jax.data import pipeline
 from aa_jax.export import static_architecture, static_params
 from aa_jax.methods import read_learned
 from aa_jax.models.bert import BertForSequenceClassification
-from aa_jax.train import load_run, merge
+from aa_jax.experiment import load_run
+from aa_jax.params import merge
 
 EDGES = np.linspace(-4.0, 4.0, 161)  # the figure shows [-3, 3]; the rest is counted apart
 

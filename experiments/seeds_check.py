@@ -29,7 +29,9 @@ from aa_jax.cache import enable_compilation_cache
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
 from aa_jax.seeds import train_seeds
-from aa_jax.train import PROTOCOLS, TrainConfig, load_data, shuffle_seed, train
+from aa_jax.config import PROTOCOLS, TrainConfig
+from aa_jax.experiment import load_data
+from aa_jax.train import shuffle_seed, train
 
 SEEDS = (42, 92, 111, 245, 651)
 

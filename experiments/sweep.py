@@ -55,7 +55,8 @@ from pathlib import Path
 
 from aa_jax.checkpoint import is_complete, read_json, write_json_atomic, write_text_atomic
 from aa_jax.errors import UserError
-from aa_jax.train import METHODS, TrainConfig
+from aa_jax.config import TrainConfig
+from aa_jax.methods import METHODS
 
 EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent

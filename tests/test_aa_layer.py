@@ -11,7 +11,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax.adapters import AdapterSlot, Architecture, LayerSpec
-from aa_jax.models.bert import BertModel
+from aa_jax.models.bert import BertModel, in_layout
 from aa_jax.switch import ADAPTER, IDENTITY
 
 REFERENCE = Path(__file__).parent / "reference" / "minilm_adapterhub_seq_bn_reference.npz"
@@ -41,8 +41,9 @@ def _max_error_on_real_tokens(got, ref, key="last_hidden_state"):
 
 
 def _encode(pre, architecture, params, ref):
-    last, _ = BertModel(pre.config, architecture).apply(
-        {"params": params}, *(jnp.asarray(ref[k], jnp.int32)
+    model = BertModel(pre.config, architecture)
+    last, _ = model.apply(
+        {"params": in_layout(params, model)}, *(jnp.asarray(ref[k], jnp.int32)
                               for k in ("input_ids", "token_type_ids", "attention_mask")))
     return last
 

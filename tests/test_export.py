@@ -13,7 +13,8 @@ from aa_jax.export import static_architecture, static_params
 from aa_jax.models.bert import BertForSequenceClassification, BertModel
 from aa_jax.models.loader import load_pretrained
 from aa_jax.switch import ADAPTER, IDENTITY
-from aa_jax.train import init_params, merge
+from aa_jax.experiment import init_params
+from aa_jax.params import merge
 
 
 def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint):

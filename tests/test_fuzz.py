@@ -27,7 +27,7 @@ from aa_jax.adapters import Architecture
 from aa_jax.data import glue
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNED_SCHEMA, read_learned, selected_layers_from
-from aa_jax.train import TrainConfig
+from aa_jax.config import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -36,7 +36,8 @@ from aa_jax.data import glue
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNED_SCHEMA, read_learned
 from aa_jax.models.loader import load_pretrained
-from aa_jax.train import TrainConfig, train
+from aa_jax.config import TrainConfig
+from aa_jax.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6

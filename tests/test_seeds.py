@@ -17,7 +17,8 @@ from aa_jax import train as train_module
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
 from aa_jax.seeds import train_seeds
-from aa_jax.train import TrainConfig, train
+from aa_jax.config import TrainConfig
+from aa_jax.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,9 @@ import jax, jax.numpy as jnp, numpy as np
 from aa_jax.data import pipeline
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
-from aa_jax.train import (TrainConfig, init_state, make_optimizer, make_seeds_train_step,
-                          make_train_step, setup, stack_runs)
+from aa_jax.config import TrainConfig
+from aa_jax.experiment import setup
+from aa_jax.step import (init_state, make_optimizer, make_seeds_train_step, make_train_step, stack_runs)
 base = TrainConfig(**json.loads(sys.argv[1]))
 pre = load_pretrained(base.model)
 seeds = (42, 7)
@@ -94,19 +96,21 @@ def test_seeds_together_equal_their_sequential_runs_in_float64(tiny_checkpoint, 
 
 # TrainConfig offers float32 and bfloat16 only, so the script swaps a float64 model and
 # float64 params into the Experiment that setup() returns; train() and train_seeds() both
-# build their runs through aa_jax.train.setup, so both run in float64. It records every
+# build their runs through aa_jax.experiment.setup, so both run in float64. It records every
 # step's losses, and for the seeds-together steps how many batches were widened.
 RUNS_SCRIPT = """
 import copy, dataclasses, json, sys
 from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
+from aa_jax import seeds as seeds_module
 from aa_jax import train as training
+from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
 from aa_jax.seeds import train_seeds
 
-base = training.TrainConfig(**json.loads(sys.argv[1]))
+base = TrainConfig(**json.loads(sys.argv[1]))
 dropout, root, seeds = sys.argv[2] == "dropout", Path(sys.argv[3]), [42, 7]
 pre = load_pretrained(base.model)
 bert_config = copy.deepcopy(pre.config)
@@ -124,7 +128,7 @@ def setup64(config, pretrained=None, **kwargs):
 
 losses = {"sequential": [], "together": []}
 widened, dtypes = [0, 0], set()
-real_step, real_seeds_step = training.make_train_step, training.make_seeds_train_step
+real_step, real_seeds_step = training.make_train_step, seeds_module.make_seeds_train_step
 
 def make_step(*args, **kwargs):
     step, run = real_step(*args, **kwargs), []
@@ -149,8 +153,8 @@ def make_seeds_step(*args, **kwargs):
         return states, metrics
     return recorded
 
-training.setup = setup64
-training.make_train_step, training.make_seeds_train_step = make_step, make_seeds_step
+training.setup = seeds_module.setup = setup64
+training.make_train_step, seeds_module.make_seeds_train_step = make_step, make_seeds_step
 configs = [dataclasses.replace(base, seed=seed) for seed in seeds]
 together = train_seeds(configs, [root / "together" / str(s) for s in seeds], False, pre)
 sequential = [training.train(c, root / "sequential" / str(c.seed), False, pre) for c in configs]

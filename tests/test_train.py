@@ -10,7 +10,9 @@ from flax.traverse_util import flatten_dict
 from aa_jax import cli
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
-from aa_jax.train import TrainConfig, init_state, make_optimizer, make_train_step, setup
+from aa_jax.config import TrainConfig
+from aa_jax.experiment import setup
+from aa_jax.step import init_state, make_optimizer, make_train_step
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 * :mod:`aa_jax.data.glue` -- :class:`Task`, :class:`Examples`, GLUE and user datasets, and
   the low-data train/dev/test protocol;
+* :mod:`aa_jax.data.readers` -- CSV, TSV, JSON-lines and Parquet files read as Arrow
+  tables, with one-sentence errors;
 * :mod:`aa_jax.data.pipeline` -- tokenisation and fixed-shape, length-bucketed batches;
 * :mod:`aa_jax.data.metrics` -- accuracy, F1, MCC, Pearson and Spearman per task.
 """

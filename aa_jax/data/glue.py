@@ -13,7 +13,8 @@ GLUE splits are read from a local folder laid out like the Hugging Face dataset 
 ``nyu-mll/glue`` (``<root>/<task>/<split>-00000-of-00001.parquet``) when one is given or
 named by the ``AA_JAX_GLUE_DIR`` environment variable, and from the hub otherwise. User
 datasets (CSV, TSV, JSON lines or Parquet) become a :class:`Task` plus splits of the same
-shape, so a custom dataset follows exactly the same path as a GLUE task.
+shape, so a custom dataset follows exactly the same path as a GLUE task. The files
+themselves are read by :mod:`aa_jax.data.readers`.
 
 The paper's low-data protocol (:func:`make_splits`): draw ``train_size`` examples from the
 training split with the run's seed, keep the first ``floor(0.75 * n)`` of them for training
@@ -26,7 +27,6 @@ Every problem with the user's data or flags is raised as :class:`aa_jax.errors.U
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -35,8 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from aa_jax.data.readers import (
+    _check_not_empty,
+    _first_line,
+    _read_parquet,
+    _read_user_file,
+    _require_columns,
+    _text_lists,
+)
 from aa_jax.errors import UserError
 
 GLUE_DIR_ENV = "AA_JAX_GLUE_DIR"
@@ -158,139 +165,6 @@ def get_task(name: str | Task) -> Task:
     if key not in GLUE_TASKS:
         raise UserError(f"Unknown task {name!r}; choose one of {', '.join(GLUE_TASKS)}.")
     return GLUE_TASKS[key]
-
-
-# --------------------------------------------------------------------------------------
-# Reading tables
-# --------------------------------------------------------------------------------------
-
-
-def _read_parquet(path: Path, columns: Sequence[str], what: str) -> pa.Table:
-    """Read ``columns`` of a Parquet file, turning Arrow's errors into one-line UserErrors."""
-    import pyarrow.parquet as pq
-
-    try:
-        available = pq.ParquetFile(path).schema_arrow.names
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{what} is not a readable Parquet file ({_first_line(error)}); "
-                        f"replace it with an intact copy.") from error
-    _require_columns(available, columns, what)
-    try:
-        table = pq.read_table(path, columns=list(columns))
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{what} is corrupt or truncated ({_first_line(error)}); "
-                        f"replace it with an intact copy.") from error
-    return _check_valid(table, what)
-
-
-def _check_valid(table: pa.Table, what: str) -> pa.Table:
-    """Checks what the readers do not: valid UTF-8 in column names and string data."""
-    try:
-        table.schema.names
-        table.validate(full=True)
-    except (pa.ArrowException, UnicodeDecodeError) as error:
-        raise UserError(f"{what} holds invalid data ({_first_line(error)}); save it as UTF-8 "
-                        f"text or replace it with an intact copy.") from None
-    return table
-
-
-def _read_json(path: Path, what: str) -> pa.Table:
-    """A JSON-lines file, or a ``.json`` file holding one array of objects.
-
-    Parsed with Python's ``json`` (which refuses absurd nesting with a RecursionError)
-    rather than Arrow's JSON reader, which crashes the process on deeply nested input.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
-        if not all(isinstance(row, dict) for row in rows):
-            raise ValueError("each example must be one JSON object")
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowException, ValueError, OSError, OverflowError, RecursionError) as error:
-        raise UserError(f"{what} is not valid JSON lines ({_first_line(error)}); write one "
-                        f"JSON object per line with the text and label fields.") from None
-
-
-def _read_delimited(path: Path, delimiter: str, text_columns: Sequence[str], what: str) -> pa.Table:
-    """A CSV/TSV file with a header row; text columns are always read as strings."""
-    import pyarrow.csv as pcsv
-
-    try:
-        return pcsv.read_csv(
-            path,
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
-            convert_options=pcsv.ConvertOptions(
-                column_types={column: pa.string() for column in text_columns}),
-        )
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{what} could not be parsed ({_first_line(error)}); give it a header "
-                        f"row and one example per row.") from error
-
-
-def _read_user_file(path: Path, text_columns: Sequence[str], label_column: str) -> pa.Table:
-    """Read a user data file by its extension and check the needed columns are there."""
-    what = f"data file {path}"
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".jsonl", ".json", ".csv", ".tsv"):
-        raise UserError(f"Data file {path} has an unsupported extension {suffix!r}; use .csv, "
-                        f".tsv, .jsonl, .json or .parquet.")
-    if not path.is_file():
-        raise UserError(f"Data file {path} does not exist; check the path.")
-    columns = [*text_columns, label_column]
-    if suffix in (".parquet", ".pq"):
-        return _read_parquet(path, columns, what)
-    if suffix in (".jsonl", ".json"):
-        table = _read_json(path, what)
-    else:
-        table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, what)
-    _check_valid(table, what)
-    _require_columns(table.column_names, columns, what)
-    return table.select(columns)
-
-
-def _require_columns(available: Sequence[str], needed: Sequence[str], what: str) -> None:
-    missing = [column for column in needed if column not in available]
-    if missing:
-        raise UserError(f"{what} has no column(s) {', '.join(missing)} (it has "
-                        f"{', '.join(available) or 'none'}); use a file with those columns "
-                        f"or name the right ones.")
-    repeated = [column for column in needed if list(available).count(column) > 1]
-    if repeated:
-        raise UserError(f"{what} has more than one column named {repeated[0]}; give its "
-                        f"columns distinct names.")
-
-
-def _first_line(error: BaseException) -> str:
-    """The first sentence of an exception's message, short enough to quote in ours."""
-    lines = str(error).strip().splitlines()
-    line = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _text_lists(table: pa.Table, text_columns: Sequence[str], what: str) -> tuple[list[str], ...]:
-    """The text columns as Python lists of strings; missing values are an error."""
-    columns = []
-    for name in text_columns:
-        column = table.column(name)
-        if column.null_count:
-            raise UserError(f"{what} has {column.null_count} missing value(s) in text column "
-                            f"{name}; drop or fill those rows.")
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            try:
-                column = pc.cast(column, pa.string())
-            except pa.ArrowException as error:
-                raise UserError(f"{what} text column {name} holds {column.type}, not text; "
-                                f"point the text column option at a column of strings.") from error
-        columns.append(column.to_pylist())
-    return tuple(columns)
-
-
-def _check_not_empty(table: pa.Table, what: str) -> None:
-    if table.num_rows == 0:
-        raise UserError(f"{what} has no rows; use a split that contains examples.")
 
 
 # --------------------------------------------------------------------------------------

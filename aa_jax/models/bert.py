@@ -5,7 +5,10 @@ mechanically (see :mod:`aa_jax.models.loader`): ``embeddings``, ``encoder/layer_
 (``attention/self/{query,key,value}``, ``attention/output/{dense,LayerNorm}``,
 ``intermediate/dense``, ``output/{dense,LayerNorm}``), ``pooler/dense``. Each layer ends in
 an :class:`aa_jax.adapters.AdapterSlot`, so the adapter parameters live at
-``encoder/layer_{i}/slot/adapter`` and the switch logits at ``encoder/layer_{i}/slot/switch``.
+``encoder/layer_{i}/output/slot/adapter`` and the switch logits at
+``encoder/layer_{i}/output/slot/switch``. The encoder runs scanned by default, with the
+layers of each run of identical specs stacked under ``encoder/layers_{first}_{last}``;
+:mod:`aa_jax.params` converts between the layouts.
 
 Works for any ``transformers.BertConfig`` (MiniLM, base, large).
 """
@@ -18,8 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aa_jax.adapters import AdapterSlot, Architecture
+from aa_jax.adapters import AdapterSlot, Architecture, LayerSpec
 from aa_jax.errors import UserError
+from aa_jax.params import stack_layers, stack_name
 
 _ACT = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -184,20 +188,90 @@ class BertOutputBlock(nn.Module):
 
 
 class BertLayer(nn.Module):
+    """One transformer layer with the adapter its ``spec`` describes.
+
+    The signature is a scan body's: ``(x, mask_bias, drop) -> (x, None)``. ``drop``
+    (AdapterDrop) removes this layer's adapter: None (keep it), a Python bool (static:
+    a dropped adapter is not computed), or a traced <bool>[] (the per-step draw, and the
+    scanned encoder's per-layer flag; a dropped adapter is skipped by ``cond``).
+    """
+
     config: Any
-    layer_index: int
+    spec: LayerSpec
     architecture: Architecture
     dtype: Any = jnp.float32
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask_bias, drop=None):
+        c = self.config
+        inp = BertAttention(c, self.dtype, name="attention")(x, mask_bias, self.deterministic)
+        inter = BertIntermediate(c, self.dtype, name="intermediate")(inp)
+        out = BertOutputBlock(c, self.spec, self.architecture, self.dtype, name="output")(
+            inter, inp, self.deterministic, drop)
+        return out, None
+
+
+def segments(architecture: Architecture) -> list[tuple[int, int]]:
+    """The runs ``(first, last)`` of consecutive layers with identical specs: each runs as
+    one scan (baseline, AA, rational-only, switch-only: one; last-n: two)."""
+    runs: list[tuple[int, int]] = []
+    for i, spec in enumerate(architecture.layers):
+        if runs and architecture.layers[runs[-1][0]] == spec:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def encoder_segments(model) -> list[tuple[int, int]]:
+    """The stacked segments of a ``BertModel``'s or classifier's encoder ([] unrolled)."""
+    if not model.scan:
+        return []
+    return segments(model.architecture or Architecture.none(model.config.num_hidden_layers))
+
+
+def in_layout(params: dict, model) -> dict:
+    """Per-layer ``params`` (e.g. ``load_pretrained(...).params``) in ``model``'s layout:
+    ``model.apply({"params": in_layout(pre.params, model)}, ...)``."""
+    return stack_layers(params, encoder_segments(model))
+
+
+class BertEncoder(nn.Module):
+    """The layers, scanned (``encoder/layers_{first}_{last}``, stacked parameters; see
+    :mod:`aa_jax.params`) or unrolled (``encoder/layer_{i}``).
+
+    Scanned, each run of identical layers is traced and compiled once, whatever the
+    depth; every layer still draws its own dropout and Gumbel noise (the rng streams are
+    split per layer). Both compute the same function of the same parameters.
+    """
+
+    config: Any
+    architecture: Architecture
+    dtype: Any = jnp.float32
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool, adapter_drop=None):
-        c = self.config
-        spec = self.architecture.layers[self.layer_index]
-        inp = BertAttention(c, self.dtype, name="attention")(x, mask_bias, deterministic)
-        inter = BertIntermediate(c, self.dtype, name="intermediate")(inp)
-        drop = None if adapter_drop is None else self.layer_index < adapter_drop
-        return BertOutputBlock(c, spec, self.architecture, self.dtype, name="output")(
-            inter, inp, deterministic, drop)
+        c, arch = self.config, self.architecture
+        if not self.scan:
+            for i, spec in enumerate(arch.layers):
+                drop = None if adapter_drop is None else i < adapter_drop
+                x, _ = BertLayer(c, spec, arch, self.dtype, deterministic,
+                                 name=f"layer_{i}")(x, mask_bias, drop)
+            return x
+        for first, last in segments(arch):
+            spec = arch.layers[first]
+            if adapter_drop is None or not spec.adapter:
+                drops, drop_axis = None, nn.broadcast
+            else:  # each layer's flag, scanned with its parameters
+                drops, drop_axis = jnp.arange(first, last + 1) < adapter_drop, 0
+            layers = nn.scan(BertLayer, variable_axes={"params": 0, "intermediates": 0},
+                             split_rngs={"params": True, "dropout": True, "gumbel": True},
+                             in_axes=(nn.broadcast, drop_axis), length=last - first + 1)
+            x, _ = layers(c, spec, arch, self.dtype, deterministic,
+                          name=stack_name(first, last))(x, mask_bias, drops)
+        return x
 
 
 class BertModel(nn.Module):
@@ -207,11 +281,14 @@ class BertModel(nn.Module):
       config: a ``transformers.BertConfig``.
       architecture: where adapters go; default none (the plain pretrained encoder).
       dtype: computation dtype (params stay float32; rationals always compute in float32).
+      scan: run identical consecutive layers as one ``nn.scan`` (stacked parameters); False
+        unrolls them (``encoder/layer_{i}``, the layout of pretrained checkpoints).
     """
 
     config: Any
     architecture: Architecture | None = None
     dtype: Any = jnp.float32
+    scan: bool = True
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
@@ -245,23 +322,10 @@ class BertModel(nn.Module):
                               jnp.finfo(jnp.float32).min).astype(jnp.float32)
         x = BertEmbeddings(c, self.dtype, name="embeddings")(input_ids, token_type_ids,
                                                               deterministic)
-        x = BertEncoder(c, arch, self.dtype, name="encoder")(x, mask_bias, deterministic,
-                                                             adapter_drop)
+        x = BertEncoder(c, arch, self.dtype, self.scan, name="encoder")(
+            x, mask_bias, deterministic, adapter_drop)
         pooled = BertPooler(c, self.dtype, name="pooler")(x)
         return x, pooled
-
-
-class BertEncoder(nn.Module):
-    config: Any
-    architecture: Architecture
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask_bias, deterministic: bool, adapter_drop=None):
-        for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, i, self.architecture, self.dtype, name=f"layer_{i}")(
-                x, mask_bias, deterministic, adapter_drop)
-        return x
 
 
 class BertPooler(nn.Module):
@@ -291,9 +355,9 @@ class BertForSequenceClassification(nn.Module):
     varies between inputs.
 
     Returns ``(logits <float32>[batch, num_labels], aux)`` (float64 for a float64 model);
-    ``aux`` is empty here and kept for heads that report more. Switch probabilities are sown as ``intermediates``
-    (``.../slot/switch/switch_probs``): apply with ``mutable=["intermediates"]`` to read
-    them.
+    ``aux`` is empty here and kept for heads that report more. Switch probabilities are
+    sown as ``intermediates`` (``.../slot/switch/switch_probs``, stacked over the layers of
+    a scanned run): apply with ``mutable=["intermediates"]`` to read them.
     """
 
     config: Any
@@ -301,6 +365,7 @@ class BertForSequenceClassification(nn.Module):
     architecture: Architecture | None = None
     dtype: Any = jnp.float32
     pooling: str = "pooler"
+    scan: bool = True
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
@@ -309,7 +374,7 @@ class BertForSequenceClassification(nn.Module):
         if self.pooling not in POOLINGS or self.pooling == "auto":
             raise UserError(f"Unknown pooling {self.pooling!r}; choose one of: "
                             f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
-        last, pooled = BertModel(c, self.architecture, self.dtype, name="bert")(
+        last, pooled = BertModel(c, self.architecture, self.dtype, self.scan, name="bert")(
             input_ids, token_type_ids, attention_mask, deterministic, adapter_drop)
         # The head reads float32 (or float64) whatever the backbone computed in.
         head_dtype = jnp.promote_types(self.dtype, jnp.float32)

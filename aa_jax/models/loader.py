@@ -260,11 +260,13 @@ def check_params(params: dict, expected: dict, path: Path | str) -> None:
 
 
 def backbone_shapes(config: BertConfig) -> dict:
-    """The plain ``BertModel`` param tree as shapes, without allocating anything."""
+    """The plain ``BertModel`` param tree (per-layer layout) as shapes, without allocating
+    anything."""
     from aa_jax.models.bert import BertModel
 
     ids = jnp.zeros((1, 8), jnp.int32)
-    return jax.eval_shape(lambda: BertModel(config).init(jax.random.key(0), ids))["params"]
+    return jax.eval_shape(lambda: BertModel(config, scan=False).init(jax.random.key(0),
+                                                                     ids))["params"]
 
 
 def load_tokenizer(path: Path):
@@ -304,13 +306,40 @@ def load_pretrained(name_or_path: str | Path = "minilm", tokenizer: bool = True)
 
 
 def with_backbone(params: dict, backbone: dict) -> dict:
-    """``params`` of a model with a ``bert`` submodule, its backbone replaced by ``backbone``.
+    """``params`` of a model with a ``bert`` submodule, its backbone replaced by ``backbone``
+    (per-layer layout, as :func:`load_pretrained` gives it; stacked to ``params``' layout).
 
     Adapter, switch and head params keep their values; every pretrained weight is
     overwritten (a missing pooler keeps its init).
     """
+    from aa_jax.params import stack_layers_like
+
     flat = flatten_dict(params)
-    for k, v in flatten_dict(backbone).items():
+    for k, v in flatten_dict(stack_layers_like(backbone, params)).items():
         flat[("bert",) + k] = v
     return unflatten_dict(flat)
 
+
+
+def random_pretrained(name_or_path: str | Path = "bert-large", seed: int = 0) -> Pretrained:
+    """A backbone of the named model's shapes with random weights, for benchmarks of
+    checkpoints that are not installed (``bert-large`` needs no download).
+
+    Drawn array by array on the host (N(0, initializer_range), LayerNorm scale 1 and
+    biases 0, as BERT initialises), so no compiled init of the whole model is needed:
+    BERT-large's 335 M parameters take a few seconds.
+    """
+    config = load_config(name_or_path)
+    rng = np.random.default_rng(seed)
+    std = float(getattr(config, "initializer_range", 0.02))
+
+    def draw(path, shape):
+        if path[-1] == "bias":
+            return np.zeros(shape.shape, np.float32)
+        if path[-1] == "scale":
+            return np.ones(shape.shape, np.float32)
+        return rng.standard_normal(shape.shape, np.float32) * np.float32(std)
+
+    flat = flatten_dict(backbone_shapes(config))
+    params = unflatten_dict({k: jnp.asarray(draw(k, v)) for k, v in flat.items()})
+    return Pretrained(str(name_or_path), Path(str(name_or_path)), config, params, None, True)

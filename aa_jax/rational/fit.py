@@ -1,33 +1,4 @@
-"""Learnable rational activation R(x) = P(x) / Q(x).
-
-Adaptable Adapters replace the fixed nonlinearity of each adapter with a rational function
-whose coefficients are trained with the rest of the adapter, so every layer can learn the
-activation it needs. The numerator is always
-
-    P(x) = a_0 + a_1 x + ... + a_m x^m                          (m + 1 coefficients)
-
-and the denominator comes in four versions (b are the denominator coefficients):
-
-    A: Q(x) = 1 + sum_{k=1..n} |b_k x^k|        (n coefficients; the official AA default)
-    B: Q(x) = 1 + |sum_{k=1..n} b_k x^k|        (n coefficients)
-    C: Q(x) = 0.1 + |b_0 + sum_{k=1..n} b_k x^k|  (n + 1 coefficients)
-    N: Q(x) = 1 + sum_{k=1..n} b_k x^k          (n coefficients; may have poles, for comparison)
-
-A, B and C keep Q >= 1 (or >= 0.1), so R has no poles for any coefficients; N does not.
-The default degrees are (m, n) = (5, 4).
-
-Gradients follow the PAU CUDA kernels that the released Adaptable Adapters code trains
-with: every ``|t|`` in Q has the derivative ``copysign(1, t)``, which is +1 at t = +0
-(JAX's own ``abs`` rule gives +1 at both zeros, PyTorch's CPU ``abs`` gives 0). So:
-
-    A: dR/db_k = -P/Q^2 * copysign(1, b_k) * |x|^k       (= -P/Q^2 |x|^k at b_k = +0)
-       dR/dx   = P'/Q - P/Q^2 * copysign(1, x) * sum_k k |b_k| |x|^(k-1)
-    B: dR/db_k = -P/Q^2 * copysign(1, s) * x^k,   s = b_1 x + b_2 x^2 + ... (summed in
-       that order, as the kernel does, so that s = +0 at b = 0 for n >= 2)
-
-Version A is evaluated as the kernel writes it, Q = 1 + sum |b_k| |x|^k (the same
-function as sum |b_k x^k|). Versions C and N have no kernel in the released code; C uses
-the same copysign rule.
+"""Least-squares fits of R to a function, and the named initialisations made from them.
 
 Named initialisations (``INITS``) are least-squares fits of familiar activations on
 [-3, 3] (see :func:`fit_rational`), except ``one``, which is R(x) = 1 exactly in float32:
@@ -52,25 +23,25 @@ which may round the fit and the evaluation differently in the last bits, still p
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 from scipy.special import erf, expit
 from threadpoolctl import threadpool_limits
 
 from aa_jax.errors import UserError
+from aa_jax.rational.function import (
+    DEFAULT_DEGREES,
+    _C_FLOOR,
+    _denominator_size,
+    _is_int,
+    check_degrees,
+    check_version,
+    rational,
+)
 
-VERSIONS = ("A", "B", "C", "N")
 INITS = ("one", "identity", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "swish")
-DEFAULT_DEGREES = (5, 4)
-
-# The lower bound of Q in version C.
-_C_FLOOR = 0.1
 
 # Float64 targets of the named fits; ``one`` is set exactly instead of fitted.
 _TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -126,147 +97,10 @@ FIT_MAX_ERROR: dict[tuple[str, str], float] = {
     key: _fit_bound(key[0], measured) for key, measured in FIT_MEASURED_ERROR.items()}
 
 
-# ---------------------------------------------------------------------------------------
-# Validation
-# ---------------------------------------------------------------------------------------
-
-
-def check_version(version: str) -> str:
-    if not isinstance(version, str) or version not in VERSIONS:
-        raise UserError(
-            f"Unknown rational version {version!r}; choose one of: {', '.join(VERSIONS)}."
-        )
-    return version
-
-
 def check_init(init: str) -> str:
     if not isinstance(init, str) or init not in INITS:
         raise UserError(f"Unknown rational init {init!r}; choose one of: {', '.join(INITS)}.")
     return init
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_degrees(degrees: tuple[int, int]) -> tuple[int, int]:
-    """Return ``degrees`` as a hashable ``(m, n)`` pair of plain non-negative ints."""
-    ok = (
-        isinstance(degrees, (tuple, list))
-        and len(degrees) == 2
-        and all(_is_int(d) and d >= 0 for d in degrees)
-    )
-    if not ok:
-        raise UserError(
-            "Rational degrees must be a pair of non-negative integers (numerator degree, "
-            f"denominator degree) such as (5, 4), got {degrees!r}."
-        )
-    return int(degrees[0]), int(degrees[1])
-
-
-def _denominator_size(version: str, n: int) -> int:
-    """Number of denominator coefficients for denominator degree ``n``: C also has b_0."""
-    return n + 1 if check_version(version) == "C" else n
-
-
-def _check_coefficient_shapes(numerator: jax.Array, denominator: jax.Array, version: str):
-    if numerator.ndim != 1 or numerator.shape[0] < 1:
-        raise UserError(
-            "Rational numerator must be a 1-D array of m + 1 coefficients a_0..a_m, "
-            f"got shape {tuple(numerator.shape)}."
-        )
-    if version == "C":
-        if denominator.ndim != 1 or denominator.shape[0] < 1:
-            raise UserError(
-                "Rational denominator for version C must be a 1-D array of n + 1 "
-                f"coefficients b_0..b_n, got shape {tuple(denominator.shape)}."
-            )
-    elif denominator.ndim != 1:
-        raise UserError(
-            f"Rational denominator for version {version} must be a 1-D array of n "
-            f"coefficients b_1..b_n, got shape {tuple(denominator.shape)}."
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------
-
-
-@jax.custom_jvp
-def _abs(t: jax.Array) -> jax.Array:
-    """|t| whose derivative is copysign(1, t), as in the PAU kernels (+1 at +0, -1 at -0)."""
-    return jnp.abs(t)
-
-
-@_abs.defjvp
-def _abs_jvp(primals, tangents):
-    (t,), (dt,) = primals, tangents
-    return jnp.abs(t), jnp.copysign(jnp.ones_like(t), t) * dt
-
-
-def _horner(coefficients: jax.Array, x: jax.Array) -> jax.Array:
-    """sum_j c_j x^j for coefficients c_0..c_d; one multiply-add per degree."""
-    acc = jnp.broadcast_to(coefficients[-1], x.shape)
-    for j in range(coefficients.shape[0] - 2, -1, -1):
-        acc = acc * x + coefficients[j]
-    return acc
-
-
-def _denominator(x: jax.Array, b: jax.Array, version: str) -> jax.Array:
-    n = b.shape[0]
-    if version == "A":
-        # Q = 1 + |x| (|b_1| + |x| (|b_2| + ...)): the kernel's 1 + sum |b_k| |x|^k by
-        # Horner's rule, with the kernel's derivatives through _abs (module docstring).
-        if not n:
-            return jnp.ones_like(x)
-        return 1.0 + _abs(x) * _horner(_abs(b), _abs(x))
-    if version == "C":
-        return _C_FLOOR + _abs(_horner(b, x))
-    if version == "B":
-        # s = b_1 x + b_2 x^2 + ... term by term, in the kernel's order: the sign of s at
-        # b = 0 (+0 for n >= 2) decides the direction of dR/db there.
-        s, power = jnp.zeros_like(x), x
-        for k in range(n):
-            s = b[k] * power if k == 0 else s + b[k] * power
-            power = power * x
-        return 1.0 + _abs(s)
-    s = x * _horner(b, x) if n else jnp.zeros_like(x)
-    return 1.0 + s
-
-
-def rational(
-    x: jax.Array, numerator: jax.Array, denominator: jax.Array, version: str = "A"
-) -> jax.Array:
-    """Evaluate R(x) = P(x) / Q(x) elementwise.
-
-    Args:
-      x: any shape. Low-precision floats (bfloat16, float16) are computed in float32 and
-        the result is cast back, because the high powers of x lose all precision in 8 or
-        11 mantissa bits; float32 and float64 inputs are computed in their own precision.
-        Non-float inputs are computed and returned in float32.
-      numerator: <float>[m + 1], a_0..a_m.
-      denominator: <float>[n] = b_1..b_n for versions A, B and N, or <float>[n + 1] =
-        b_0..b_n for version C.
-      version: one of ``VERSIONS``.
-
-    Returns:
-      R(x), same shape as ``x``, in the dtype of ``x`` if it is a float, else float32.
-    """
-    check_version(version)
-    x = jnp.asarray(x)
-    numerator = jnp.asarray(numerator)
-    denominator = jnp.asarray(denominator)
-    _check_coefficient_shapes(numerator, denominator, version)
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        out_dtype = x.dtype
-        compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    else:
-        out_dtype = compute_dtype = jnp.dtype(jnp.float32)
-    xc = x.astype(compute_dtype)
-    p = _horner(numerator.astype(compute_dtype), xc)
-    q = _denominator(xc, denominator.astype(compute_dtype), version)
-    return (p / q).astype(out_dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,44 +337,6 @@ def init_coefficients(
     return a.copy(), b.copy()
 
 
-# ---------------------------------------------------------------------------------------
-# Flax module
-# ---------------------------------------------------------------------------------------
-
-
-class Rational(nn.Module):
-    """A rational activation with one set of coefficients shared by all units.
-
-    Params: ``numerator`` <float32>[m + 1] and ``denominator`` <float32>[n] ([n + 1] for
-    version C), initialised by :func:`init_coefficients`. Sharing the coefficients keeps
-    the activation a handful of parameters per adapter, as in Adaptable Adapters.
-
-    ``initialization`` names the starting function (one of INITS); it is not called
-    ``init`` so that ``Module.init`` keeps working on a standalone instance.
-    """
-
-    version: str = "A"
-    degrees: tuple[int, int] = DEFAULT_DEGREES
-    initialization: str = "one"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: any shape -> R(x), same shape and dtype (see :func:`rational`)."""
-        check_version(self.version)
-        check_init(self.initialization)
-        degrees = check_degrees(self.degrees)
-
-        def coefficient(index):
-            def initializer(_rng):
-                return jnp.asarray(init_coefficients(self.initialization, self.version, degrees)[index])
-
-            return initializer
-
-        numerator = self.param("numerator", coefficient(0))
-        denominator = self.param("denominator", coefficient(1))
-        return rational(x, numerator, denominator, self.version)
-
-
 def measure_fit_error(init: str, version: str, degrees=DEFAULT_DEGREES) -> float:
     """Max |R(x) - target(x)| of a fitted init over 10001 float32 points on [-3, 3].
 
@@ -551,10 +347,3 @@ def measure_fit_error(init: str, version: str, degrees=DEFAULT_DEGREES) -> float
     a, b = init_coefficients(init, version, degrees)
     got = np.asarray(rational(x, a, b, version), np.float64)
     return float(np.max(np.abs(got - _TARGETS[init](x.astype(np.float64)))))
-
-
-if __name__ == "__main__":  # python -m aa_jax.rational: the fit-error table, re-measured
-    print("init        version  measured   recorded   bound")
-    for (init, version), recorded in FIT_MEASURED_ERROR.items():
-        print(f"{init:11s} {version:8s} {measure_fit_error(init, version):.3g}  "
-              f"{recorded:.3g}  {FIT_MAX_ERROR[(init, version)]:.3g}")

@@ -1,0 +1,213 @@
+"""A run's configuration: one dataclass, its validation, and the learning-rate protocols.
+
+:class:`TrainConfig` is declared once: each field carries its help text (and, where it
+is not ``--field-name``, its flag) in its metadata, and the ``aa-jax train`` flags are
+generated from it (:mod:`aa_jax.cli`), so a new option is one field here. It is saved as
+``config.json`` beside a run's results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from aa_jax.adapters import ACTIVATIONS, KINDS
+from aa_jax.data import glue
+from aa_jax.errors import UserError, check_record
+from aa_jax.methods import METHODS
+from aa_jax.models.bert import POOLINGS
+from aa_jax.rational import VERSIONS
+
+CONFIG_SCHEMA = "aa_jax.train_config/v1"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Learning rates (adapters and head, switches, rationals) of the two protocols: the
+# released one, and the one chosen on the baseline's dev scores for MiniLM on a CPU (the
+# released ratios kept; see the README's "The CPU protocol").
+PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
+                          "rational_learning_rate": 0.01},
+             "cpu": {"learning_rate": 3e-3, "switch_learning_rate": 1.5,
+                     "rational_learning_rate": 0.3}}
+# Settings that say where things are, not what is computed: a run moved to another
+# machine or folder is the same run (see aa_jax.experiment.run_identity).
+LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep")
+
+
+def _field(default, help: str, **meta):
+    """A config field with its command-line help (and ``flag``, ``choices``, ``cli``:
+    False for fields the command line does not set)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default),
+                                 metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a run; saved as ``config.json`` beside its results."""
+
+    task: str = _field("rte", "GLUE task; ignored with --data", choices=tuple(glue.GLUE_TASKS))
+    method: str = _field("aa", "what to train (see the README's methods table)",
+                         choices=tuple(METHODS))
+    model: str = _field("minilm", "minilm (offline), bert-base, bert-large, a folder or a "
+                        "hub id")
+    train_size: int | None = _field(100, "examples sampled for train+dev (75/25), or 'full'")
+    seed: int = _field(42, "the run's seed (data sample, init, dropout, Gumbel noise)")
+    epochs: int = _field(20, "training epochs")
+    batch_size: int = _field(32, "examples per step")
+    max_length: int = _field(128, "tokens per example (longer ones are cut)")
+    learning_rate: float = _field(1e-4, "adapters and classifier (default: the protocol's)",
+                                  flag="--lr")
+    switch_learning_rate: float = _field(0.05, "switch logits (default: the protocol's)",
+                                         flag="--switch-lr")
+    rational_learning_rate: float = _field(0.01, "rational coefficients (default: the "
+                                           "protocol's)", flag="--rational-lr")
+    glue_dir: str | None = _field(None, "local GLUE Parquet folder (else $AA_JAX_GLUE_DIR, "
+                                  "else the hub)")
+    architecture: str | None = _field(None, "aa_focused: an AA run directory or its "
+                                      "architecture.json")
+    last_n: int | None = _field(None, "last_n: how many of the last layers get an adapter")
+    activation: str = _field("rational", "last_n: the adapters' activation",
+                             choices=ACTIVATIONS)
+    adapter: str = _field("seq_bn", "adapter kind: " + "; ".join(
+        f"{k.name}: {k.description}" for k in KINDS.values()), choices=tuple(KINDS))
+    lora_rank: int = _field(8, "lora: the rank r of each update")
+    lora_alpha: float = _field(16.0, "lora: the update is scaled by alpha / r")
+    rational_version: str = _field("A", "the rational's denominator form (PAU versions)",
+                                   choices=VERSIONS)
+    temperature: float = _field(0.1, "the switches' Gumbel-softmax temperature tau")
+    hard_switch: bool = _field(False, "straight-through switches (one-hot forward)")
+    max_grad_norm: float | None = _field(1.0, "clip the global gradient norm (0: off); the "
+                                         "released code used 1.0")
+    adapterdrop_max: int | None = _field(
+        None, "adapterdrop: each step drops the first n ~ U{0..N} layers' adapters "
+        "(default: 10 of 24 layers scaled to the depth; 10 is the released code)")
+    drop_first: int = _field(0, "adapterdrop: drop the first k layers' adapters at "
+                             "evaluation")
+    data: list[str] | None = _field(None, "own dataset: TRAIN_FILE,TEST_FILE (csv, tsv, "
+                                    "jsonl, parquet)")
+    text_columns: list[str] | None = _field(None, "own dataset: one or two text columns")
+    label_column: str = _field("label", "own dataset: the label column")
+    checkpoints_to_keep: int = _field(2, "checkpoints kept in the run directory", cli=False)
+    pooling: str = _field("auto", "head input: auto (the pooling a sentence-transformers "
+                          "checkpoint declares, e.g. mean for minilm; else the paper's "
+                          "pooled [CLS]), pooler, mean, cls (the [CLS] hidden state) or max",
+                          choices=POOLINGS)
+    dtype: str = _field("float32", "compute dtype of the frozen backbone (LayerNorm "
+                        "statistics, softmax, rationals, switches, head and loss stay "
+                        "float32)", choices=tuple(DTYPES))
+
+    def architecture_options(self) -> dict[str, Any]:
+        """The :class:`~aa_jax.adapters.Architecture` settings this config chooses."""
+        return {"rational_version": self.rational_version, "hard_switch": self.hard_switch,
+                "temperature": self.temperature, "adapter": self.adapter,
+                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainConfig:
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k != "resolved"}  # written by train(), not a setting
+            if d.get("adapter_skip") is False:  # aa_jax 0.1's default; the variant is gone
+                d.pop("adapter_skip")
+        d = check_record(d, CONFIG_SCHEMA, [f.name for f in dataclasses.fields(cls)],
+                         "run config")
+        config = cls(**d)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Type and range checks that need no files; each failure is one sentence."""
+        def need(ok: bool, message: str):
+            if not ok:
+                raise UserError(message)
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):  # a finite float; an int too large for a float is not one
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                return False
+            try:
+                return math.isfinite(float(v))
+            except OverflowError:
+                return False
+
+        def is_str_list(v):
+            return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+        need(isinstance(self.task, str) and bool(self.task), "--task must be a task name.")
+        need(isinstance(self.method, str) and self.method in METHODS,
+             f"Unknown method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        need(isinstance(self.model, str) and bool(self.model),
+             "--model must be a preset, a folder or a hub id.")
+        need(self.train_size is None or is_int(self.train_size),
+             "--train-size must be a whole number of examples (or omitted for the full set).")
+        need(self.train_size is None or self.train_size >= glue.MIN_TRAIN_SIZE,
+             f"--train-size {self.train_size} is too small to give both a training and a dev "
+             f"set; use at least {glue.MIN_TRAIN_SIZE}.")
+        need(is_int(self.seed) and self.seed >= 0, "--seed must be a non-negative integer.")
+        need(is_int(self.epochs) and self.epochs >= 1, "--epochs must be a positive integer.")
+        need(is_int(self.batch_size) and self.batch_size >= 1,
+             "--batch-size must be a positive integer.")
+        need(is_int(self.max_length) and self.max_length >= 8,
+             "--max-length must be an integer of at least 8 tokens.")
+        for name in ("learning_rate", "switch_learning_rate", "rational_learning_rate"):
+            value = getattr(self, name)
+            need(is_num(value) and value > 0,
+                 f"--{name.replace('_', '-')} must be a positive finite number, got "
+                 f"{_short(value)}.")
+        need(self.max_grad_norm is None or (is_num(self.max_grad_norm) and
+                                            self.max_grad_norm >= 0),
+             f"max_grad_norm must be a non-negative number (0 or null: no clipping), got "
+             f"{_short(self.max_grad_norm)}.")
+        need(self.last_n is None or is_int(self.last_n),
+             "--last-n must be a whole number of layers.")
+        need(self.adapterdrop_max is None or (is_int(self.adapterdrop_max) and
+                                              self.adapterdrop_max >= 0),
+             "--adapterdrop-max must be a non-negative integer.")
+        need(is_int(self.drop_first) and self.drop_first >= 0,
+             "--drop-first must be a non-negative integer.")
+        need(is_int(self.checkpoints_to_keep) and self.checkpoints_to_keep >= 1,
+             "checkpoints_to_keep must be a positive integer.")
+        need(self.data is None or is_str_list(self.data),
+             "--data must be a comma-separated list of files.")
+        need(self.text_columns is None or is_str_list(self.text_columns),
+             "--text-columns must be a comma-separated list of column names.")
+        need(self.data is None or bool(self.text_columns),
+             "--data needs --text-columns naming one or two text columns.")
+        need(isinstance(self.label_column, str) and bool(self.label_column),
+             "--label-column must be a column name.")
+        for name in ("glue_dir", "architecture"):
+            need(getattr(self, name) is None or isinstance(getattr(self, name), str),
+                 f"--{name.replace('_', '-')} must be a path.")
+        need(self.pooling in POOLINGS,
+             f"Unknown --pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}.")
+        for name in ("activation", "rational_version"):
+            need(isinstance(getattr(self, name), str),
+                 f"--{name.replace('_', '-')} must be a name.")
+        need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
+        need(isinstance(self.adapter, str) and self.adapter in KINDS,
+             f"Unknown --adapter {self.adapter!r}; choose one of: {', '.join(KINDS)}.")
+        need(is_int(self.lora_rank) and self.lora_rank >= 1,
+             "--lora-rank must be a positive integer.")
+        for name in ("lora_alpha", "temperature"):
+            need(is_num(getattr(self, name)) and getattr(self, name) > 0,
+                 f"--{name.replace('_', '-')} must be a positive finite number, got "
+                 f"{_short(getattr(self, name))}.")
+        need(isinstance(self.dtype, str) and self.dtype in DTYPES,
+             f"Unknown --dtype {self.dtype!r}; choose one of: "
+             f"{', '.join(DTYPES)}.")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+

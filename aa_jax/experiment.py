@@ -1,0 +1,210 @@
+"""Setting a run up: its method, data, model and initial parameters, and its identity.
+
+:func:`setup` turns a :class:`~aa_jax.config.TrainConfig` into an :class:`Experiment`
+(everything a run needs, built and validated before anything is written): the method is
+resolved once here and travels as an object. :func:`run_identity` says which settings
+make two runs the same run, so a run directory is never reused for another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from aa_jax import checkpoint
+from aa_jax.adapters import Architecture
+from aa_jax.config import DTYPES, LOCATION_FIELDS, TrainConfig
+from aa_jax.data import glue, pipeline
+from aa_jax.errors import UserError
+from aa_jax.methods import Method, get_method, read_learned, selected_layers_from
+from aa_jax.models.bert import BertForSequenceClassification, encoder_segments
+from aa_jax.models.loader import declared_pooling, load_pretrained
+from aa_jax.params import param_groups, stack_layers
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init key, training key) of a run: the seed split once, up front."""
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    return init_key, train_key
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run needs, built and validated before anything is written."""
+
+    config: TrainConfig
+    task: glue.Task
+    encoded: dict
+    labels: dict
+    model: BertForSequenceClassification
+    method: Method
+    architecture: Architecture
+    trainable: dict
+    frozen: dict
+    pretrained: Any
+    pooling: str
+
+    @property
+    def source(self) -> dict:
+        c = self.config
+        return {"model": c.model, "task": self.task.name, "train_size": c.train_size,
+                "seed": c.seed, "method": c.method}
+
+
+    @property
+    def drop_first(self) -> int:
+        """The layers whose adapters evaluation drops (AdapterDrop; 0 otherwise)."""
+        c = self.config
+        return self.method.adapterdrop_schedule(self.architecture.depth, c.adapterdrop_max,
+                                                c.drop_first)[1]
+
+
+def build_architecture(config: TrainConfig, depth: int) -> Architecture:
+    method = get_method(config.method)
+    selected = (selected_layers_from(config.architecture, depth)
+                if method.reads_learned_layers and config.architecture else None)
+    return method.architecture(depth, selected_layers=selected, last_n=config.last_n,
+                               activation=config.activation,
+                               **config.architecture_options())
+
+
+def load_data(config: TrainConfig):
+    if config.data:
+        return glue.load_custom(config.data, config.text_columns, config.label_column,
+                                train_size=config.train_size, seed=config.seed)
+    task = glue.get_task(config.task)
+    return task, glue.make_splits(task, config.train_size, config.seed, config.glue_dir)
+
+
+def resolve_pooling(pooling: str, pretrained) -> str:
+    """``auto``: the pooling the checkpoint declares (sentence-transformers), else the
+    paper's pooled [CLS] head; any other value is used as given."""
+    if pooling != "auto":
+        return pooling
+    return declared_pooling(pretrained.path) or "pooler"
+
+
+def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
+    """(trainable, frozen) params of ``model`` with the pretrained ``backbone`` (per-layer
+    layout, as loaded) frozen, in the model's layout.
+
+    Only what the backbone does not provide is initialised (adapters, switches,
+    rationals, the head, and a pooler the checkpoint lacks): the jitted init returns just
+    those leaves, so XLA never builds the random BERT that ``model.init`` describes.
+    """
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    shapes = flatten_dict(jax.eval_shape(lambda k: model.init(k, dummy), key)["params"])
+    groups = param_groups(unflatten_dict(shapes))
+    backbone = stack_layers(backbone, encoder_segments(model))
+    given = {("bert",) + k: v for k, v in flatten_dict(backbone).items()}
+    for k, v in given.items():
+        if k not in shapes or shapes[k].shape != v.shape:
+            raise ValueError(f"backbone parameter {'/'.join(k)} {v.shape} does not fit the "
+                             f"model {shapes[k].shape if k in shapes else '(absent)'}")
+    needed = {"/".join(k) for k, g in groups.items() if g != "frozen" or k not in given}
+
+    def init(k):
+        flat = flatten_dict(model.init(k, dummy)["params"])
+        return {"/".join(p): v for p, v in flat.items() if "/".join(p) in needed}
+
+    made = {tuple(name.split("/")): v for name, v in jax.jit(init)(key).items()}
+    trainable = {k: v for k, v in made.items() if groups[k] != "frozen"}
+    frozen = {**given, **{k: v for k, v in made.items() if groups[k] == "frozen"}}
+    return unflatten_dict(trainable), unflatten_dict(frozen)
+
+
+def setup(config: TrainConfig, pretrained=None, architecture: Architecture | None = None,
+          pooling: str | None = None) -> Experiment:
+    """Loads data and model and builds the initial params; raises UserError on bad input.
+
+    ``architecture`` and ``pooling`` replace what the config would build (an export's
+    static architecture, and the pooling its run used).
+    """
+    config.validate()
+    pretrained = pretrained or load_pretrained(config.model)
+    c = pretrained.config
+    if config.max_length > c.max_position_embeddings:
+        raise UserError(f"--max-length {config.max_length} exceeds the model's "
+                        f"{c.max_position_embeddings} position embeddings; use at most "
+                        f"{c.max_position_embeddings}.")
+    if architecture is None:
+        architecture = build_architecture(config, c.num_hidden_layers)
+    architecture.check_depth(c.num_hidden_layers)
+    method = get_method(config.method)
+    method.adapterdrop_schedule(architecture.depth, config.adapterdrop_max,
+                                config.drop_first)  # validates drop_first against depth
+    task, splits = load_data(config)
+    encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
+               for name, ex in splits.items()}
+    labels = {name: ex.labels for name, ex in splits.items()}
+    pooling = pooling or resolve_pooling(config.pooling, pretrained)
+    model = BertForSequenceClassification(c, task.num_labels, architecture,
+                                          dtype=DTYPES[config.dtype], pooling=pooling)
+    init_key = run_keys(config.seed)[0]
+    trainable, frozen = init_params(model, init_key, pretrained.params)
+    return Experiment(config, task, encoded, labels, model, method, architecture, trainable,
+                      frozen, pretrained, pooling)
+
+
+def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
+    """What the location settings point at, as far as it changes results: the layers of
+    an AA-focused run's architecture and the content of a user's data files."""
+    resolved: dict[str, Any] = {}
+    if get_method(config.method).reads_learned_layers and config.architecture:
+        resolved["selected_layers"] = sorted(
+            read_learned(config.architecture)["selected_layers"])
+    if config.data:
+        hashes = []
+        for name in config.data:
+            path = Path(name)
+            if not path.is_file():
+                raise UserError(f"Data file {path} does not exist; check the path.")
+            hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        resolved["data_sha256"] = hashes
+    return resolved
+
+
+def run_identity(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change a run's results: everything but where things are
+    (``LOCATION_FIELDS``), plus what those locations resolved to."""
+    identity = {k: v for k, v in config.to_dict().items() if k not in LOCATION_FIELDS}
+    identity.update({k: resolved.get(k) for k in ("selected_layers", "data_sha256")})
+    return identity
+
+
+def check_same_run(out: Path, config: TrainConfig, resolved: dict[str, Any]) -> None:
+    """A run directory belongs to one run; reusing it for another is a mistake."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    old = checkpoint.read_json(path, "run config")
+    if not isinstance(old, dict):
+        raise UserError(f"{path} is not a run config; use a new --out directory.")
+    try:
+        old_config = TrainConfig.from_dict(old)
+    except UserError:
+        raise UserError(f"{path} holds a run config this version cannot read; use a new "
+                        f"--out directory.") from None
+    old_resolved = old.get("resolved")
+    if not isinstance(old_resolved, dict):
+        old_resolved = {}
+    want, got = run_identity(config, resolved), run_identity(old_config, old_resolved)
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise UserError(f"{out} holds a run with different settings ({', '.join(diff)}); "
+                        f"use a new --out directory or the same settings to resume.")
+
+
+def load_run(run_dir: str | Path, pretrained=None) -> tuple[Experiment, dict, dict]:
+    """Rebuilds a finished or interrupted run: (experiment, best trainable params, meta)."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json", "run config"))
+    exp = setup(config, pretrained)
+    params, meta = checkpoint.restore_params(run_dir / "checkpoints", exp.trainable)
+    return exp, params, meta

@@ -1,0 +1,253 @@
+"""The jitted core of training: the optimizer, the train step, prediction, evaluation.
+
+:func:`make_train_step` is one jitted, pure ``(state, frozen, batch, rng) -> (state,
+metrics)`` with the state donated. The state holds only what trains (adapters, switches,
+rationals, classifier) and its optimizer state; the frozen backbone is a separate argument
+that is never donated, so a run holds it once. Which parameters train, and with which
+learning rate, comes from their roles (:mod:`aa_jax.params`) and the method's learning
+rate groups (:class:`aa_jax.methods.Method`). Randomness is explicit: the step folds its
+own step number into the run's training key before splitting it into the ``dropout`` and
+``gumbel`` streams (and AdapterDrop's draw).
+
+A batch is a dict of host arrays: ``input_ids``, ``token_type_ids``, ``attention_mask``
+(<int32>[batch, length]), ``labels`` (<int32>[batch], or <float32>[batch] for
+regression) and ``weights`` (<float32>[batch]: 1 for a real example, 0 for the padding
+that fills the last batch), as :func:`aa_jax.data.pipeline.batches` yields them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from aa_jax.data import pipeline
+from aa_jax.data.metrics import compute_metrics
+from aa_jax.distributed import multi_process
+from aa_jax.errors import UserError
+from aa_jax.methods import LEARNING_RATES
+from aa_jax.params import merge, param_groups
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What the step reads and writes: only what trains (the backbone is passed apart)."""
+
+    step: jax.Array
+    trainable: Any
+    opt_state: Any
+
+
+
+def make_optimizer(config, total_steps: int, trainable: dict,
+                   learning_rates: Mapping[str, str] = LEARNING_RATES):
+    """Global-norm clipping, then Adam with one learning rate per group, each decaying
+    linearly to 0 over the run (the released Trainer's schedule, no warmup).
+
+    ``learning_rates`` names, per trainable group, the config field that holds its rate
+    (the method's :attr:`~aa_jax.methods.Method.learning_rates`)."""
+    def adam(lr):
+        return optax.adam(optax.linear_schedule(lr, 0.0, max(total_steps, 1)))
+
+    labels = unflatten_dict(param_groups(trainable))
+    if "frozen" in set(flatten_dict(labels).values()):
+        raise ValueError("make_optimizer got frozen parameters; pass the trainable subtree")
+    tx = optax.multi_transform(
+        {group: adam(float(getattr(config, field)))
+         for group, field in learning_rates.items()}, labels)
+    if config.max_grad_norm:
+        tx = optax.chain(optax.clip_by_global_norm(float(config.max_grad_norm)), tx)
+    return tx
+
+
+def init_state(trainable: dict, tx) -> TrainState:
+    """A fresh state that owns its arrays: the step donates the state, so arrays shared
+    with the caller are copied in."""
+    trainable = jax.tree.map(jnp.copy, trainable)
+    return TrainState(step=jnp.int32(0), trainable=trainable, opt_state=tx.init(trainable))
+
+
+# -- the step ---------------------------------------------------------------------------
+
+def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
+    """Mean loss over real examples (weights 0 mark batch padding)."""
+    w = batch["weights"]
+    if regression:
+        per_example = jnp.square(logits[:, 0] - batch["labels"])
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+# -- data parallel ----------------------------------------------------------------------
+
+def data_mesh(devices=None) -> Mesh | None:
+    """A one-axis mesh ("data") over ``devices`` (default: all of them, across hosts), or
+    None for a single device, where no sharding is needed."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+
+
+def replicate(tree, mesh: Mesh | None):
+    """``tree`` copied onto every device of ``mesh`` (unchanged without a mesh)."""
+    if mesh is None:
+        return tree
+    if multi_process():  # from host memory, which holds the same values in every process
+        tree = jax.tree.map(np.asarray, tree)
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(batch: dict, mesh: Mesh | None) -> dict:
+    """A host batch as one array over the mesh. Every process holds the whole batch and
+    gives each of its devices that device's rows (needed only across processes: within
+    one, jit shards a host batch itself)."""
+    if mesh is None or not multi_process():
+        return batch
+    rows = NamedSharding(mesh, P("data"))
+    return {k: jax.make_array_from_callback(np.shape(v), rows,
+                                            lambda index, v=v: np.asarray(v)[index])
+            for k, v in batch.items()}
+
+
+def _across_processes(fn: Callable, mesh: Mesh | None, batch_arg: int) -> Callable:
+    """``fn`` taking host batches in a multi-process run (itself otherwise)."""
+    if mesh is None or not multi_process():
+        return fn
+
+    def call(*args):
+        args = list(args)
+        args[batch_arg] = global_batch(args[batch_arg], mesh)
+        return fn(*args)
+
+    return call
+
+
+def _shardings(mesh: Mesh | None, batch_arg: int, num_args: int) -> dict[str, Any]:
+    """jit keywords that shard argument ``batch_arg`` (a batch) over the mesh's data axis
+    and replicate the other arguments and the outputs."""
+    if mesh is None:
+        return {}
+    replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return {"in_shardings": tuple(by_example if i == batch_arg else replicated
+                                  for i in range(num_args)),
+            "out_shardings": replicated}
+
+
+def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
+    if mesh is not None and batch_size % mesh.size:
+        raise UserError(f"--batch-size {batch_size} cannot be split over {mesh.size} "
+                        f"devices; use a multiple of {mesh.size}.")
+
+
+def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callable:
+    """The unjitted ``(state, frozen, batch, rng) -> (state, metrics)`` of one run."""
+    def step(state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
+        drop = (jax.random.randint(drop_key, (), 0, adapterdrop_max + 1)
+                if adapterdrop_max > 0 else None)
+
+        def compute_loss(trainable):
+            logits, _ = model.apply(
+                {"params": merge(trainable, frozen)}, batch["input_ids"],
+                batch["token_type_ids"], batch["attention_mask"], deterministic=False,
+                adapter_drop=drop, rngs={"dropout": dropout_key, "gumbel": gumbel_key})
+            return loss_fn(logits, batch, regression)
+
+        loss, grads = jax.value_and_grad(compute_loss)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        new_state = state.replace(step=state.step + 1, trainable=trainable,
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+                    mesh: Mesh | None = None) -> Callable:
+    """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
+
+    With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
+    is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
+    XLA sums the gradients across devices. The random draws (dropout, Gumbel noise) do not
+    depend on the sharding, so the update is the single-device one up to the order of
+    float additions.
+
+    ``state`` is donated; ``frozen`` (the backbone) is only read. ``rng`` is the run's
+    training key; the step folds ``state.step`` into it, so the same state and key always
+    give the same update (and an interrupted run resumes exactly). With
+    ``adapterdrop_max > 0`` each step drops the adapters of the first
+    ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
+    global norm before clipping.
+    """
+    step = _step_function(model, tx, regression, adapterdrop_max)
+    return _across_processes(jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4)), mesh,
+                             2)
+
+
+def make_seeds_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+                          frozen_axes: Any = None) -> Callable:
+    """Several runs of one model as one program: the jitted
+    ``(states, frozen, batches, rngs) -> (states, metrics)`` with a leading seed axis.
+
+    ``states`` is :func:`stack_runs` of one :class:`TrainState` per seed (each with its own
+    adapters, switches and optimizer state), ``batches`` stacks one batch per seed (each
+    seed its own data; all of one shape), and ``rngs`` one training key per seed, so each
+    seed draws its own dropout and Gumbel noise. ``frozen`` is the one backbone all seeds
+    share. Each seed computes exactly what :func:`make_train_step` computes for it alone,
+    up to the rounding of batched kernels.
+
+    ``frozen_axes`` (a ``vmap`` axes prefix of ``frozen``: ``None`` shared, ``0`` one
+    stacked copy per seed) is for frozen parameters the seeds do not share, such as a
+    pooler the checkpoint lacks, which each seed initialises from its own key.
+    """
+    step = _step_function(model, tx, regression, adapterdrop_max)
+    return jax.jit(jax.vmap(step, in_axes=(0, frozen_axes, 0, 0)), donate_argnums=0)
+
+
+def stack_runs(trees: list) -> Any:
+    """One pytree with a leading axis from several of the same structure (states, batches,
+    keys)."""
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def unstack_run(tree, index: int) -> Any:
+    """Seed ``index`` of a :func:`stack_runs` tree."""
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+
+def make_predict(model, regression: bool, drop_first: int = 0,
+                 mesh: Mesh | None = None) -> Callable:
+    """Jitted ``(trainable, frozen, batch) -> predictions`` (scores or class ids).
+
+    ``drop_first`` (AdapterDrop at evaluation) is static: the first ``drop_first`` layers'
+    adapters are not computed at all. ``mesh`` splits the batch as in
+    :func:`make_train_step`.
+    """
+    def predict(trainable, frozen, batch):
+        logits, _ = model.apply(
+            {"params": merge(trainable, frozen)}, batch["input_ids"],
+            batch["token_type_ids"], batch["attention_mask"], deterministic=True,
+            adapter_drop=int(drop_first) if drop_first else None)
+        return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
+
+    return _across_processes(jax.jit(predict, **_shardings(mesh, 2, 3)), mesh, 2)
+
+
+def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> dict:
+    preds, gold, weights = [], [], []
+    for batch in pipeline.batches(encoded, labels, batch_size):
+        preds.append(np.asarray(predict(trainable, frozen, batch)))
+        gold.append(batch["labels"])
+        weights.append(batch["weights"])
+    return compute_metrics(task, np.concatenate(preds), np.concatenate(gold),
+                           np.concatenate(weights))
