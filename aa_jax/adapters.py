@@ -263,12 +263,18 @@ class AdapterKind:
         below ``bert/encoder/<layer>/`` (see :mod:`aa_jax.params`).
       weight_count: ``(hidden_size, architecture) -> (weights, biases)`` of one layer's
         adapter, from the sizes alone.
+      site: where in the layer it sits: ``"output"`` (the :class:`AdapterSlot` after the
+        feed-forward block) or ``"attention"`` (the query and value projections).
+      identity_branch: what a switch's identity choice computes once exported: the AA
+        identity branch ``LN(x + h + inp)`` (True) or the plain pretrained layer (False).
     """
 
     name: str
     description: str
     param_rules: tuple[tuple[str, str], ...]
     weight_count: Callable[[int, Any], tuple[int, int]]
+    site: str = "output"
+    identity_branch: bool = True
 
 
 def _seq_bn_weights(hidden_size: int, architecture) -> tuple[int, int]:
@@ -283,7 +289,67 @@ KINDS: dict[str, AdapterKind] = {
          (r"output/slot/adapter/rational/(numerator|denominator)", "rational"),
          (r"output/slot/switch/logits", "switch")),
         _seq_bn_weights),
+    "lora": AdapterKind(
+        "lora", "LoRA on the attention's query and value projections (--lora-rank, "
+        "--lora-alpha)",
+        ((r"attention/self/lora/(query|value)/(a|b)", "adapter"),
+         (r"attention/self/lora/switch/logits", "switch")),
+        lambda hidden_size, arch: (4 * hidden_size * arch.lora_rank, 0),
+        site="attention", identity_branch=False),
 }
+
+
+class LoRA(nn.Module):
+    """A low-rank update of a projection: ``x @ a @ b * alpha / rank``.
+
+    ``a`` <float32>[in, rank] starts as Kaiming-uniform (bound 1/sqrt(in)) and ``b``
+    <float32>[rank, features] at zero, as in ``peft``, so training starts from the
+    pretrained projection.
+    """
+
+    features: int
+    rank: int = 8
+    alpha: float = 16.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: <dtype>[..., in] -> <dtype>[..., features]."""
+        a = self.param("a", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                       (x.shape[-1], self.rank), jnp.float32)
+        b = self.param("b", nn.initializers.zeros_init(), (self.rank, self.features),
+                       jnp.float32)
+        scale = jnp.asarray(self.alpha / self.rank, self.dtype)
+        return (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * scale
+
+
+class LoraSite(nn.Module):
+    """The LoRA updates of a layer's query and value projections, with the layer's switch.
+
+    Returns ``(dq, dv)``, each <dtype>[batch, length, hidden], to add to the projections.
+    A switched layer scales both by the switch's adapter weight: in training its relaxed
+    sample per example, at inference 1 or 0 (the identity choice is the plain layer).
+    ``drop`` (AdapterDrop) zeroes them: a Python True skips them, a traced bool selects.
+    """
+
+    spec: LayerSpec
+    architecture: Architecture
+    hidden_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True, drop=None):
+        arch = self.architecture
+        updates = [LoRA(self.hidden_size, arch.lora_rank, arch.lora_alpha, self.dtype,
+                        name=which)(x) for which in ("query", "value")]
+        if self.spec.switch:
+            switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
+                                  hard=arch.hard_switch, name="switch")
+            y = switch(x.shape[0], deterministic=deterministic)[:, ADAPTER, None, None]
+            updates = [(y * u.astype(jnp.float32)).astype(u.dtype) for u in updates]
+        if drop is not None and not isinstance(drop, bool):
+            updates = [jnp.where(drop, jnp.zeros_like(u), u) for u in updates]
+        return tuple(updates)
 
 
 def validate_layer_indices(layers: Sequence[Any], depth: int) -> set[int]:

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax import checkpoint
-from aa_jax.adapters import Architecture, LayerSpec
+from aa_jax.adapters import KINDS, Architecture, LayerSpec
 from aa_jax.errors import UserError
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
@@ -35,6 +35,7 @@ SCHEMA = "aa_jax.export/v1"
 def static_architecture(architecture: Architecture, selected: list[int]) -> Architecture:
     """``architecture`` with every switch resolved: selected layers keep their adapter
     (without switch), the other switched layers become identity branches."""
+    identity = LayerSpec(identity_branch=KINDS[architecture.adapter].identity_branch)
     layers = []
     for i, spec in enumerate(architecture.layers):
         if not spec.switch:
@@ -42,7 +43,7 @@ def static_architecture(architecture: Architecture, selected: list[int]) -> Arch
         elif i in selected:
             layers.append(LayerSpec(True, spec.activation))
         else:
-            layers.append(LayerSpec(identity_branch=True))
+            layers.append(identity)
     return dataclasses.replace(architecture, layers=tuple(layers))
 
 

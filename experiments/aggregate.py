@@ -199,7 +199,7 @@ def baseline_verdicts(sweep: Sweep, done: dict, majority: dict, metric: dict) ->
     score is known: whether the baseline scores clearly above the majority class."""
     values: dict[tuple, list[float]] = {}
     for p in sweep.points:
-        if p.label == "baseline" and run_name(p) in done:
+        if p.label == sweep.role("reference") and run_name(p) in done:
             values.setdefault((p.settings.get("train_size"), p.settings["task"]), []).append(
                 score(done[run_name(p)]))
     verdicts = {}
@@ -230,7 +230,8 @@ def comparisons(sweep: Sweep) -> list:
     if listed:
         return listed
     labels = list(dict.fromkeys(p.label for p in sweep.points))
-    return [[lab, "baseline"] for lab in labels if lab != "baseline" and "baseline" in labels]
+    ref = sweep.role("reference")
+    return [[lab, ref] for lab in labels if lab != ref and ref in labels]
 
 
 def pair_groups(sweep: Sweep, done: dict, comparison) -> dict[tuple, list]:
@@ -599,7 +600,7 @@ def figures(sweep: Sweep, done: dict) -> list[Path]:
     """Switch probabilities over training and the learned rationals of the AA runs."""
     from figures import rationals_figure, switches_figure
 
-    aa = [p for p in sweep.points if p.label == "aa" and run_name(p) in done]
+    aa = [p for p in sweep.points if p.label == sweep.role("learned") and run_name(p) in done]
     if not aa:
         return []
     out = sweep.results / "figures"

@@ -107,6 +107,18 @@ class Sweep:
         points = expand(spec, glue_dir, epochs, name)
         return cls(name, spec, points, results or RESULTS / name, work or WORK / name)
 
+    def role(self, name: str) -> str:
+        """The label that plays ``name`` in this sweep, from its ``roles`` entry:
+        ``reference`` (the baseline of "tasks that learn" and of the default comparisons)
+        and ``learned`` (the AA runs whose architectures ``@aa``/``@transfer`` read and
+        whose switches the figures draw)."""
+        roles = self.spec.get("roles")
+        if not isinstance(roles, dict) or not isinstance(roles.get(name), str):
+            raise UserError(f"Sweep {self.name} names no '{name}' label in its 'roles' "
+                            f"entry; add e.g. \"roles\": {{\"reference\": \"baseline\", "
+                            f"\"learned\": \"aa\"}}.")
+        return roles[name]
+
     def result_dir(self, point: Point) -> Path:
         return self.results / run_name(point)
 
@@ -185,12 +197,13 @@ def transfer_source(sweep: Sweep) -> Path:
         raise UserError(f"Sweep {sweep.name} uses @transfer but has no 'transfer' entry.")
     source = sweep if entry.get("sweep", sweep.name) == sweep.name else Sweep.load(
         SWEEPS / f"{entry['sweep']}.json", results=RESULTS / entry["sweep"])
-    candidates = [p for p in source.points if p.label == "aa"
+    learned_label = source.role("learned")
+    candidates = [p for p in source.points if p.label == learned_label
                   and p.settings.get("train_size") == entry.get("train_size", 100)
                   and p.settings.get("seed") == entry.get("seed", 42)]
     if not candidates:
-        raise UserError(f"Sweep {sweep.name}: the transfer entry names no 'aa' run of "
-                        f"sweep {source.name}.")
+        raise UserError(f"Sweep {sweep.name}: the transfer entry names no "
+                        f"'{learned_label}' run of sweep {source.name}.")
     best = None
     for p in candidates:  # in the source's task order
         run = source.result_dir(p)
@@ -212,7 +225,7 @@ def resolve(sweep: Sweep, point: Point) -> TrainConfig:
         if not (isinstance(value, str) and value.startswith("@")):
             continue
         if value in ("@aa", "@aa_left_out"):
-            run = sweep.result_dir(sibling(sweep, point, "aa"))
+            run = sweep.result_dir(sibling(sweep, point, sweep.role("learned")))
         elif value in TRANSFER_REFS:
             run = transfer_source(sweep)
         else:
@@ -474,7 +487,7 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         for (p, _), result in zip(group, results):
             waiting.pop(run_name(p), None)
             dst = publish(sweep, p)
-            if p.settings["method"] == "aa":
+            if p.label == sweep.role("learned"):
                 record_inputs(sweep, p, backbones[config.model])
             test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
             print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "

@@ -10,11 +10,11 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from aa_jax import cli
 from aa_jax.adapters import Architecture
 from aa_jax.export import static_architecture, static_params
-from aa_jax.models.bert import BertForSequenceClassification, BertModel
+from aa_jax.models.bert import BertForSequenceClassification, BertModel, in_layout
 from aa_jax.models.loader import load_pretrained
 from aa_jax.switch import ADAPTER, IDENTITY
 from aa_jax.experiment import init_params
-from aa_jax.params import merge
+from aa_jax.params import merge, stack_layers_like, unstack_layers
 
 
 def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint):
@@ -29,7 +29,7 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
                              for i, (k, v) in enumerate(flatten_dict(frozen).items())})
     # Layer 0 picks the adapter, layer 1 the identity; perturb every adapter so that both
     # branches differ from the pretrained layer.
-    flat = flatten_dict(trainable)
+    flat = flatten_dict(unstack_layers(trainable))  # per layer, to set each layer's switch
     for path, value in flat.items():
         if path[-1] == "logits":
             layer = path[path.index("encoder") + 1]
@@ -38,7 +38,7 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
             flat[path] = jnp.float32(logits)
         elif "adapter" in path and "rational" not in path:
             flat[path] = value + 0.05 * jax.random.normal(jax.random.key(len(path)), value.shape)
-    trainable = unflatten_dict(flat)
+    trainable = stack_layers_like(unflatten_dict(flat), trainable)
     ids = jnp.asarray(np.random.default_rng(0).integers(1000, 2000, (4, 12)), jnp.int32)
     mask = jnp.ones_like(ids).at[0, 9:].set(0)
     switched, _ = model.apply({"params": merge(trainable, frozen)}, ids, None, mask)
@@ -51,17 +51,20 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
     assert any("layer_0/output/slot/adapter" in n for n in names)
     assert not any("layer_1/output/slot/adapter" in n for n in names)
     exported = BertForSequenceClassification(pre.config, 3, static)
-    got, _ = exported.apply({"params": merge(kept, frozen)}, ids, None, mask)
+    frozen = unstack_layers(frozen)  # per layer, then in each model's own layout
+    got, _ = exported.apply({"params": in_layout(merge(kept, frozen), exported)}, ids, None,
+                            mask)
     # The same operations in another program: equal up to float32 rounding.
     np.testing.assert_allclose(np.asarray(got), np.asarray(switched), rtol=0, atol=1e-6)
     # The encoders agree too (hidden states are O(1): float32 rounding of a few ops), and
     # the identity branch is not the pretrained layer: an encoder without it differs.
     plain = Architecture(layers=(static.layers[0], Architecture.none(1).layers[0]))
     hidden = {}
-    for name, a, p in (("switched", arch, trainable), ("static", static, kept),
+    for name, a, p in (("switched", arch, unstack_layers(trainable)), ("static", static, kept),
                        ("plain", plain, kept)):
-        last, _ = BertModel(pre.config, a).apply({"params": merge(p, frozen)["bert"]}, ids,
-                                                 None, mask)
+        encoder = BertModel(pre.config, a)
+        last, _ = encoder.apply({"params": in_layout(merge(p, frozen)["bert"], encoder)}, ids,
+                                None, mask)
         hidden[name] = np.asarray(last)
     np.testing.assert_allclose(hidden["static"], hidden["switched"], rtol=0, atol=1e-5)
     assert np.max(np.abs(hidden["plain"] - hidden["switched"])) > 0.1

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aa_jax.adapters import AdapterSlot, Architecture, LayerSpec
+from aa_jax.adapters import (KINDS, NO_ADAPTER, AdapterSlot, Architecture, LayerSpec,
+                             LoraSite)
 from aa_jax.errors import UserError
 from aa_jax.params import stack_layers, stack_name
 
@@ -101,11 +102,17 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
+    """Multi-head self-attention; with a LoRA ``spec`` (adapter kind ``lora``), the query
+    and value projections carry their low-rank updates (:class:`aa_jax.adapters.LoraSite`,
+    at ``attention/self/lora/{query,value}``)."""
+
     config: Any
     dtype: Any = jnp.float32
+    spec: LayerSpec = NO_ADAPTER
+    architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, mask_bias, deterministic: bool):
+    def __call__(self, x, mask_bias, deterministic: bool, drop=None):
         """x: [batch, length, hidden]; mask_bias: [batch, 1, 1, length] (0 or very negative)."""
         c = self.config
         heads = c.num_attention_heads
@@ -119,9 +126,14 @@ class BertSelfAttention(nn.Module):
         # with einsum made XLA:CPU copy the operands around each product, which cost as
         # much as the products themselves (measured: 26 ms against 11 ms per layer for
         # MiniLM at batch 32 x 128).
-        q = split(_dense(c.hidden_size, c, self.dtype, "query")(x))
+        q = _dense(c.hidden_size, c, self.dtype, "query")(x)
         k = split(_dense(c.hidden_size, c, self.dtype, "key")(x))
-        v = split(_dense(c.hidden_size, c, self.dtype, "value")(x))
+        v = _dense(c.hidden_size, c, self.dtype, "value")(x)
+        if self.spec.adapter and (drop is not True or self.is_initializing()):
+            dq, dv = LoraSite(self.spec, self.architecture, c.hidden_size, self.dtype,
+                              name="lora")(x, deterministic, drop)
+            q, v = q + dq, v + dv
+        q, v = split(q), split(v)
         scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32: bf16 logits lose the small differences attention depends on.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1)
@@ -134,11 +146,14 @@ class BertSelfAttention(nn.Module):
 class BertAttention(nn.Module):
     config: Any
     dtype: Any = jnp.float32
+    spec: LayerSpec = NO_ADAPTER
+    architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, mask_bias, deterministic: bool):
+    def __call__(self, x, mask_bias, deterministic: bool, drop=None):
         c = self.config
-        s = BertSelfAttention(c, self.dtype, name="self")(x, mask_bias, deterministic)
+        s = BertSelfAttention(c, self.dtype, self.spec, self.architecture, name="self")(
+            x, mask_bias, deterministic, drop)
         out = BertSelfOutput(c, self.dtype, name="output")
         return out(s, x, deterministic)
 
@@ -205,9 +220,14 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x, mask_bias, drop=None):
         c = self.config
-        inp = BertAttention(c, self.dtype, name="attention")(x, mask_bias, self.deterministic)
+        # The adapter sits where its kind says: the attention's projections or the slot.
+        at_attention = KINDS[self.architecture.adapter].site == "attention"
+        attention_spec, slot_spec = ((self.spec, NO_ADAPTER) if at_attention
+                                     else (NO_ADAPTER, self.spec))
+        inp = BertAttention(c, self.dtype, attention_spec, self.architecture,
+                            name="attention")(x, mask_bias, self.deterministic, drop)
         inter = BertIntermediate(c, self.dtype, name="intermediate")(inp)
-        out = BertOutputBlock(c, self.spec, self.architecture, self.dtype, name="output")(
+        out = BertOutputBlock(c, slot_spec, self.architecture, self.dtype, name="output")(
             inter, inp, self.deterministic, drop)
         return out, None
 

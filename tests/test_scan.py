@@ -1,0 +1,83 @@
+"""The scanned encoder against the unrolled one, and the two parameter layouts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from aa_jax.methods import METHODS
+from aa_jax.models.bert import (BertForSequenceClassification, BertModel, encoder_segments,
+                                segments)
+from aa_jax.models.loader import with_backbone
+from aa_jax.params import (layer_params, param_role, segments_of, stack_layers,
+                           unstack_layers)
+
+# Both compute the same float32 operations on the same values; XLA may order or fuse
+# them differently inside a scan, which changes results by float32 rounding only.
+TOL = 1e-5
+
+
+def _architecture(name, depth):
+    return METHODS[name].architecture(depth, selected_layers=[1, 3, 4], last_n=3)
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(1000, 5000, (3, 12)), jnp.int32)
+    mask = jnp.asarray(np.arange(12)[None, :] < np.array([[12], [9], [5]]), jnp.int32)
+    return ids, jnp.zeros_like(ids), mask
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_scanned_equals_unrolled_on_minilm(minilm, method):
+    depth = minilm.config.num_hidden_layers
+    arch = _architecture(method, depth)
+    ids, tt, mask = _inputs()
+    unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
+                                             pooling="mean")
+    scanned = BertForSequenceClassification(minilm.config, 2, arch, pooling="mean")
+    params = with_backbone(unrolled.init(jax.random.key(0), ids)["params"], minilm.params)
+    # Switch logits that pick the adapter in some layers and the identity in others.
+    rng = np.random.default_rng(1)
+    params = unflatten_dict({k: jnp.asarray(rng.normal(0, 1, v.shape), v.dtype)
+                             if k[-1] == "logits" else v
+                             for k, v in flatten_dict(params).items()})
+    stacked = stack_layers(params, encoder_segments(scanned))
+    assert segments_of(stacked) == segments(arch)
+    drops = [None, jnp.int32(2)] if METHODS[method].adapterdrop else [None]
+    real = np.asarray(mask, bool)
+    for drop in drops:
+        # The hidden states of every real token, and the head's logits.
+        want = BertModel(minilm.config, arch, scan=False).apply(
+            {"params": params["bert"]}, ids, tt, mask, adapter_drop=drop)[0]
+        got = BertModel(minilm.config, arch).apply(
+            {"params": stacked["bert"]}, ids, tt, mask, adapter_drop=drop)[0]
+        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=0,
+                                   atol=TOL)
+        want = unrolled.apply({"params": params}, ids, tt, mask, adapter_drop=drop)[0]
+        got = scanned.apply({"params": stacked}, ids, tt, mask, adapter_drop=drop)[0]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=TOL)
+
+
+def test_the_layouts_convert_exactly_both_ways(minilm):
+    arch = _architecture("last_n", minilm.config.num_hidden_layers)  # two runs: 0-2, 3-5
+    model = BertForSequenceClassification(minilm.config, 2, arch)
+    stacked = stack_layers({"bert": minilm.params}, encoder_segments(model))
+    assert sorted(stacked["bert"]["encoder"]) == ["layers_0_2", "layers_3_5"]
+    back = flatten_dict(unstack_layers(stacked))
+    for path, value in flatten_dict({"bert": minilm.params}).items():
+        np.testing.assert_array_equal(np.asarray(back[path]), np.asarray(value))
+    assert set(layer_params(stacked)) == set(range(6))
+
+
+@pytest.mark.parametrize("path, group, layers, stacked", [
+    ("bert/encoder/layers_0_5/output/slot/adapter/down/kernel", "adapter", range(6), True),
+    ("bert/encoder/layer_3/output/slot/adapter/rational/numerator", "rational", [3], False),
+    ("bert/encoder/layers_2_4/output/slot/switch/logits", "switch", range(2, 5), True),
+    ("bert/encoder/layer_1/attention/self/query/kernel", "frozen", [1], False),
+    ("classifier/bias", "head", [], False),
+])
+def test_param_role_names_group_and_layers(path, group, layers, stacked):
+    role = param_role(path)
+    assert (role.group, role.layers, role.stacked) == (group, tuple(layers), stacked)
