@@ -53,9 +53,11 @@ def _flag_type(field: dataclasses.Field):
     raise TypeError(f"no command-line type for config field {field.name} ({text})")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser, groups: dict | None = None) -> None:
     """One flag per :class:`~aa_jax.config.TrainConfig` field, from its metadata: the help
-    text, the flag (``--field-name`` unless given), the choices and the default."""
+    text, the flag (``--field-name`` unless given), the choices and the default.
+    ``groups`` maps a field to the argparse group its flag joins (e.g. a mutually
+    exclusive one)."""
     from aa_jax.config import PROTOCOLS, TrainConfig
 
     rates = set(next(iter(PROTOCOLS.values())))
@@ -64,19 +66,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if not meta.get("cli", True):
             continue
         flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+        add = (groups or {}).get(field.name, parser).add_argument
         kwargs = {"dest": field.name, "help": meta.get("help")}
         default = field.default_factory() if callable(field.default_factory) else field.default
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true", default=default, **kwargs)
+            add(flag, action="store_true", default=default, **kwargs)
             continue
         if field.name in rates:  # the --protocol's unless given
             default = None
             kwargs["help"] += "%(default).0s"  # (no "default: None" after it)
         if "choices" in meta:
             kwargs["choices"] = tuple(meta["choices"])
-        if field.name == "seed":
-            kwargs["help"] += "; or --seeds"
-        parser.add_argument(flag, type=_flag_type(field), default=default, **kwargs)
+        add(flag, type=_flag_type(field), default=default, **kwargs)
 
 
 def _debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and evaluate one method on one task",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_flags(t)
-    t.add_argument("--seeds", default=None,
+    seeds = t.add_mutually_exclusive_group()
+    add_config_flags(t, {"seed": seeds})
+    seeds.add_argument("--seeds", default=None,
                    help="several seeds trained together as one program, e.g. 42,92,111: "
                    "one run directory per seed (with --out DIR: DIR/seed-<seed>)")
     t.add_argument("--protocol", choices=tuple(PROTOCOLS), default="released",

@@ -48,7 +48,8 @@ def _field(default, help: str, **meta):
 class TrainConfig:
     """Everything that determines a run; saved as ``config.json`` beside its results."""
 
-    task: str = _field("rte", "GLUE task; ignored with --data", choices=tuple(glue.GLUE_TASKS))
+    task: str = _field("rte", "GLUE task (" + ", ".join(glue.GLUE_TASKS) + "); ignored with "
+                       "--data")
     method: str = _field("aa", "what to train (see the README's methods table)",
                          choices=tuple(METHODS))
     model: str = _field("minilm", "minilm (offline), bert-base, bert-large, a folder or a "

