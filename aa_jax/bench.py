@@ -3,8 +3,8 @@
 ``aa-jax bench`` runs :func:`run`. For each method it times, after compilation, one
 training step (forward, backward through the adapters, clipped Adam) and one inference
 batch, as medians over ``repeats`` calls. It counts the floating-point operations of each
-compiled program from XLA's cost analysis (which counts them from the operations' shapes),
-and divides by the time to give the achieved GFLOP/s. :func:`matmul_peak` measures, in the
+program from XLA's cost analysis (which counts them from the operations' shapes; of the
+program with the encoder unrolled, since it counts a scan's body once), and divides by the time to give the achieved GFLOP/s. :func:`matmul_peak` measures, in the
 same process, the float32 matmul throughput that this machine reaches with the same XLA
 backend; the achieved rate over that peak is ``peak_fraction``.
 """
@@ -22,6 +22,7 @@ from aa_jax.export import static_architecture
 from aa_jax.methods import METHODS
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained, random_pretrained
+from aa_jax.params import unstack_layers
 from aa_jax.config import TrainConfig
 from aa_jax.experiment import init_params
 from aa_jax.step import init_state, make_optimizer, make_predict, make_train_step
@@ -69,18 +70,19 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
-def compile_counted(fn, *args) -> tuple[Callable, float | None]:
-    """``fn`` compiled once for ``args`` (ahead of time, so timing it compiles nothing
-    again), and the floating-point operations of one call from XLA's cost analysis."""
-    compiled = fn.lower(*args).compile()
+def flop_count(make: Callable[[Any], Callable], model, *args) -> float | None:
+    """The floating-point operations of one call of ``make(model)`` on ``args``, from
+    XLA's cost analysis of the same program with the encoder unrolled: the analysis
+    counts a scan's body once, not once per layer."""
+    unrolled = model.clone(scan=False)
     try:
-        cost = compiled.cost_analysis()
+        cost = make(unrolled).lower(*unstack_layers(args)).cost_analysis()
     except Exception:  # a backend without cost analysis
-        return compiled, None
+        return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
-    return compiled, (float(flops) if flops and flops > 0 else None)
+    return float(flops) if flops and flops > 0 else None
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
@@ -114,12 +116,23 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
                                             dtype=jnp.dtype(dtype))
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
-        step = make_train_step(net, tx, regression=False)
-        predict = make_predict(net, regression=False)
         state = [init_state(trainable, tx)]
         key = jax.random.key(1)
-        step, train_flops = compile_counted(step, state[0], frozen, batch, key)
-        predict, predict_flops = compile_counted(predict, trainable, frozen, batch)
+        train_args, predict_args = (state[0], frozen, batch, key), (trainable, frozen, batch)
+
+        def make_step(m):  # the optimizer's labels follow the model's layout
+            own_tx = tx if m is net else make_optimizer(TrainConfig(), 1000,
+                                                        unstack_layers(trainable))
+            return make_train_step(m, own_tx, regression=False)
+
+        def make_pred(m):
+            return make_predict(m, regression=False)
+
+        # Compiled ahead of time, so that timing them compiles nothing again.
+        step = make_step(net).lower(*train_args).compile()
+        predict = make_pred(net).lower(*predict_args).compile()
+        train_flops = flop_count(make_step, net, *train_args)
+        predict_flops = flop_count(make_pred, net, *predict_args)
 
         def train_once():
             state[0], metrics = step(state[0], frozen, batch, key)

@@ -141,15 +141,20 @@ def count_params(tree) -> int:
 # -- the two layouts --------------------------------------------------------------------
 
 def _map_encoders(tree: Any, fn) -> Any:
-    """``tree`` with every ``encoder`` dict (at any depth, also inside optimizer states)
-    replaced by ``fn(encoder)``."""
-    def visit(node):
-        if not isinstance(node, dict):
-            return node
-        return {k: fn(v) if k == "encoder" and isinstance(v, dict) else visit(v)
-                for k, v in node.items()}
+    """``tree`` with every ``encoder`` dict (at any depth, also inside optimizer states,
+    whose containers nest dicts in tuples in dicts) replaced by ``fn(encoder)``."""
+    def is_dict(x):
+        return isinstance(x, dict)
 
-    return jax.tree.map(visit, tree, is_leaf=lambda x: isinstance(x, dict))
+    def visit(node):
+        if is_dict(node):
+            return {k: fn(v) if k == "encoder" and is_dict(v) else visit(v)
+                    for k, v in node.items()}
+        if not any(is_dict(x) for x in jax.tree.leaves(node, is_leaf=is_dict)):
+            return node  # an array, or a container without dicts
+        return jax.tree.map(lambda x: visit(x) if is_dict(x) else x, node, is_leaf=is_dict)
+
+    return visit(tree)
 
 
 def unstack_layers(tree: Any) -> Any:

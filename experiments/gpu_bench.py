@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-import jax
-import jax.numpy as jnp
 
 from aa_jax import bench
-from aa_jax.models.bert import BertModel
-from aa_jax.models.loader import Pretrained, load_config
+from aa_jax.models.loader import random_pretrained
 
 QQP_LAYERS = [2, 6, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23]  # the paper's transfer
 
@@ -43,10 +38,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="also append the records to this file")
     args = parser.parse_args(argv)
 
-    config = load_config(args.model)  # the published config; no weights are downloaded
-    params = jax.jit(lambda k: BertModel(config).init(k, jnp.zeros((1, 8), jnp.int32)))(
-        jax.random.key(0))["params"]
-    pre = Pretrained(args.model, Path("."), config, params, None, True)
+    # The published config and random weights drawn on the host: nothing downloads, and
+    # no compiled init of the whole model.
+    pre = random_pretrained(args.model)
+    config = pre.config
     layers = QQP_LAYERS if config.num_hidden_layers == 24 else None
     for dtype in args.dtypes.split(","):
         peak = bench.matmul_peak(args.peak_size, dtype=dtype)

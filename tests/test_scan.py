@@ -92,13 +92,18 @@ def test_checkpoints_hold_the_per_layer_layout_and_restore_stacked(tmp_path):
     stacked = {"bert": {"encoder": {"layers_0_2": {"output": {"slot": {"adapter": {"up": {
         "kernel": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}}}}}}},
         "classifier": {"bias": jnp.zeros(2)}}
-    tx = optax.adam(1e-3)
+    # Optimizer states nest parameter trees in tuples inside dicts (multi_transform).
+    tx = optax.multi_transform({"a": optax.adam(1e-3), "b": optax.sgd(1e-3)},
+                               jax.tree.map(lambda x: "a" if x.ndim == 3 else "b", stacked))
     opt_state = tx.init(stacked)
     mgr = checkpoint.manager(tmp_path / "checkpoints", 2)
     try:
         checkpoint.save(mgr, 1, stacked, opt_state, stacked, {"layers": []}, {"epoch": 1})
-        stored = mgr.item_metadata(1)["params"]
-        assert sorted(stored["bert"]["encoder"]) == ["layer_0", "layer_1", "layer_2"]
+        stored = mgr.item_metadata(1)
+        assert sorted(stored["params"]["bert"]["encoder"]) == ["layer_0", "layer_1", "layer_2"]
+        paths = [jax.tree_util.keystr(p) for p, _ in
+                 jax.tree_util.tree_flatten_with_path(stored["opt_state"])[0]]
+        assert any("layer_2" in p for p in paths) and not any("layers_" in p for p in paths)
         restored = checkpoint.restore(mgr, stacked, opt_state)
     finally:
         mgr.close()
