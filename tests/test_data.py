@@ -427,6 +427,45 @@ def test_custom_dataset_user_errors(tmp_path):
         load_custom([good, good], ["text"], "label", train_size=10)
 
 
+def test_glue_style_tsv_with_unmatched_quotes_keeps_every_row(tmp_path):
+    """GLUE's TSVs are not quoted: a text may begin with a " that is never closed."""
+    texts = [f'"quoted start {i}' if i % 2 == 0 else f"plain {i} \"mid\" quote" for i in range(40)]
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
+    task, splits = load_custom([train, train], ["sentence"], "label")
+    assert len(splits["test"]) == 40
+    assert splits["test"].texts == (texts,)
+    assert splits["test"].labels.tolist() == [i % 2 for i in range(40)]
+    # A CSV keeps its quoting: a quoted comma is part of the text.
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('text,label\n"a, b",x\nc,y\nd,x\ne,y\n')
+    _, splits = load_custom([quoted, quoted], ["text"], "label")
+    assert splits["test"].texts == (["a, b", "c", "d", "e"],)
+
+
+@pytest.mark.parametrize("name, content, offset", [
+    ("latin.csv", "text,label\ncaf\xe9,x\nna\xefve,y\nb,x\nc,y\n".encode("latin-1"), 14),
+    ("header.tsv", "t\xe9xt\tlabel\na\tx\nb\ty\nc\tx\nd\ty\n".encode("latin-1"), 1),
+    ("latin.jsonl", "".join(f'{{"text": "caf\xe9 {i}", "label": {i % 2}}}\n'
+                            for i in range(4)).encode("latin-1"), 13),
+])
+def test_file_that_is_not_utf8_is_refused_with_the_conversion(tmp_path, name, content, offset):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\na,x\nb,y\n")
+    new = bad.with_stem(bad.stem + "-utf8")
+    with pytest.raises(UserError) as info:
+        load_custom([bad, good], ["text"], "label")
+    assert str(info.value) == (
+        f"data file {bad} is not UTF-8 text (byte {offset} is not valid UTF-8); convert it to "
+        f"UTF-8 (for example iconv -f latin1 -t utf-8 {bad} > {new}) and pass the new file.")
+    # The conversion it proposes makes a file that reads.
+    new.write_bytes(content.decode("latin-1").encode("utf-8"))
+    column = "t\xe9xt" if name == "header.tsv" else "text"
+    assert len(load_custom([new, new], [column], "label")[1]["test"]) == 4
+
+
 # ----------------------------------------------------------------------------- tokenisation
 
 

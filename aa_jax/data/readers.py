@@ -68,19 +68,65 @@ def _read_json(path: Path, what: str) -> pa.Table:
 
 
 def _read_delimited(path: Path, delimiter: str, text_columns: Sequence[str], what: str) -> pa.Table:
-    """A CSV/TSV file with a header row; text columns are always read as strings."""
+    """A CSV/TSV file with a header row; text columns are always read as strings.
+
+    A TSV is read without quote processing, as GLUE's TSVs are written: their texts may
+    begin with a ``"`` that is never closed, and quote processing would silently join the
+    following rows into that one text.
+    """
     import pyarrow.csv as pcsv
 
+    quote = '"' if delimiter == "," else False
     try:
         return pcsv.read_csv(
             path,
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char=quote),
             convert_options=pcsv.ConvertOptions(
                 column_types={column: pa.string() for column in text_columns}),
         )
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{what} could not be parsed ({_first_line(error)}); give it a header "
                         f"row and one example per row.") from error
+
+
+def _first_invalid_utf8(path: Path) -> int | None:
+    """The offset of the first byte of ``path`` that is not UTF-8, or None if all are."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                pending = len(decoder.getstate()[0])  # an unfinished character's bytes
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as error:
+                    return offset - pending + error.start
+                offset += len(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:  # the file ends inside a character
+        return offset - len(decoder.getstate()[0])
+    except OSError:
+        return None
+    return None
+
+
+def _read_text_table(path: Path, suffix: str, text_columns: Sequence[str], what: str) -> pa.Table:
+    """A CSV, TSV or JSON file; one that is not UTF-8 is refused as such, whatever broke."""
+    try:
+        if suffix in (".jsonl", ".json"):
+            table = _read_json(path, what)
+        else:
+            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, what)
+        return _check_valid(table, what)
+    except UserError:
+        offset = _first_invalid_utf8(path)
+        if offset is None:
+            raise
+        raise UserError(f"{what} is not UTF-8 text (byte {offset} is not valid UTF-8); convert "
+                        f"it to UTF-8 (for example iconv -f latin1 -t utf-8 {path} > "
+                        f"{path.with_stem(path.stem + '-utf8')}) and pass the new "
+                        f"file.") from None
 
 
 def _read_user_file(path: Path, text_columns: Sequence[str], label_column: str) -> pa.Table:
@@ -95,11 +141,7 @@ def _read_user_file(path: Path, text_columns: Sequence[str], label_column: str) 
     columns = [*text_columns, label_column]
     if suffix in (".parquet", ".pq"):
         return _read_parquet(path, columns, what)
-    if suffix in (".jsonl", ".json"):
-        table = _read_json(path, what)
-    else:
-        table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, what)
-    _check_valid(table, what)
+    table = _read_text_table(path, suffix, text_columns, what)
     _require_columns(table.column_names, columns, what)
     return table.select(columns)
 
