@@ -14,41 +14,86 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, storage_errno, storage_error
 from aa_jax.params import segments_of, stack_layers, unstack_layers
 
 ITEMS = ("params", "opt_state", "best_params", "architecture", "meta")
+# Every temporary file's name carries its writer's host and PID (.<name>.w-<host>-<pid>_
+# <random>.tmp), so that cleanup can prove the writer gone before it deletes the file.
+_HOST = socket.gethostname().replace(".", "_").replace("-", "_")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old file or the new, never half."""
+    """Writes ``text`` to ``path`` so that readers see the old file or the new, never half.
+
+    A full, read-only or forbidden file system is a :class:`~aa_jax.errors.StorageError`
+    naming ``path``; the temporary file is removed (or, where even that fails, left to
+    :func:`remove_stale_temp_files`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp",
+                                   prefix=f".{path.name}.w-{_HOST}-{os.getpid()}_")
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            _remove_quietly(Path(tmp))
+        error = storage_error(path, e) if isinstance(e, OSError) else None
+        if error is not None:
+            raise error from None
         raise
 
 
+def _remove_quietly(path: Path) -> None:
+    """Cleanup after a failed write: it must never hide the error that made it necessary."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def remove_stale_temp_files(directory: str | Path) -> None:
-    """Deletes temporary files that a killed :func:`write_text_atomic` left in ``directory``."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        if tmp.is_file() and tmp.name.count(".") >= 3:  # .<name>.<random>.tmp
-            tmp.unlink(missing_ok=True)
+    """Deletes the temporary files that a killed :func:`write_text_atomic` of this host
+    left in ``directory``: only those whose writer's process is gone (the name carries its
+    host and PID), never another live writer's."""
+    for tmp in Path(directory).glob(".*.w-*.tmp"):
+        if tmp.is_file() and _writer_gone(tmp.name):
+            _remove_quietly(tmp)
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the process that wrote temporary file ``name`` has ended (on this host)."""
+    marks = [part for part in name.split(".") if part.startswith("w-")]
+    try:
+        _, host, pid = marks[-1].split("-", 2)
+        pid = int(pid.split("_", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if host != _HOST:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is someone else's
+        return False
+    return False
 
 
 def _umask() -> int:
@@ -110,14 +155,72 @@ def manager(directory: str | Path, max_to_keep: int = 2,
 def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
          architecture: dict, meta: dict) -> None:
     """Saves an epoch; parameter trees (and the optimizer state's) are stored per layer
-    (:func:`aa_jax.params.unstack_layers`), whatever layout the model runs in."""
-    mgr.save(epoch, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(unstack_layers(params)),
-        opt_state=ocp.args.StandardSave(unstack_layers(opt_state)),
-        best_params=ocp.args.StandardSave(unstack_layers(best_params)),
-        architecture=ocp.args.JsonSave(architecture),
-        meta=ocp.args.JsonSave(meta)))
-    mgr.wait_until_finished()
+    (:func:`aa_jax.params.unstack_layers`), whatever layout the model runs in.
+
+    A full, read-only or forbidden disk is a :class:`~aa_jax.errors.StorageError` naming
+    the epoch's folder, and orbax's unfinished temporary folder of it is removed."""
+    quiet_background_failures()
+    threads = set(threading.enumerate())
+    try:
+        mgr.save(epoch, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(unstack_layers(params)),
+            opt_state=ocp.args.StandardSave(unstack_layers(opt_state)),
+            best_params=ocp.args.StandardSave(unstack_layers(best_params)),
+            architecture=ocp.args.JsonSave(architecture),
+            meta=ocp.args.JsonSave(meta)))
+        mgr.wait_until_finished()
+    except Exception as e:
+        error = storage_error(Path(mgr.directory) / str(epoch), e)
+        if error is None:
+            raise
+        for thread in set(threading.enumerate()) - threads:  # orbax's, still writing
+            thread.join(timeout=30)
+        remove_unfinished_saves(mgr.directory)
+        raise error from None
+
+
+def _is_background_failure(error: BaseException) -> bool:
+    """What orbax's threads report after a save or restore failed: the same full, read-only
+    or damaged file again, or tensorstore answering an event loop already closed."""
+    return (storage_errno(error) is not None
+            or (isinstance(error, RuntimeError) and "Event loop is closed" in str(error))
+            or isinstance(error, ValueError) and "orbax-checkpoint-tmp" in str(error))
+
+
+def quiet_background_failures() -> None:
+    """When a save or restore fails (and its one sentence is on its way), orbax's threads
+    keep failing for a while and print a traceback each: those, and only those, are
+    silenced (from the first save or restore on: they begin before the call returns)."""
+    import logging
+    import sys
+
+    if getattr(sys.excepthook, "aa_jax_quiet", False):
+        return
+    previous_sys, previous_thread = sys.excepthook, threading.excepthook
+
+    def sys_hook(kind, error, tb):  # tensorstore's callbacks print through sys.excepthook
+        if not _is_background_failure(error):
+            previous_sys(kind, error, tb)
+
+    def thread_hook(args):
+        if not _is_background_failure(args.exc_value):
+            previous_thread(args)
+
+    class Filter(logging.Filter):
+        def filter(self, record):
+            text = record.getMessage()
+            return not ("raised an exception" in text or "Event loop is closed" in text)
+
+    sys_hook.aa_jax_quiet = True
+    sys.excepthook, threading.excepthook = sys_hook, thread_hook
+    logging.getLogger("absl").addFilter(Filter())
+
+
+def remove_unfinished_saves(directory: str | Path) -> None:
+    """Deletes orbax's temporary folders of saves that never completed (a completed save
+    is renamed to its epoch's number). Only for the one process that writes here."""
+    for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:

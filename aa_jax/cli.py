@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, check_writable, storage_error
 
 
 def _train_size(text: str):
@@ -246,6 +246,9 @@ def cmd_architecture(args) -> int:
 
     run = Path(args.run_dir)
     learned = read_learned(run)
+    png = Path(args.png) if args.png else (run if run.is_dir() else run.parent) / \
+        "architecture.png"
+    check_writable(png.parent, "The folder of the picture")  # before printing anything
     src = learned.get("source", {})
     print(f"learned on {src.get('task')} / {src.get('train_size')} examples / seed "
           f"{src.get('seed')} / {src.get('model')} ({src.get('method')})")
@@ -256,8 +259,6 @@ def cmd_architecture(args) -> int:
         p = f"p(adapter)={probs[ADAPTER]:.3f}" if probs else "no switch"
         rat = " rational" if "rational" in e else ""
         print(f"  layer {e['layer']:2d}: {'selected' if e['selected'] else '-':8s} {p}{rat}")
-    png = Path(args.png) if args.png else (run if run.is_dir() else run.parent) / \
-        "architecture.png"
     plot_architecture(learned, png)
     print(f"wrote {png}")
     return 0
@@ -331,10 +332,13 @@ def main(argv=None) -> int:
                 print(f"process {jax.process_index()} of {jax.process_count()}; "
                       f"{jax.device_count()} devices in all", flush=True)
         return commands[args.command](args)
-    except UserError as e:
-        if args.debug:
+    except Exception as e:
+        # A write that a full, read-only or forbidden disk refused, wherever it happened.
+        error = e if isinstance(e, UserError) else storage_error(
+            getattr(e, "filename", None) or "a file", e)
+        if args.debug or error is None:
             raise
-        print(f"aa-jax: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
+        print(f"aa-jax: error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)

@@ -26,7 +26,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax import checkpoint
 from aa_jax.adapters import KINDS, Architecture, LayerSpec
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
 SCHEMA = "aa_jax.export/v1"
@@ -73,6 +73,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{run_dir} is not a finished run; train it to the end, then export.")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out directory for the export.")
+    check_writable(out.parent, "The folder of --out")
     exp, params, _ = load_run(run_dir)
     if not exp.architecture.switched_layers:
         raise UserError(f"{run_dir} is a {exp.config.method} run, which has no switches; "
@@ -93,8 +94,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         checkpoint.write_json_atomic(tmp / "architecture.json", learned)
         checkpoint.write_json_atomic(tmp / "export.json", record)
         tmp.rename(out)  # the export appears whole or not at all
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = storage_error(out, e)  # named after the export, not its temporary folder
+        if error is not None:
+            raise error from None
         raise
     return record
 

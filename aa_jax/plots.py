@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from aa_jax.errors import UserError
+from aa_jax.errors import StorageError, UserError, storage_errno
 from aa_jax.switch import ADAPTER
 
 
@@ -60,9 +61,16 @@ def plot_architecture(learned: dict, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=110)
         tmp.replace(path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"Could not write the picture {path} ({e.strerror or e}); pass a "
-                        f"writable --png path.") from None
+        try:  # the cleanup must not hide why the picture could not be written
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        code = storage_errno(e)
+        reason = os.strerror(code) if code is not None else (e.strerror or str(e))
+        message = (f"Could not write the picture {path} ({reason}); pass --png with a path "
+                   f"on a writable disk that has room.")
+        raise (StorageError(message, code) if code is not None else UserError(message)) \
+            from None
     finally:
         plt.close(fig)
     return path

@@ -31,7 +31,7 @@ from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
 from aa_jax.distributed import is_primary
-from aa_jax.errors import UserError
+from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.experiment import (Experiment, check_same_run, load_run, resolve_inputs,
                                run_keys, setup)
 from aa_jax.methods import layers_run, learned_architecture
@@ -57,8 +57,10 @@ def prepare_run_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"Cannot create the run directory {out} ({e.strerror or e}); choose "
-                        f"a writable --out.") from None
+        raise storage_error(out, e) or UserError(
+            f"Cannot create the run directory {out} ({e.strerror or e}); choose a writable "
+            f"--out.") from None
+    check_writable(out, "The run directory")
     checkpoint.remove_stale_temp_files(out)
 
 

@@ -48,7 +48,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import RESULTS, SWEEPS, Sweep, UserError, run_name  # noqa: E402
 
-from aa_jax.checkpoint import is_complete, write_text_atomic  # noqa: E402
+from aa_jax.checkpoint import write_text_atomic  # noqa: E402
 from aa_jax.data.glue import get_task  # noqa: E402
 
 ALPHA = 0.05
@@ -57,15 +57,31 @@ ALPHA = 0.05
 # -- reading ----------------------------------------------------------------------------
 
 def read_results(sweep: Sweep) -> tuple[dict, dict]:
-    """The finished results and the failure records of a sweep's points, by run name."""
+    """The finished results and the failure records of a sweep's points, by run name.
+
+    The runner writes every file whole, so a result.json (or failed.json) that does not
+    read is damaged: it is named, never counted as an unfinished run."""
     done, failed = {}, {}
     for p in sweep.points:
         d = sweep.result_dir(p)
-        if is_complete(d):
-            done[run_name(p)] = json.loads((d / "result.json").read_text())
-        elif (d / "failed.json").is_file():
-            failed[run_name(p)] = json.loads((d / "failed.json").read_text())
+        if (d / "result.json").exists():
+            done[run_name(p)] = read_record(d / "result.json", "test")
+        elif (d / "failed.json").exists():
+            failed[run_name(p)] = read_record(d / "failed.json", "error")
     return done, failed
+
+
+def read_record(path: Path, key: str) -> dict:
+    """A result.json or failed.json: a JSON object with ``key``, or one sentence naming it."""
+    try:
+        record = json.loads(path.read_text())
+        problem = None if isinstance(record, dict) and key in record else f"no {key!r} entry"
+    except (OSError, ValueError, RecursionError) as e:
+        problem = str(e).split(":")[0] if isinstance(e, ValueError) else (e.strerror or str(e))
+    if problem is not None:
+        raise UserError(f"{path} is damaged ({problem}); restore it with git checkout -- "
+                        f"{path}, or delete {path.parent} so that the sweep runs it again.")
+    return record
 
 
 def majority_scores() -> dict[str, dict]:
@@ -73,7 +89,9 @@ def majority_scores() -> dict[str, dict]:
     run of a task has the same test set)."""
     out: dict[str, dict] = {}
     for f in sorted(RESULTS.glob("*/*/result.json")):
-        r = json.loads(f.read_text())
+        if f.parent.name.startswith("."):  # a run being published
+            continue
+        r = read_record(f, "test")
         if "majority" in r:
             out.setdefault(r["task"], r["majority"])
     return out
@@ -658,6 +676,14 @@ def main(argv=None) -> int:
                         help="compare with the committed TABLE.md files, write nothing")
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        return aggregate(args)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def aggregate(args: argparse.Namespace) -> int:
     names = args.sweeps or sorted(p.stem for p in SWEEPS.glob("*.json")
                                   if (RESULTS / p.stem).is_dir())
     majority = majority_scores()

@@ -45,6 +45,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,7 +55,7 @@ import traceback
 from pathlib import Path
 
 from aa_jax.checkpoint import is_complete, read_json, write_json_atomic, write_text_atomic
-from aa_jax.errors import UserError
+from aa_jax.errors import StorageError, UserError, check_writable, storage_error
 from aa_jax.config import TrainConfig
 from aa_jax.methods import METHODS
 
@@ -264,15 +265,36 @@ def published_config(sweep: Sweep, text: str) -> str:
 
 
 def publish(sweep: Sweep, point: Point) -> Path:
-    """Copies a finished run's files into the results folder, result.json last."""
+    """Copies a finished run's files into the results folder, whole or not at all: they are
+    assembled in a hidden sibling folder that is then renamed into place (replacing what
+    the run's folder held: a failed.json, an earlier copy)."""
     src, dst = sweep.work_dir(point), sweep.result_dir(point)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        text = (src / name).read_text()
-        if name == "config.json":
-            text = published_config(sweep, text)
-        write_text_atomic(dst / name, text)
-    (dst / "failed.json").unlink(missing_ok=True)
+    tmp, old = (dst.with_name(f".{dst.name}.{what}") for what in ("publishing", "replaced"))
+    try:
+        for leftover in (tmp, old):  # of a publish that was killed (the sweep is locked)
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in COPIED:
+            text = (src / name).read_text()
+            if name == "config.json":
+                text = published_config(sweep, text)
+            write_text_atomic(tmp / name, text)
+        if dst.exists():
+            dst.rename(old)
+        try:
+            tmp.rename(dst)
+        except BaseException:
+            if old.exists() and not dst.exists():
+                old.rename(dst)
+            raise
+    except (OSError, StorageError) as e:
+        error = storage_error(dst, e)  # named after the run's folder, not the hidden one
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
     return dst
 
 
@@ -449,6 +471,9 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
     from aa_jax.models.loader import load_pretrained
 
     todo = shard_of(sweep.points, shard)
+    # Before any training: a result that could not be kept is not worth computing.
+    check_writable(sweep.results, "The results folder")
+    check_writable(sweep.work, "The work folder")
     total, failed, waiting, backbones = len(todo), set(), {}, {}
     count = sum(sweep.done(p) for p in todo)
     while True:
@@ -478,6 +503,8 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
             if config.model not in backbones:
                 backbones[config.model] = load_pretrained(config.model)
             results = train_points(sweep, group, backbones[config.model], together)
+        except StorageError:  # no other run could be kept either
+            raise
         except Exception as e:  # noqa: BLE001 - recorded and the sweep goes on
             print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             for p, _ in group:
@@ -516,13 +543,17 @@ def run_workers(args: argparse.Namespace) -> int:
             base += [flag, str(value)]
     if args.commit:
         base.append("--commit")
+    base.append("--worker")  # an interruption is reported once, here
     # One accelerator shared by n processes: none may take most of its memory up front.
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
     n = args.workers
     children = [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
                 for i in range(1, n + 1)]
 
+    interrupted = []
+
     def stop(signum, frame):
+        interrupted.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -533,6 +564,8 @@ def run_workers(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if signal.SIGINT in interrupted:
+        raise KeyboardInterrupt
     return max(codes)
 
 
@@ -565,6 +598,7 @@ def main(argv=None) -> int:
                         help="print what is left and its estimated cost, run nothing")
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each finished run's files as it arrives")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         sweep = Sweep.load(args.sweep, args.glue_dir,
@@ -580,8 +614,14 @@ def main(argv=None) -> int:
             return run_workers(args)
         return run(sweep, args.shard, together_wanted(args.together), args.commit)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
+    except KeyboardInterrupt:
+        if not args.worker:
+            print("sweep: interrupted; run the same command again to go on (finished runs "
+                  "are kept, an unfinished one resumes from its last checkpoint).",
+                  file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
