@@ -199,7 +199,8 @@ def quiet_background_failures() -> None:
     previous_sys, previous_thread = sys.excepthook, threading.excepthook
 
     def sys_hook(kind, error, tb):  # tensorstore's callbacks print through sys.excepthook
-        if not _is_background_failure(error):
+        if threading.current_thread() is threading.main_thread() or \
+                not _is_background_failure(error):
             previous_sys(kind, error, tb)
 
     def thread_hook(args):

@@ -8,6 +8,7 @@ subprocess runs share a persistent JAX compilation cache, so only the first one 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -734,3 +736,157 @@ def test_read_learned_validates_every_field(tmp_path):
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(UserError, match=match):
             read_learned(path)
+
+
+# -- 6. full, read-only and forbidden disks -----------------------------------------------
+
+STORAGE_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "its file system is read-only",
+                   errno.EACCES: "permission denied"}
+
+
+def _storage_line(capsys, args) -> str:
+    """The CLI's answer to a refused write: one line, exit 2, no traceback."""
+    capsys.readouterr()
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _refuse(code: int, when):
+    """An ``os.replace`` that fails with ``code`` when ``when(destination)`` says so."""
+    real = os.replace
+
+    def replace(src, dst):
+        if when(Path(dst)):
+            raise OSError(code, os.strerror(code))
+        return real(src, dst)
+    return replace
+
+
+@pytest.mark.parametrize("where, code", [("checkpoint", errno.ENOSPC),
+                                         ("history", errno.EROFS),
+                                         ("result", errno.EDQUOT)])
+def test_a_disk_that_refuses_a_write_mid_run_stops_it_in_one_sentence_and_it_resumes(
+        capsys, tmp_path, run_args, reference, monkeypatch, where, code):
+    out = tmp_path / "run"
+    args = [*run_args, "--out", str(out)]
+    writes = []
+    with monkeypatch.context() as m:
+        if where == "checkpoint":  # orbax reports tensorstore's failure as a ValueError
+            real_save = ocp.CheckpointManager.save
+
+            def save(self, step, *a, **k):
+                if step == 3:
+                    raise ValueError(f"RESOURCE_EXHAUSTED: Error writing local file "
+                                     f"\"{out}/checkpoints/3.orbax-checkpoint-tmp/params\": "
+                                     f"{os.strerror(code)} [os_error_code='{code}']")
+                return real_save(self, step, *a, **k)
+            m.setattr(ocp.CheckpointManager, "save", save)
+            failing = out / "checkpoints" / "3"
+        else:
+            name = {"history": "metrics.jsonl", "result": "result.json"}[where]
+            failing = out / name
+
+            def when(dst):
+                writes.append(dst.name)
+                return dst.name == name and (where == "result" or writes.count(name) == 4)
+            m.setattr(checkpoint.os, "replace", _refuse(code, when))
+        line = _storage_line(capsys, args)
+    assert line == f"aa-jax: error: Cannot write {failing}: {STORAGE_REASONS[code]}; " + {
+        errno.ENOSPC: "free some space there (or write somewhere else) and run the same "
+                      "command again.",
+        errno.EROFS: "write to a folder on a writable disk instead.",
+        errno.EDQUOT: "free some space within it (or write somewhere else) and run the same "
+                      "command again."}[code]
+    assert not checkpoint.is_complete(out)
+    # Nothing half-written: no temporary files, no unfinished checkpoint folder.
+    assert not list(out.glob(".*tmp*")) and not list((out / "checkpoints").glob("*tmp*"))
+    assert _epoch_dirs(out) == {"checkpoint": [1, 2], "history": [1, 2], "result": [5, 6]}[where]
+    # With room again, the same command finishes with the uninterrupted run's metrics.
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    got, want = _result(out), _result(reference)
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert _history(out) == _history(reference)
+
+
+def _refusing_folder(code: int, folder: Path):
+    """A ``tempfile.TemporaryFile`` that fails with ``code`` inside ``folder``."""
+    real = tempfile.TemporaryFile
+
+    def temporary(*a, dir=None, **k):
+        if dir is not None and Path(dir) == folder:
+            raise OSError(code, os.strerror(code))
+        return real(*a, dir=dir, **k)
+    return temporary
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_an_unwritable_run_directory_is_refused_before_training(capsys, base, monkeypatch,
+                                                                code):
+    args, out = base
+    monkeypatch.setattr(tempfile, "TemporaryFile", _refusing_folder(code, out))
+    monkeypatch.setattr(train_module, "make_train_step",
+                        lambda *a, **k: pytest.fail("trained into a folder it cannot keep"))
+    line = _storage_line(capsys, args)
+    assert line.startswith(f"aa-jax: error: The run directory {out} is not writable "
+                           f"({STORAGE_REASONS[code]}); ")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_export_into_a_full_or_read_only_folder_leaves_nothing(capsys, aa_run, tmp_path,
+                                                               monkeypatch, code):
+    dest = tmp_path / "exports"
+    out = dest / "static"
+    with monkeypatch.context() as m:  # a folder that takes no file: refused up front
+        m.setattr(tempfile, "TemporaryFile", _refusing_folder(code, dest))
+        m.setattr("aa_jax.experiment.load_run", lambda *a: pytest.fail("loaded the run"))
+        line = _storage_line(capsys, ["export", str(aa_run), "--out", str(out)])
+    assert line.startswith(f"aa-jax: error: The folder of --out {dest} is not writable "
+                           f"({STORAGE_REASONS[code]}); ")
+    assert list(dest.iterdir()) == []
+    with monkeypatch.context() as m:  # the disk fills up while orbax writes the parameters
+        def save(self, directory, *a, **k):
+            raise ValueError(f"RESOURCE_EXHAUSTED: Failed writing \"{directory}/d/0\": "
+                             f"{os.strerror(code)} [os_error_code='{code}']")
+        m.setattr(ocp.StandardCheckpointer, "save", save)
+        line = _storage_line(capsys, ["export", str(aa_run), "--out", str(out)])
+    assert line.startswith(f"aa-jax: error: Cannot write {out}: {STORAGE_REASONS[code]}; ")
+    assert list(dest.iterdir()) == []
+    capsys.readouterr()
+    assert cli.main(["export", str(aa_run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["static"]
+
+
+def test_architecture_picture_on_a_read_only_disk_is_one_sentence(capsys, aa_run, tmp_path,
+                                                                  monkeypatch):
+    run = _copy_run(aa_run, tmp_path / "run")
+    with monkeypatch.context() as m:  # refused before anything is printed
+        m.setattr(tempfile, "TemporaryFile", _refusing_folder(errno.EROFS, run))
+        line = _storage_line(capsys, ["architecture", str(run)])
+    assert line == (f"aa-jax: error: The folder of the picture {run} is not writable (its "
+                    f"file system is read-only); write to a folder on a writable disk "
+                    f"instead.")
+    # The folder takes the check's file but not the picture, and not even the removal of
+    # the temporary picture: the first error is the one reported.
+    real_unlink = Path.unlink
+
+    def unlink(self, *a, **k):
+        if self.name.endswith(".tmp.png"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_unlink(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", _refuse(errno.ENOSPC, lambda dst: dst.suffix == ".png"))
+        m.setattr(Path, "unlink", unlink)
+        capsys.readouterr()
+        assert cli.main(["architecture", str(run)]) == 2
+        err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"aa-jax: error: Could not write the picture {run / 'architecture.png'} (No space "
+        f"left on device); pass --png with a path on a writable disk that has room."], err
+    assert not (run / "architecture.png").exists()
