@@ -53,7 +53,8 @@ def shuffle_seed(seed: int, epoch: int) -> int:
 
 
 def prepare_run_dir(out: Path) -> None:
-    """Creates ``out`` (or says in one sentence why it cannot) and clears stale temp files."""
+    """Creates ``out`` and makes sure it takes files (or says in one sentence why not),
+    before any training whose results could not be kept, and clears stale temp files."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -117,6 +118,7 @@ class Run:
       resolved: what the config's locations resolved to (written into config.json).
       log: the epochs so far (:class:`RunLog`; set by :meth:`start`).
       failure: the error that stopped this run early (a diverged seed of a group).
+      devices: how many devices its steps ran on.
     """
 
     exp: Experiment
@@ -127,6 +129,7 @@ class Run:
     resolved: dict[str, Any]
     log: RunLog | None = None
     failure: UserError | None = None
+    devices: int = 1
 
     def start(self, state: TrainState) -> TrainState:
         """Resumes from the latest checkpoint (if any) and writes ``config.json``; returns
@@ -201,7 +204,10 @@ class Run:
             # adds).
             "setup_and_test_seconds": round(setup_and_test, 2),
             # Where it ran: a run's numbers differ in rounding from one device to another.
+            # The devices and processes are what trained it: the step's mesh spans all
+            # devices (seeds trained together run on one).
             "device": device_name(),
+            "devices": self.devices, "processes": jax.process_count(),
             "examples": {k: int(len(v)) for k, v in exp.labels.items()},
         }
         note = exp.method.note(exp.architecture)
@@ -289,7 +295,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     predict = make_predict(exp.model, task.is_regression, drop_first, mesh)
 
     run = Run(exp, out, checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep),
-              predict, frozen, resolved)
+              predict, frozen, resolved, devices=1 if mesh is None else mesh.size)
     try:
         state = replicate(run.start(replicate(init_state(exp.trainable, tx), mesh)), mesh)
         run.log.best["params"] = replicate(run.log.best["params"], mesh)

@@ -223,3 +223,18 @@ def test_bfloat16_backbone_stays_close_to_float32(minilm):
     a, b = outs[jnp.float32], outs[jnp.bfloat16]
     cosine = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cosine.min() > 0.99, cosine.min()
+
+
+def test_dropout_masks_do_not_depend_on_the_padded_length():
+    from aa_jax.models.bert import dropout_keep_mask
+
+    key = jax.random.key(3)
+    short, _ = dropout_keep_mask(key, 0.1, (4, 16, 10), positions=(1,))
+    long, _ = dropout_keep_mask(key, 0.1, (4, 24, 10), positions=(1,))
+    np.testing.assert_array_equal(np.asarray(short), np.asarray(long)[:, :16])
+    short, _ = dropout_keep_mask(key, 0.1, (4, 3, 16, 16), positions=(2, 3))
+    long, _ = dropout_keep_mask(key, 0.1, (4, 3, 32, 32), positions=(2, 3))
+    np.testing.assert_array_equal(np.asarray(short), np.asarray(long)[:, :, :16, :16])
+    # Another key, or another layer's key, gives another mask.
+    other, _ = dropout_keep_mask(jax.random.fold_in(key, 1), 0.1, (4, 3, 16, 16), (2, 3))
+    assert not np.array_equal(np.asarray(short), np.asarray(other))

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend.random import threefry2x32_p
 
 from aa_jax.adapters import (KINDS, NO_ADAPTER, AdapterSlot, Architecture, LayerSpec,
                              LoraSite)
@@ -43,25 +44,50 @@ _ACT = {
 _DROPOUT_BITS = 16
 
 
-def dropout_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jax.Array,
-                                                                                     float]:
+def dropout_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
+                      positions: tuple[int, ...] = ()) -> tuple[jax.Array, float]:
     """(keep mask <bool>[shape], keep probability) with P(drop) = round(rate * 2^16) / 2^16.
 
-    Each uint32 draw gives two 16-bit words, split along the last axis so that a batch
-    sharded over devices draws the same mask as on one device.
+    Counter-based: element ``e`` keeps when its 16 random bits, one quarter of
+    ``threefry2x32(k, (c1, c2))``, reach the threshold, where ``k`` is two words drawn
+    from ``key``, ``c1`` encodes ``e``'s index along the ``positions`` axes (the sequence
+    axes, at most two, each shorter than 2^16) and ``c2`` its index along the other axes;
+    four consecutive elements of the last axis share one hash. The counters do not depend
+    on the lengths of the ``positions`` axes, so the mask at a token is the same however
+    far the batch is padded: seeds trained together on widened batches draw exactly the
+    masks of their one-by-one runs. Threefry-2x32 with 20 rounds is the function behind
+    JAX's default PRNG; distinct counters under one key give its independent streams.
     """
+    if len(positions) > 2 or any(shape[a] >= 1 << 16 for a in positions):
+        raise ValueError(f"dropout positions {positions} of shape {shape}: at most two "
+                         f"axes, each shorter than 65536")
     scale = 1 << _DROPOUT_BITS
     threshold = int(round(rate * scale))
-    last = shape[-1]
-    words = jax.random.bits(key, shape[:-1] + ((last + 1) // 2,), jnp.uint32)
-    halves = jnp.concatenate([words & (scale - 1), words >> _DROPOUT_BITS], axis=-1)
-    return halves[..., :last] >= threshold, (scale - threshold) / scale
+    last = len(shape) - 1
+    groups = shape[:-1] + (-(-shape[-1] // 4),)  # the last axis in groups of four
+    c1, c2, stride = jnp.uint32(0), jnp.uint32(0), 1
+    for axis in reversed(range(len(shape))):
+        index = jax.lax.broadcasted_iota(jnp.uint32, groups, axis)
+        if axis in positions:
+            c1 = c1 * jnp.uint32(1 << 16) + index
+        else:
+            c2 = c2 + index * jnp.uint32(stride)
+            stride *= groups[axis]
+    k1, k2 = jax.random.bits(key, (2,), jnp.uint32)
+    y1, y2 = threefry2x32_p.bind(k1, k2, *jnp.broadcast_arrays(c1, c2))
+    mask = jnp.uint32(scale - 1)
+    pieces = jnp.stack([y1 & mask, y1 >> _DROPOUT_BITS, y2 & mask, y2 >> _DROPOUT_BITS],
+                       axis=-1)
+    bits = pieces.reshape(groups[:-1] + (4 * groups[-1],))[..., :shape[last]]
+    return bits >= threshold, (scale - threshold) / scale
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with 16-bit masks (see ``dropout_keep_mask``), rng stream ``dropout``."""
+    """Inverted dropout with 16-bit masks (see ``dropout_keep_mask``), rng stream
+    ``dropout``; ``positions``: the input's sequence axes."""
 
     rate: float
+    positions: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -69,7 +95,8 @@ class Dropout(nn.Module):
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape,
+                                            self.positions)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
@@ -98,7 +125,7 @@ class BertEmbeddings(nn.Module):
              + nn.Embed(c.type_vocab_size, c.hidden_size, embedding_init=init,
                         name="token_type_embeddings")(token_type_ids))
         x = _layer_norm(c, self.dtype)(x.astype(self.dtype))
-        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob, (1,))(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -137,7 +164,7 @@ class BertSelfAttention(nn.Module):
         scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32: bf16 logits lose the small differences attention depends on.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1)
-        probs = Dropout(c.attention_probs_dropout_prob)(
+        probs = Dropout(c.attention_probs_dropout_prob, (2, 3))(
             probs.astype(self.dtype), deterministic=deterministic)
         out = jnp.matmul(probs, v).transpose(0, 2, 1, 3)
         return out.reshape(out.shape[:2] + (c.hidden_size,))
@@ -166,7 +193,7 @@ class BertSelfOutput(nn.Module):
     def __call__(self, s, x, deterministic: bool):
         c = self.config
         s = _dense(c.hidden_size, c, self.dtype, "dense")(s)
-        s = Dropout(c.hidden_dropout_prob)(s, deterministic=deterministic)
+        s = Dropout(c.hidden_dropout_prob, (1,))(s, deterministic=deterministic)
         return _layer_norm(c, self.dtype)(s + x)
 
 
@@ -195,7 +222,7 @@ class BertOutputBlock(nn.Module):
     def __call__(self, intermediate, inp, deterministic: bool, drop=None):
         c = self.config
         h = _dense(c.hidden_size, c, self.dtype, "dense")(intermediate)
-        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob, (1,))(h, deterministic=deterministic)
         slot = AdapterSlot(self.spec, self.architecture, c.hidden_size, self.dtype,
                            name="slot")
         return slot(h, inp, _layer_norm(c, self.dtype), deterministic=deterministic,
