@@ -15,12 +15,11 @@ such a run directory, and ``train`` resumes it.
 
 A step's batches must share one shape, so each seed's batch is padded to the widest
 sequence bucket among that step's batches (:func:`aa_jax.data.pipeline.widen`). The
-padding is masked out of attention and pooling, which leaves the computation of the real
-tokens as it was, with one exception: dropout draws its masks for the padded shape, so
-at a step where a seed's batch was widened, its dropout masks differ from those of its
-sequential run (another draw from the same distribution). Where no batch is widened, or
-dropout is off, each seed computes its sequential run up to the rounding of batched
-kernels (``tests/test_seeds.py`` checks both cases to 1e-10 in float64).
+padding is masked out of attention and pooling, and a token's dropout mask depends on its
+position, not on the padded width (:func:`aa_jax.models.bert.dropout_keep_mask`), so each
+seed computes its sequential run up to the rounding of batched kernels
+(``tests/test_seeds.py`` checks it to 1e-10 in float64, widened steps and dropout
+included, and on MiniLM in float32).
 """
 
 from __future__ import annotations
