@@ -27,6 +27,12 @@ _EXPORTS = {
     "load_pretrained": "aa_jax.models.loader", "with_backbone": "aa_jax.models.loader",
     "Rational": "aa_jax.rational", "fit_rational": "aa_jax.rational",
     "init_coefficients": "aa_jax.rational", "GumbelSwitch": "aa_jax.switch",
+    "KINDS": "aa_jax.adapters", "METHODS": "aa_jax.methods", "get_method": "aa_jax.methods",
+    "TrainConfig": "aa_jax.config", "train": "aa_jax.train", "setup": "aa_jax.experiment",
+    "resolve_pooling": "aa_jax.experiment", "make_optimizer": "aa_jax.step",
+    "init_state": "aa_jax.step", "make_train_step": "aa_jax.step",
+    "make_predict": "aa_jax.step", "partition": "aa_jax.params", "merge": "aa_jax.params",
+    "in_layout": "aa_jax.models.bert", "random_pretrained": "aa_jax.models.loader",
 }
 __all__ = list(_EXPORTS)
 

@@ -175,6 +175,9 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
                     mesh: Mesh | None = None) -> Callable:
     """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
 
+    ``batch`` holds ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels`` and
+    ``weights`` (see the module docstring).
+
     With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
     is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
     XLA sums the gradients across devices. The random draws (dropout, Gumbel noise) do not

@@ -82,13 +82,13 @@ class GumbelSwitch(nn.Module):
     hard: bool = False
 
     @nn.compact
-    def __call__(self, batch_size: int, deterministic: bool) -> jax.Array:
+    def __call__(self, batch_size: int, deterministic: bool = True) -> jax.Array:
         """Switch weights for a batch.
 
         Args:
           batch_size: number of examples; each gets its own noise when training.
-          deterministic: True at inference: the one-hot of argmax(logits) for every
-            example, no rng needed. False when training: needs the ``gumbel`` rng stream.
+          deterministic: True (the default) at inference: the one-hot of argmax(logits)
+            for every example, no rng needed. False when training: needs the ``gumbel`` rng stream.
 
         Returns:
           <float32>[batch_size, num_choices], each row summing to 1.
