@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_bench_prints_one_record_per_phase_and_method(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
