@@ -250,36 +250,73 @@ def _check_fits(mgr: ocp.CheckpointManager, epoch: int, expected: dict[str, Any]
                             f"directory.")
 
 
-def _restore_failed(directory, epoch: int, e: Exception) -> UserError:
+def _restore_failed(directory, epoch: int, e: Exception, older: int = 0) -> UserError:
+    """The sentence for a checkpoint that could not be restored; ``older``: how many older
+    epochs could not be restored either (there is then nothing to resume from)."""
     detail = " ".join(str(e).split())[:200]
+    fix = ("if it is damaged, delete that epoch's folder to resume from the one before, or "
+           "use a new --out directory" if not older else
+           f"nor could the {older} older one{'s' if older > 1 else ''} kept there; use a "
+           f"new --out directory")
     return UserError(f"The checkpoint of epoch {epoch} in {directory} could not be restored "
-                     f"({type(e).__name__}: {detail}); if it is damaged, delete that epoch's "
-                     f"folder to resume from the one before, or use a new --out directory.")
+                     f"({type(e).__name__}: {detail}); {fix}.")
 
 
 def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
             epoch: int | None = None) -> dict[str, Any]:
-    """Restores the latest (or given) epoch into the structure of the ``*_like`` trees.
+    """Restores the given epoch, or the newest intact one, into the structure of the
+    ``*_like`` trees.
 
-    A checkpoint of another model or method is refused with one sentence; any other
-    failure says what happened.
+    Without ``epoch`` the epochs are tried newest first: a damaged one (a truncated or
+    garbled file) is skipped with one line on stderr, and once an older one has been
+    restored the damaged ones are deleted, so that training saves those epochs again.
+    Only when no epoch can be restored is the newest one's failure raised (and nothing
+    deleted). A checkpoint of another model or method is refused with one sentence.
     """
-    epoch = mgr.latest_step() if epoch is None else epoch
     segments = segments_of(params_like)
     params_like, opt_state_like = unstack_layers(params_like), unstack_layers(opt_state_like)
-    _check_fits(mgr, epoch, {"params": params_like, "opt_state": opt_state_like,
-                             "best_params": params_like})
-    try:
-        out = mgr.restore(epoch, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_like),
-            opt_state=ocp.args.StandardRestore(opt_state_like),
-            best_params=ocp.args.StandardRestore(params_like),
-            architecture=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-    except Exception as e:
-        raise _restore_failed(mgr.directory, epoch, e) from None
+    expected = {"params": params_like, "opt_state": opt_state_like,
+                "best_params": params_like}
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(params_like),
+                              opt_state=ocp.args.StandardRestore(opt_state_like),
+                              best_params=ocp.args.StandardRestore(params_like),
+                              architecture=ocp.args.JsonRestore(),
+                              meta=ocp.args.JsonRestore())
+    epochs = [epoch] if epoch is not None else sorted(mgr.all_steps(), reverse=True)
+    if not epochs:
+        raise UserError(f"{mgr.directory} holds no checkpoint to resume from.")
+    damaged: list[tuple[int, Exception]] = []
+    out = None
+    for candidate in epochs:
+        _check_fits(mgr, candidate, expected)
+        quiet_background_failures()
+        try:
+            out = mgr.restore(candidate, args=args)
+        except Exception as e:
+            damaged.append((candidate, e))
+            continue
+        _drop_damaged(mgr, damaged, candidate)
+        break
+    if out is None:
+        newest, error = damaged[0]
+        raise _restore_failed(mgr.directory, newest, error, len(damaged) - 1) from None
     return {k: stack_layers(v, segments) if k in ("params", "opt_state", "best_params")
             else v for k, v in out.items()}
+
+
+def _drop_damaged(mgr: ocp.CheckpointManager, damaged: list[tuple[int, Exception]],
+                  restored: int) -> None:
+    """Deletes the damaged epochs newer than ``restored`` (orbax would refuse to save
+    those epochs again over them), one line on stderr each."""
+    import sys
+
+    for epoch, e in damaged:
+        detail = " ".join(str(e).split())[:200]
+        mgr.delete(epoch)
+        if jax.process_index() == 0:
+            print(f"aa-jax: the checkpoint of epoch {epoch} in {mgr.directory} could not "
+                  f"be restored ({type(e).__name__}: {detail}); deleted it and resuming "
+                  f"from epoch {restored}.", file=sys.stderr, flush=True)
 
 
 def restore_params(directory: str | Path, params_like, which: str = "best_params"):

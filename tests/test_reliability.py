@@ -500,22 +500,68 @@ def test_run_dir_of_another_model_or_method_is_refused_untouched(capsys, referen
     assert _fingerprint(interrupted) == before
 
 
+def _damage(epoch_dir: Path) -> None:
+    """Garbles every stored array of a checkpoint; the metadata (names, shapes) stays
+    readable."""
+    damaged = [p for p in (epoch_dir / "params").rglob("*")
+               if p.is_file() and not p.name.startswith("_")]
+    assert damaged
+    for p in damaged:
+        p.write_bytes(b"\x00garbage" * 3)
+
+
 def test_damaged_checkpoint_says_what_happened_not_that_it_does_not_fit(capsys, reference,
                                                                        base, tmp_path):
     args, _ = base
     stsb = _with(args, task="stsb", train_size=32, epochs=EPOCHS, lr="1e-2", method="aa")
     run = _copy_run(reference, tmp_path / "damaged")
     (run / "result.json").unlink()
-    latest = run / "checkpoints" / str(max(_epoch_dirs(run)))
-    # The parameters' metadata (names, shapes) stays readable; their stored bytes do not.
-    damaged = [p for p in (latest / "params").rglob("*")
-               if p.is_file() and not p.name.startswith("_")]
-    assert damaged
-    for p in damaged:
-        p.write_bytes(b"\x00garbage" * 3)
+    for epoch in _epoch_dirs(run):  # every kept epoch: nothing to fall back on
+        _damage(run / "checkpoints" / str(epoch))
+    before = _fingerprint(run)
     line = _refused(capsys, _with(stsb, out=run),
-                    r"The checkpoint of epoch \d+ in .* could not be restored \(\w+", debug=False)
+                    rf"The checkpoint of epoch {EPOCHS} in .* could not be restored \(\w+.*\); "
+                    r"nor could the 1 older one kept there; use a new --out directory\.$",
+                    debug=False)
     assert "does not fit" not in line
+    assert _fingerprint(run) == before  # nothing deleted when nothing could be resumed
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(capsys, reference, run_args,
+                                                                tmp_path, monkeypatch):
+    run = _copy_run(reference, tmp_path / "damaged")
+    (run / "result.json").unlink()
+    assert _epoch_dirs(run) == [EPOCHS - 1, EPOCHS]
+    newest = run / "checkpoints" / str(EPOCHS)
+    data = max((p for p in (newest / "params").rglob("*")
+                if p.is_file() and not p.name.startswith("_")), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])  # truncated
+    steps = []
+    real_make = train_module.make_train_step
+
+    def make(*a, **k):
+        step = real_make(*a, **k)
+
+        def counted(*b):
+            steps.append(1)
+            return step(*b)
+        return counted
+
+    monkeypatch.setattr(train_module, "make_train_step", make)
+    capsys.readouterr()
+    assert cli.main([*run_args, "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(rf"aa-jax: the checkpoint of epoch {EPOCHS} in {re.escape(str(run))}"
+                        rf"/checkpoints could not be restored \(\w+: .*\); deleted it and "
+                        rf"resuming from epoch {EPOCHS - 1}\.", lines[0]), lines[0]
+    assert len(steps) == _history(reference)[0]["step"]  # the last epoch, once again
+    got, want = _result(run), _result(reference)
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert _history(run) == _history(reference)
+    assert _epoch_dirs(run) == [EPOCHS - 1, EPOCHS]
+    assert not list((run / "checkpoints").glob("*tmp*"))
 
 
 def test_eval_writes_nothing_into_the_run_directory(capsys, reference, tmp_path):
