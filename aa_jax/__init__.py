@@ -28,7 +28,7 @@ _EXPORTS = {
     "Rational": "aa_jax.rational", "fit_rational": "aa_jax.rational",
     "init_coefficients": "aa_jax.rational", "GumbelSwitch": "aa_jax.switch",
     "KINDS": "aa_jax.adapters", "METHODS": "aa_jax.methods", "get_method": "aa_jax.methods",
-    "TrainConfig": "aa_jax.config", "train": "aa_jax.train", "setup": "aa_jax.experiment",
+    "TrainConfig": "aa_jax.config", "setup": "aa_jax.experiment",
     "resolve_pooling": "aa_jax.experiment", "make_optimizer": "aa_jax.step",
     "init_state": "aa_jax.step", "make_train_step": "aa_jax.step",
     "make_predict": "aa_jax.step", "partition": "aa_jax.params", "merge": "aa_jax.params",
