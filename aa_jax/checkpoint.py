@@ -12,6 +12,7 @@ so a reader (or a killed run) never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -150,6 +151,33 @@ def manager(directory: str | Path, max_to_keep: int = 2,
                         else ocp.StandardCheckpointHandler()) for name in ITEMS}
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
                                  item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def closing(managers: list[ocp.CheckpointManager]) -> Iterator[None]:
+    """Closes ``managers`` however the block ends (an error, Ctrl-C, SIGTERM raised by
+    :func:`aa_jax.guard.sigterm_raises`), each after its saves have finished, so that no
+    orbax thread outlives the run. When the block failed, a failure to close is not
+    allowed to hide its error; otherwise the first one is raised, after all are closed."""
+    try:
+        yield
+    except BaseException:
+        _close_all(managers)
+        raise
+    error = _close_all(managers)
+    if error is not None:
+        raise error
+
+
+def _close_all(managers: list[ocp.CheckpointManager]) -> Exception | None:
+    first = None
+    for mgr in managers:
+        try:
+            mgr.wait_until_finished()
+            mgr.close()
+        except Exception as e:  # noqa: BLE001 - the others are closed all the same
+            first = first or e
+    return first
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,

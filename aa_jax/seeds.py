@@ -24,6 +24,7 @@ included, and on MiniLM in float32).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from aa_jax import checkpoint
+from aa_jax import checkpoint, guard
 from aa_jax import train as training
 from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
@@ -184,6 +185,18 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
                 for config, out in zip(configs, outs)]
     for out in outs:
         training.prepare_run_dir(out)
+    with contextlib.ExitStack() as held:
+        for out in outs:
+            held.enter_context(guard.hold_run(out))
+        held.enter_context(guard.sigterm_raises())
+        return _train_held(configs, outs, exps, resolved, progress, started)
+
+
+def _train_held(configs: list[TrainConfig], outs: list[Path], exps: list, resolved: list,
+                progress: bool, started: float) -> list[dict]:
+    """:func:`_train_together`'s work, in run directories this process holds."""
+    c, exp0 = configs[0], exps[0]
+    sizes = {len(e.labels["train"]) for e in exps}
 
     task, n = exp0.task, len(configs)
     seeds = [config.seed for config in configs]
@@ -203,7 +216,7 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
                                                       c.checkpoints_to_keep),
                          predict, exp.frozen, res)
             for exp, out, res in zip(exps, outs, resolved)]
-    try:
+    with checkpoint.closing([run.mgr for run in runs]):
         states = [run.start(init_state(run.exp.trainable, tx)) for run in runs]
         starts = {run.log.start_epoch for run in runs}
         if len(starts) > 1:
@@ -224,9 +237,6 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
 
         training.epoch_loop(runs, state, step_fn, frozen, train_keys, batches, unstack_run,
                             progress, lambda: (time.perf_counter() - t0) / n)
-    finally:
-        for run in runs:
-            run.mgr.close()
     group_seconds = time.perf_counter() - t0
     extra = {"seeds_together": seeds, "group_train_seconds": round(group_seconds, 2)}
     results = [None if run.failure else

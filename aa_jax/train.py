@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aa_jax import checkpoint
+from aa_jax import checkpoint, guard
 from aa_jax.adapters import adapter_weight_count
 from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
@@ -283,8 +283,16 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     mesh = data_mesh()
     check_batch_size(config.batch_size, mesh)
     prepare_run_dir(out)
+    with guard.hold_run(out), guard.sigterm_raises():
+        if checkpoint.is_complete(out):  # another process finished it in the meantime
+            return checkpoint.read_json(out / "result.json", "run result")
+        return _train_locked(exp, out, mesh, resolved, progress, started)
 
-    task, c = exp.task, config
+
+def _train_locked(exp: Experiment, out: Path, mesh, resolved: dict, progress: bool,
+                  started: float) -> dict:
+    """:func:`train`'s work, in a run directory this process holds."""
+    task, c = exp.task, exp.config
     frozen = replicate(exp.frozen, mesh)
     steps_per_epoch = pipeline.num_batches(len(exp.labels["train"]), c.batch_size)
     tx = make_optimizer(c, steps_per_epoch * c.epochs, exp.trainable,
@@ -296,7 +304,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
 
     run = Run(exp, out, checkpoint.manager(out / "checkpoints", c.checkpoints_to_keep),
               predict, frozen, resolved, devices=1 if mesh is None else mesh.size)
-    try:
+    with checkpoint.closing([run.mgr]):
         state = replicate(run.start(replicate(init_state(exp.trainable, tx), mesh)), mesh)
         run.log.best["params"] = replicate(run.log.best["params"], mesh)
         setup_seconds = time.perf_counter() - started
@@ -310,8 +318,6 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
                    lambda s, i: s, progress, lambda: time.perf_counter() - t0)
         if run.failure is not None:
             raise run.failure
-    finally:
-        run.mgr.close()
     return run.finish(time.perf_counter() - t0, setup_seconds=setup_seconds)
 
 

@@ -41,6 +41,7 @@ to other runs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -54,6 +55,7 @@ import time
 import traceback
 from pathlib import Path
 
+from aa_jax import guard
 from aa_jax.checkpoint import is_complete, read_json, write_json_atomic, write_text_atomic
 from aa_jax.errors import StorageError, UserError, check_writable, storage_error
 from aa_jax.config import TrainConfig
@@ -468,19 +470,34 @@ def together_group(sweep: Sweep, first: Point, config: TrainConfig, todo: list[P
 
 def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         commit: bool = False) -> int:
-    from aa_jax.models.loader import load_pretrained
-
+    """Trains and publishes the shard's pending runs; returns 1 if any failed, else 0.
+    Raises :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
     todo = shard_of(sweep.points, shard)
     # Before any training: a result that could not be kept is not worth computing.
     check_writable(sweep.results, "The results folder")
     check_writable(sweep.work, "The work folder")
-    total, failed, waiting, backbones = len(todo), set(), {}, {}
+    # One process per sweep (and shard); shards of different counts may overlap, and
+    # there the runs' own locks keep each run to one process.
+    name, what = ".sweep.lock", f"The sweep {sweep.name}"
+    if shard != (1, 1):
+        name, what = f".sweep.shard-{shard[0]}-of-{shard[1]}.lock", \
+            f"Shard {shard[0]}/{shard[1]} of the sweep {sweep.name}"
+    with guard.hold(sweep.work / name, what):
+        return _run_held(sweep, todo, shard, together, commit)
+
+
+def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together: bool,
+              commit: bool) -> int:
+    """:func:`run`'s loop, in a sweep this process holds."""
+    from aa_jax.models.loader import load_pretrained
+
+    total, failed, busy, waiting, backbones = len(todo), set(), set(), {}, {}
     count = sum(sweep.done(p) for p in todo)
     while True:
         nxt = None
         for p in todo:
             name = run_name(p)
-            if name in failed or sweep.done(p):
+            if name in failed or name in busy or sweep.done(p):
                 continue
             try:
                 nxt = (p, resolve(sweep, p))
@@ -494,37 +511,51 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         if nxt is None:
             break
         point, config = nxt
-        group = together_group(sweep, point, config, todo, failed) if together else [nxt]
+        group = together_group(sweep, point, config, todo, failed | busy) if together \
+            else [nxt]
         names = [run_name(p) for p, _ in group]
         count += len(group)
         where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
         print(f"[{where}{count}/{total}] {', '.join(names)}: training", flush=True)
-        try:
-            if config.model not in backbones:
-                backbones[config.model] = load_pretrained(config.model)
-            results = train_points(sweep, group, backbones[config.model], together)
-        except StorageError:  # no other run could be kept either
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded and the sweep goes on
-            print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            for p, _ in group:
-                record_failure(sweep, p, e)
-                failed.add(run_name(p))
-            continue
-        for (p, _), result in zip(group, results):
-            waiting.pop(run_name(p), None)
-            dst = publish(sweep, p)
-            if p.label == sweep.role("learned"):
-                record_inputs(sweep, p, backbones[config.model])
-            test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
-            print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
-                  f"{result['train_seconds']:.0f} s", flush=True)
-            if commit:
-                git_commit([dst], f"Results: {sweep.name}/{dst.name}")
+        # The runs stay locked until they are published: no other process trains or
+        # publishes them meanwhile.
+        with contextlib.ExitStack() as held:
+            try:
+                for p, _ in group:
+                    sweep.work_dir(p).mkdir(parents=True, exist_ok=True)
+                    held.enter_context(guard.hold_run(sweep.work_dir(p)))
+                if config.model not in backbones:
+                    backbones[config.model] = load_pretrained(config.model)
+                results = train_points(sweep, group, backbones[config.model], together)
+            except guard.Busy as e:  # another process trains it: not a failure
+                print(f"    skipped: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                busy.update(names)
+                count -= len(group)
+                continue
+            except StorageError:  # no other run could be kept either
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded and the sweep goes on
+                print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                for p, _ in group:
+                    record_failure(sweep, p, e)
+                    failed.add(run_name(p))
+                continue
+            for (p, _), result in zip(group, results):
+                waiting.pop(run_name(p), None)
+                dst = publish(sweep, p)
+                if p.label == sweep.role("learned"):
+                    record_inputs(sweep, p, backbones[config.model])
+                test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+                print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
+                      f"{result['train_seconds']:.0f} s", flush=True)
+                if commit:
+                    git_commit([dst], f"Results: {sweep.name}/{dst.name}")
     done = sum(sweep.done(p) for p in todo)
     still_waiting = {n: w for n, w in waiting.items() if n not in failed}
+    busy -= {run_name(p) for p in todo if sweep.done(p)}
     print(f"{sweep.name}: {done} of {total} runs done"
           + (f", {len(failed)} failed (see failed.json)" if failed else "")
+          + (f", {len(busy)} in training by another process" if busy else "")
           + (f", {len(still_waiting)} waiting for runs not finished here" if still_waiting
              else ""))
     for n, w in sorted(still_waiting.items()):

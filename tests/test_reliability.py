@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import orbax.checkpoint as ocp
 import pytest
+import lock_holder
 from conftest import write_tiny_checkpoint
 from fake_glue import write_split
 
@@ -936,3 +937,45 @@ def test_architecture_picture_on_a_read_only_disk_is_one_sentence(capsys, aa_run
         f"aa-jax: error: Could not write the picture {run / 'architecture.png'} (No space "
         f"left on device); pass --png with a path on a writable disk that has room."], err
     assert not (run / "architecture.png").exists()
+
+
+# -- 7. one process per run directory -----------------------------------------------------
+
+def test_a_locked_run_directory_stops_a_second_train_and_a_killed_holders_lock_is_taken(
+        capsys, base, monkeypatch):
+    args, out = base
+    out.mkdir()
+    holder = lock_holder.hold_in_subprocess(out / ".lock")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(train_module, "make_train_step",
+                      lambda *a, **k: pytest.fail("trained in a run directory in use"))
+            line = _storage_line(capsys, args)
+        assert line == (f"aa-jax: error: The run directory {out} is in use by process "
+                        f"{holder.pid} (it holds {out / '.lock'}); wait for it to end or stop "
+                        f"it, then run the same command again.")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        lock_holder.stop(holder)
+    # The kernel released the killed process's lock: the run goes ahead.
+    capsys.readouterr()
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert checkpoint.is_complete(out)
+    assert (out / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_run_directory_lock_is_reentrant_in_its_process_and_released_after(tmp_path):
+    from aa_jax import guard
+
+    lock = tmp_path / ".lock"
+    with guard.hold(lock, "The thing"):
+        with guard.hold(lock, "The thing"):
+            pass
+        # Still held after the inner block: another process is refused.
+        probe = subprocess.run([sys.executable, "-c", lock_holder.HOLDER, str(lock)],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert probe.returncode != 0 and probe.stdout == ""
+        assert (f"aa_jax.guard.Busy: the test's lock is in use by process {os.getpid()} (it "
+                f"holds {lock})" in probe.stderr), probe.stderr
+    holder = lock_holder.hold_in_subprocess(lock)  # released when the outer block ended
+    lock_holder.stop(holder)

@@ -536,3 +536,24 @@ def test_cli_seed_and_seeds_exclude_each_other(capsys):
         cli.main(["train", "--seed", "1", "--seeds", "2,3"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_seeds_stop_before_training_when_one_run_directory_is_in_use(base_config, tiny,
+                                                                     tmp_path, monkeypatch):
+    import lock_holder
+    from aa_jax import guard
+
+    configs = [dataclasses.replace(c, epochs=1) for c in _configs(base_config)[:2]]
+    outs = [tmp_path / f"seed-{c.seed}" for c in configs]
+    holder = lock_holder.hold_in_subprocess(outs[1] / ".lock")
+    try:
+        monkeypatch.setattr(seeds_module, "make_seeds_train_step",
+                            lambda *a, **k: pytest.fail("trained a run directory in use"))
+        with pytest.raises(guard.Busy, match=rf"^The run directory {outs[1]} is in use by "
+                           rf"process {holder.pid} \(it holds "):
+            train_seeds(configs, outs, progress=False, pretrained=tiny)
+        assert not (outs[0] / "checkpoints").exists()
+    finally:
+        lock_holder.stop(holder)
+    # The first seed's lock was given back: another process can take it.
+    lock_holder.stop(lock_holder.hold_in_subprocess(outs[0] / ".lock"))

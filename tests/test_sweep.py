@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 import aggregate  # noqa: E402
+import lock_holder  # noqa: E402
 import sweep  # noqa: E402
 from aa_jax.errors import UserError  # noqa: E402
 
@@ -700,3 +701,71 @@ def test_publishing_again_replaces_a_failure_record(tmp_path, monkeypatch):
     assert sweep.main(args) == 0
     assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)
     assert sorted(p.name for p in results.iterdir()) == [run.name]
+
+
+# -- one process per sweep and per run ------------------------------------------------------
+
+def test_a_sweep_in_use_stops_a_second_process_and_a_killed_holders_lock_is_taken(
+        tmp_path, monkeypatch, capsys):
+    trained = []
+    args, results, work = _one_run_sweep(tmp_path, monkeypatch, trained)
+    holder = lock_holder.hold_in_subprocess(work / ".sweep.lock")
+    try:
+        assert sweep.main(args) == 2
+        assert _one_line(capsys) == (
+            f"error: The sweep small is in use by process {holder.pid} (it holds "
+            f"{work.absolute() / '.sweep.lock'}); wait for it to end or stop it, then run "
+            f"the same command again.")
+        assert trained == [] and list(results.iterdir()) == []
+    finally:
+        lock_holder.stop(holder)
+    # A run that another process trains (its run directory is locked) is skipped, and is
+    # no failure.
+    run = work / "rte-baseline-100-42"
+    holder = lock_holder.hold_in_subprocess(run / ".lock")
+    try:
+        capsys.readouterr()
+        assert sweep.main(args) == 0
+        out, err = capsys.readouterr()
+        assert err.strip() == (
+            f"skipped: The run directory {run} is in use by process {holder.pid} (it holds "
+            f"{run.absolute() / '.lock'}); wait for it to end or stop it, then run the same "
+            f"command again.")
+        assert out.splitlines()[-1] == "small: 0 of 1 runs done, 1 in training by another " \
+                                       "process"
+        assert trained == [] and list(results.iterdir()) == []
+    finally:
+        lock_holder.stop(holder)
+    assert sweep.main(args) == 0  # the killed processes' locks are taken over
+    assert trained == ["rte-baseline-100-42"]
+    assert sorted(p.name for p in (results / run.name).iterdir()) == sorted(sweep.COPIED)
+
+
+@pytest.mark.slow
+def test_two_processes_started_on_one_sweep_train_each_run_once(tmp_path, tiny_checkpoint,
+                                                                fake_glue):
+    body = {"base": {"model": str(tiny_checkpoint), "train_size": 24, "epochs": 1,
+                     "batch_size": 8, "max_length": 32},
+            "grid": {"seed": [42, 92], "task": ["rte"], "method": ["baseline"]}}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps({"roles": ROLES, **body}))
+    results, work = tmp_path / "results", tmp_path / "work"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
+    cmd = _sweep_cmd(path, fake_glue, results, work)
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    winner, loser = (0, 1) if procs[0].returncode == 0 else (1, 0)
+    assert outs[loser] == ("", f"error: The sweep small is in use by process "
+                               f"{procs[winner].pid} (it holds {work / '.sweep.lock'}); wait "
+                               f"for it to end or stop it, then run the same command "
+                               f"again.\n"), outs[loser]
+    trained = [ln for ln in outs[winner][0].splitlines() if ln.endswith(": training")]
+    assert trained == ["[1/2] rte-baseline-24-42: training",
+                       "[2/2] rte-baseline-24-92: training"], outs[winner]
+    assert sorted(p.name for p in results.iterdir()) == ["rte-baseline-24-42",
+                                                          "rte-baseline-24-92"]
+    for run in results.iterdir():
+        assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)  # no failed.json

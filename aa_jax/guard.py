@@ -1,0 +1,112 @@
+"""Guarding a run while it trains: one process per run directory or sweep, and cleanups
+that run however the process is told to stop.
+
+A run directory is locked with ``flock`` on ``<run_dir>/.lock`` (a sweep on a lock file in
+its work folder), and the holder writes its PID into the file, so that a second process
+stops at once with one sentence naming the first. The kernel releases a ``flock`` when its
+process ends, however it ends (SIGKILL, a crash, a lost terminal), so a lock left behind by
+a dead process is simply taken over: no stale-lock cleanup, no PID guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from aa_jax.errors import UserError, storage_error
+
+RUN_LOCK = ".lock"
+# Locks this process holds: path -> [file descriptor, depth]. A sweep holds a run
+# directory's lock while it trains and publishes the run, and train takes it again.
+_held: dict[Path, list[int]] = {}
+
+
+class Busy(UserError):
+    """Another live process holds the lock; ``pid`` is its PID (None where unreadable)."""
+
+    def __init__(self, message: str, pid: int | None):
+        super().__init__(message)
+        self.pid = pid
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` runs
+    (checkpoint managers close, locks are released) and the command line reports an
+    interruption."""
+
+
+@contextlib.contextmanager
+def hold(path: str | Path, what: str) -> Iterator[None]:
+    """Holds the exclusive lock file ``path`` while the block runs, or raises :class:`Busy`
+    naming ``what`` (e.g. "The run directory runs/x") and the holder's PID.
+
+    Re-entrant within a process (not between threads of one process)."""
+    path = Path(path).absolute()
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        raise storage_error(path, e) or UserError(
+            f"Cannot create the lock file {path} ({e.strerror or e}); check the folder's "
+            f"permissions.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(fd)
+            holder = f"process {pid}" if pid is not None else "another process"
+            raise Busy(f"{what} is in use by {holder} (it holds {path}); wait for it to "
+                       f"end or stop it, then run the same command again.", pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[path] = [fd, 1]
+        yield
+    finally:
+        if _held.get(path, [fd])[0] == fd:
+            _held.pop(path, None)
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):  # written a moment from now, or not by us
+        return None
+
+
+def hold_run(out: str | Path) -> contextlib.AbstractContextManager[None]:
+    """The lock of the run directory ``out`` (which must exist)."""
+    return hold(Path(out) / RUN_LOCK, f"The run directory {out}")
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises :class:`Terminated` there
+    (once: a second SIGTERM during the cleanups is ignored; SIGKILL still ends the
+    process). Elsewhere, or where a handler other than the default is installed, nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
