@@ -202,7 +202,10 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
         if error is None:
             raise
         for thread in set(threading.enumerate()) - threads:  # orbax's, still writing
-            thread.join(timeout=30)
+            try:
+                thread.join(timeout=30)
+            except Exception:  # noqa: BLE001 - orbax's join re-raises the thread's error
+                pass
         remove_unfinished_saves(mgr.directory)
         raise error from None
 
@@ -217,16 +220,23 @@ def _is_background_failure(error: BaseException) -> bool:
 
 def quiet_background_failures() -> None:
     """When a save or restore fails (and its one sentence is on its way), orbax's threads
-    keep failing for a while and print a traceback each: those, and only those, are
-    silenced (from the first save or restore on: they begin before the call returns)."""
+    and tensorstore's callbacks keep failing for a while, each with a traceback: those,
+    and only those, are silenced where they are printed (from the first save or restore
+    on: they begin before the call returns). They reach stderr four ways: an uncaught
+    error of a thread (``threading.excepthook``), a callback's error (``sys.excepthook``),
+    an error nothing can raise, such as tensorstore's callback into an event loop orbax
+    has closed or a coroutine of that loop collected unfinished
+    (``sys.unraisablehook``), and the event loop's "Task exception was never retrieved"
+    and absl's "raised an exception" (logging)."""
     import logging
     import sys
 
     if getattr(sys.excepthook, "aa_jax_quiet", False):
         return
     previous_sys, previous_thread = sys.excepthook, threading.excepthook
+    previous_unraisable = sys.unraisablehook
 
-    def sys_hook(kind, error, tb):  # tensorstore's callbacks print through sys.excepthook
+    def sys_hook(kind, error, tb):
         if threading.current_thread() is threading.main_thread() or \
                 not _is_background_failure(error):
             previous_sys(kind, error, tb)
@@ -235,14 +245,25 @@ def quiet_background_failures() -> None:
         if not _is_background_failure(args.exc_value):
             previous_thread(args)
 
+    def unraisable_hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)  # an unfinished coroutine
+        if not (_is_background_failure(unraisable.exc_value)
+                or code is not None and "orbax" in code.co_filename):
+            previous_unraisable(unraisable)
+
     class Filter(logging.Filter):
         def filter(self, record):
+            if record.exc_info and record.exc_info[1] is not None and \
+                    _is_background_failure(record.exc_info[1]):
+                return False
             text = record.getMessage()
             return not ("raised an exception" in text or "Event loop is closed" in text)
 
     sys_hook.aa_jax_quiet = True
     sys.excepthook, threading.excepthook = sys_hook, thread_hook
-    logging.getLogger("absl").addFilter(Filter())
+    sys.unraisablehook = unraisable_hook
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(Filter())
 
 
 def remove_unfinished_saves(directory: str | Path) -> None:

@@ -54,6 +54,9 @@ _STORAGE = {
                   "instead"),
     errno.EACCES: ("permission denied", "make its folder writable or write somewhere else"),
     errno.EPERM: ("permission denied", "make its folder writable or write somewhere else"),
+    errno.EFBIG: ("a file would grow past the size this process may write", "raise the "
+                  "file size limit (ulimit -f) or write somewhere else and run the same "
+                  "command again"),
 }
 # How the libraries that write for us (orbax through tensorstore) report the same causes.
 _STATUS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "PERMISSION_DENIED": errno.EACCES}

@@ -979,3 +979,36 @@ def test_a_run_directory_lock_is_reentrant_in_its_process_and_released_after(tmp
                 f"holds {lock})" in probe.stderr), probe.stderr
     holder = lock_holder.hold_in_subprocess(lock)  # released when the outer block ended
     lock_holder.stop(holder)
+
+
+# -- 8. orbax's threads after a failed save -----------------------------------------------
+
+# Runs the CLI with the file size limit lowered (ulimit -f) just before epoch 2 is saved:
+# orbax's threads then really fail, in tensorstore and in Python, while the run stops.
+FSIZE_PROBE = """
+import resource, signal, sys
+from aa_jax import checkpoint, cli
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+real_save = checkpoint.save
+def save(mgr, epoch, *a, **k):
+    if epoch == 2:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+    return real_save(mgr, epoch, *a, **k)
+checkpoint.save = save
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_save_that_fails_in_orbax_threads_prints_one_line_and_the_run_resumes(
+        base, subprocess_env):
+    args, out = base
+    # Both pipes: a file would be held to the lowered limit too.
+    proc = _start(args, subprocess_env, prefix=("-c", FSIZE_PROBE))
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and err.splitlines() == [
+        f"aa-jax: error: Cannot write {out / 'checkpoints' / '2'}: a file would grow past "
+        f"the size this process may write; raise the file size limit (ulimit -f) or write "
+        f"somewhere else and run the same command again."], err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1"]
+    _finish(_start(args, subprocess_env))
+    assert checkpoint.is_complete(out) and _epoch_dirs(out) == [1, 2]
