@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -141,16 +142,25 @@ def manager(directory: str | Path, max_to_keep: int = 2,
 
     ``read_only`` (evaluation) never creates the directory or writes anything.
     """
-    if read_only:
+    if read_only:  # (save_interval_steps=0 is what read_only means; said, orbax says nothing)
         options = ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                               save_interval_steps=0,
                                                enable_async_checkpointing=False)
     else:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
     handlers = {name: (ocp.JsonCheckpointHandler() if name in ("architecture", "meta")
                         else ocp.StandardCheckpointHandler()) for name in ITEMS}
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_handlers=handlers)
+    # Orbax warns that a read-only manager is read-only; that is what was asked for.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                     item_handlers=handlers)
+    finally:
+        absl_logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -340,9 +340,11 @@ def main(argv=None) -> int:
             raise
         print(f"aa-jax: error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)
-        return 130
+        from aa_jax.guard import Terminated
+
+        return 143 if isinstance(e, Terminated) else 130  # 128 + SIGTERM or SIGINT
 
 
 def entry() -> None:

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import time
 import stat
 import subprocess
 import sys
@@ -1012,3 +1013,24 @@ def test_a_save_that_fails_in_orbax_threads_prints_one_line_and_the_run_resumes(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1"]
     _finish(_start(args, subprocess_env))
     assert checkpoint.is_complete(out) and _epoch_dirs(out) == [1, 2]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_with_one_line_and_it_resumes_to_the_same_result(
+        tmp_path, run_args, subprocess_env, reference):
+    out = tmp_path / "run"
+    args = [*run_args, "--out", str(out)]
+    proc = _start(args, subprocess_env)
+    deadline = time.monotonic() + 240
+    while not _epoch_dirs(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first epoch's checkpoint exists
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert err.strip().splitlines() == [
+        "aa-jax: interrupted; run the same command again to resume."]
+    assert not checkpoint.is_complete(out)
+    _finish(_start(args, subprocess_env))
+    got, want = _result(out), _result(reference)
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert _history(out) == _history(reference)
