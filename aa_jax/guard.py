@@ -86,7 +86,12 @@ def _holder(fd: int) -> int | None:
 
 
 def hold_run(out: str | Path) -> contextlib.AbstractContextManager[None]:
-    """The lock of the run directory ``out`` (which must exist)."""
+    """The lock of the run directory ``out`` (which must exist). The processes of one
+    multi-host run share its directory: only the primary process holds the lock."""
+    from aa_jax.distributed import is_primary
+
+    if not is_primary():
+        return contextlib.nullcontext()
     return hold(Path(out) / RUN_LOCK, f"The run directory {out}")
 
 
