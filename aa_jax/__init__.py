@@ -33,6 +33,8 @@ _EXPORTS = {
     "init_state": "aa_jax.step", "make_train_step": "aa_jax.step",
     "make_predict": "aa_jax.step", "partition": "aa_jax.params", "merge": "aa_jax.params",
     "in_layout": "aa_jax.models.bert", "random_pretrained": "aa_jax.models.loader",
+    "save_adapters": "aa_jax.export", "load_adapters": "aa_jax.export",
+    "Adapters": "aa_jax.export", "predict": "aa_jax.inference",
 }
 __all__ = list(_EXPORTS)
 

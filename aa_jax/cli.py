@@ -4,7 +4,8 @@
     aa-jax train --task rte --method aa --seeds 42,92,111 --out DIR   (DIR/seed-42, ...)
     aa-jax eval DIR
     aa-jax architecture DIR
-    aa-jax export DIR --out EXPORT_DIR
+    aa-jax export DIR --out ADAPTERS_DIR
+    aa-jax predict ADAPTERS_DIR --text "a gripping film"
     aa-jax bench --methods baseline,aa --json
 
 A user's mistake ends with one sentence on stderr and exit status 2 (``--debug`` shows
@@ -119,11 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     _debug_flag(e)
 
-    x = sub.add_parser("export", help="save a trained AA run as a static model (switches "
-                       "resolved, only the selected adapters)")
+    x = sub.add_parser("export", help="save a finished run's adapters as a folder to share "
+                       "(switches resolved: only the selected adapters; safetensors, config, "
+                       "model card)")
     x.add_argument("run_dir")
-    x.add_argument("--out", required=True, help="a new directory for the export")
+    x.add_argument("--out", required=True, help="a new directory for the adapters")
     _debug_flag(x)
+
+    pr = sub.add_parser("predict", help="predict labels (or scores) of new text with an "
+                        "adapter folder or Hub repo id")
+    pr.add_argument("adapters", help="an 'aa-jax export' folder or a Hub repo id")
+    pr.add_argument("--text", action="append", help="a text to predict (repeatable)")
+    pr.add_argument("--text-pair", action="append",
+                    help="its second sentence, for sentence-pair tasks (repeatable)")
+    pr.add_argument("--file", help="texts to predict: .jsonl, .json, .csv, .tsv or .parquet "
+                    "with the task's text columns (or text, text_pair)")
+    pr.add_argument("--out", help="write the predictions here as JSON lines (default: print)")
+    pr.add_argument("--model", default=None, help="the base model (default: the one the "
+                    "folder names)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug_flag(pr)
 
     b = sub.add_parser("bench", help="time the train step and inference of each method")
     b.add_argument("--model", default="minilm")
@@ -265,11 +282,41 @@ def cmd_architecture(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from aa_jax.export import export_run
+    from aa_jax.export import save_adapters
 
-    record = export_run(args.run_dir, args.out)
-    print(f"exported {args.run_dir} to {args.out}: adapters in layers "
-          f"{record['selected_layers']} of {len(record['architecture']['layers'])}, no switches")
+    record = save_adapters(args.out, args.run_dir)
+    depth = len(record["architecture"]["layers"])
+    kept = ("all layers" if record["selected_layers"] is None else
+            f"layers {record['selected_layers']} of {depth}, no switches")
+    print(f"exported {args.run_dir} to {args.out}: adapters in {kept}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from aa_jax.export import load_adapters
+    from aa_jax.inference import predict, read_texts, write_predictions
+
+    if (args.text is None) == (args.file is None):
+        raise UserError("Give the texts to predict with --text (repeatable) or --file, "
+                        "one of the two.")
+    if args.file is not None and args.text_pair is not None:
+        raise UserError("--text-pair goes with --text; a --file gives the second sentences "
+                        "in its second text column.")
+    if args.out is not None:
+        check_writable(Path(args.out).parent, "The folder of --out")
+    adapters = load_adapters(args.adapters, base_model=args.model)
+    if args.file is not None:
+        texts, pairs = read_texts(args.file, adapters)
+    else:
+        texts, pairs = args.text, args.text_pair
+    predictions = predict(adapters, texts, pairs, batch_size=args.batch_size,
+                          progress=args.file is not None and not args.no_progress)
+    if args.out is not None:
+        write_predictions(args.out, predictions)
+        print(f"wrote {len(predictions)} predictions to {args.out}")
+    else:
+        for p in predictions:
+            print(json.dumps(p))
     return 0
 
 
@@ -317,8 +364,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture,
-                "bench": cmd_bench, "export": cmd_export}
-    if args.command in ("train", "eval", "bench", "export"):
+                "bench": cmd_bench, "export": cmd_export, "predict": cmd_predict}
+    if args.command in ("train", "eval", "bench", "export", "predict"):
         from aa_jax.cache import enable_compilation_cache
 
         enable_compilation_cache()

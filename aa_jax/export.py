@@ -1,26 +1,41 @@
-"""A trained AA run as a static model: its learned architecture with the switches resolved.
+"""Learned adapters as a folder you can share: switches resolved, no training data needed.
 
 At inference an AA model computes, in every layer, the branch its switch picks: the
-adapter (``LN(a + h + inp)``) or the identity branch (``LN(x + h + inp)``). The export
-fixes those choices: selected layers keep their adapter and rational and lose the switch,
-the other layers keep no adapter parameters at all and compute the identity branch. No
-switch logits and no branch selection remain at run time, and only the selected layers'
-adapters are stored.
+adapter (``LN(a + h + inp)``) or the identity branch (``LN(x + h + inp)``). Saving fixes
+those choices: selected layers keep their adapter and rational and lose the switch, the
+other layers keep no adapter parameters at all and compute the identity branch. Runs
+without switches are saved as they are.
 
-An export directory holds ``export.json`` (the run's config, the static architecture and
-where it came from), ``architecture.json`` (the learned architecture it was made from) and
-``params/`` (an orbax checkpoint of the head and the selected adapters, per layer; the
-backbone is reloaded from its own checkpoint). ``aa-jax eval EXPORT_DIR`` evaluates it, and
-:func:`load_export` gives the model and parameters in Python.
+:func:`save_adapters` (``aa-jax export RUN --out DIR``) writes one folder:
+
+* ``adapters.safetensors``: the trainable parameters (adapters, rationals, LoRA, head) in
+  the per-layer layout, named by their path (``bert/encoder/layer_3/adapter/down/kernel``);
+* ``adapter_config.json``: everything needed to rebuild the model without the training
+  data: the static architecture, pooling, dtype, max length, the task (type, label names,
+  metrics), the base model (name, hub id, revision, the SHA-256 of its weights and its
+  sizes), the run's config and scores, and aa_jax's version;
+* ``architecture.json``: the learned architecture it came from (switched runs);
+* ``README.md``: a model card with the Hub's metadata block, so that
+  ``huggingface-cli upload USER/NAME DIR`` publishes the folder as it is.
+
+:func:`load_adapters` takes such a folder or a Hub repo id and the base model, and gives
+an :class:`Adapters` that :func:`aa_jax.inference.predict` and ``aa-jax eval`` use.
+Folders written before this format (``export.json`` with an orbax ``params/``) are still
+evaluated by :func:`load_export`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -29,7 +44,16 @@ from aa_jax.adapters import KINDS, Architecture, LayerSpec
 from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
-SCHEMA = "aa_jax.export/v1"
+SCHEMA = "aa_jax.adapters/v1"
+EXPORT_V1 = "aa_jax.export/v1"  # the earlier format: export.json and an orbax params/
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapters.safetensors"
+# The Hub ids of the presets, for the model card and for loading elsewhere.
+HUB_BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2",
+                   "bert-base": "bert-base-uncased", "bert-large": "bert-large-uncased"}
+# The base model's sizes an adapter folder fits; another value of any is refused.
+BASE_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+              "vocab_size")
 
 
 def static_architecture(architecture: Architecture, selected: list[int]) -> Architecture:
@@ -63,8 +87,153 @@ def static_params(trainable: dict, architecture: Architecture, selected: list[in
     return unflatten_dict(kept)
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Writes the static model of a finished AA run to ``out_dir``; returns its export.json."""
+@dataclasses.dataclass
+class Adapters:
+    """Learned adapters loaded into their base model, ready to predict.
+
+    ``params`` are the trainable parameters in the model's layout and ``frozen`` the base
+    model's; ``record`` is the folder's ``adapter_config.json``.
+    """
+
+    folder: Path
+    record: dict
+    task: Any  # aa_jax.data.Task
+    model: Any  # BertForSequenceClassification
+    params: dict
+    frozen: dict
+    tokenizer: Any
+    pretrained: Any
+
+    @property
+    def max_length(self) -> int:
+        return int(self.record["max_length"])
+
+    @property
+    def drop_first(self) -> int:
+        return int(self.record.get("drop_first", 0))
+
+    @property
+    def selected_layers(self) -> list[int] | None:
+        return self.record.get("selected_layers")
+
+
+def _task_record(task) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(task).items()}
+
+
+def _task_from_record(d: dict):
+    from aa_jax.data.glue import Task
+
+    fields = {f.name for f in dataclasses.fields(Task)}
+    return Task(**{k: (tuple(v) if isinstance(v, list) else v)
+                   for k, v in d.items() if k in fields})
+
+
+def _weights_sha256(path: Path) -> str | None:
+    """SHA-256 over the checkpoint's weight files (in name order), or None if it has none
+    (a random backbone)."""
+    files = sorted(p for pattern in ("*.safetensors", "pytorch_model.bin")
+                   for p in path.glob(pattern)) if path.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model_record(name: str, pretrained) -> dict:
+    """Where the base model came from and what it is: its name as given, its Hub id and
+    revision where known (a preset, a hub id, or a folder in the Hub's cache), the SHA-256
+    of its weights and its sizes."""
+    path = Path(pretrained.path)
+    hub_id = HUB_BASE_MODELS.get(name)
+    if hub_id is None and not Path(name).expanduser().exists() and name.count("/") == 1:
+        hub_id = name
+    revision = None
+    parts = path.parts
+    if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
+        revision = parts[parts.index("snapshots") + 1]
+    sizes = {k: int(getattr(pretrained.config, k)) for k in BASE_SIZES}
+    return {"name": name, "hub_id": hub_id, "revision": revision,
+            "weights_sha256": _weights_sha256(path), "sizes": sizes}
+
+
+def _reproduce_command(config) -> str:
+    """The ``aa-jax train`` command of a run's config: its model, data, method, size and
+    seed, and every other setting that is not the default."""
+    from aa_jax.config import TrainConfig
+
+    default, always = TrainConfig(), ("model", "task", "method", "train_size", "seed")
+    words = ["aa-jax", "train"]
+    for field in dataclasses.fields(TrainConfig):
+        value, meta = getattr(config, field.name), field.metadata
+        if not meta.get("cli", True) or field.name == "glue_dir" or (
+                field.name == "task" and config.data):
+            continue
+        if value == getattr(default, field.name) and field.name not in always:
+            continue
+        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is None:
+            words += [flag, "full"] if field.name == "train_size" else []
+        elif isinstance(value, (list, tuple)):
+            words += [flag, ",".join(str(v) for v in value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
+def model_card(record: dict) -> str:
+    """README.md of an adapter folder: the Hub's metadata block, then what it is."""
+    task, base = record["task"], record["base_model"]
+    config = record["config"]
+    glue_task = not config.get("data")
+    meta = {"library_name": "aa_jax",
+            "base_model": base["hub_id"] or base["name"],
+            "pipeline_tag": "text-classification",
+            "tags": ["adapters", "adaptable-adapters", "aa_jax",
+                     "jax", "flax", record["architecture"]["adapter"]],
+            "metrics": list(task["metric_names"])}
+    if glue_task:
+        meta["datasets"] = ["nyu-mll/glue"]
+    scores = record.get("scores") or {}
+    selected = record.get("selected_layers")
+    depth = len(record["architecture"]["layers"])
+    # JSON values are YAML: the block needs no YAML writer.
+    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in meta.items()), "---", "",
+             f"# {record['method']} adapters for {task['name']} on {base['name']}", "",
+             f"Adapters trained with aa_jax {record['aa_jax_version']} (Adaptable Adapters, "
+             f"Moosavi et al., NAACL 2022) on a frozen `{base['hub_id'] or base['name']}`"
+             f"{' (GLUE ' + task['name'] + ')' if glue_task else ''}, "
+             f"{config.get('train_size') or 'all'} training examples, seed {config['seed']}.",
+             ""]
+    if selected is not None:
+        lines += [f"- Selected layers: {selected} of {depth} (the switches' choices; the "
+                  f"other layers compute the identity branch)."]
+    lines += [f"- Pooling: {record['pooling']}; max length {record['max_length']} tokens; "
+              f"{'regression' if task['is_regression'] else 'labels ' + ', '.join(task['label_names'])}."]
+    for split in ("dev", "test"):
+        if split in scores:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores[split].items())
+            lines.append(f"- {split}: {shown}")
+    lines += ["", "Made by:", "", "```", record["command"], "```", "", "Use:", "", "```python",
+              "import aa_jax", "", f"adapters = aa_jax.load_adapters(\"THIS_REPO_OR_FOLDER\")",
+              "print(aa_jax.predict(adapters, [\"a sentence\"]))", "```", ""]
+    return "\n".join(lines)
+
+
+def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None) -> dict[str, Any]:
+    """Writes the learned adapters of the finished run ``run_dir`` to the new folder
+    ``out_dir`` (see the module's docstring); returns its ``adapter_config.json``.
+
+    Switches are resolved: selected layers keep their adapter, the others none.
+    """
+    from aa_jax import __version__
     from aa_jax.experiment import load_run
     from aa_jax.methods import read_learned
 
@@ -74,49 +243,165 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out directory for the export.")
     check_writable(out.parent, "The folder of --out")
-    exp, params, _ = load_run(run_dir)
-    if not exp.architecture.switched_layers:
-        raise UserError(f"{run_dir} is a {exp.config.method} run, which has no switches; "
-                        f"only runs with switches (aa, switch_only) are exported.")
-    learned = read_learned(run_dir)
-    selected = sorted(learned["selected_layers"])
-    static = static_architecture(exp.architecture, selected)
-    params = static_params(params, exp.architecture, selected)
-    record = {"schema": SCHEMA, "config": exp.config.to_dict(), "pooling": exp.pooling,
+    exp, params, _ = load_run(run_dir, pretrained)
+    learned, selected, static = None, None, exp.architecture
+    if exp.architecture.switched_layers:
+        learned = read_learned(run_dir)
+        selected = sorted(learned["selected_layers"])
+        static = static_architecture(exp.architecture, selected)
+        params = static_params(params, exp.architecture, selected)
+    else:
+        params = unstack_layers(params)
+    result_file = run_dir / "result.json"
+    result = checkpoint.read_json(result_file, "run result") if result_file.is_file() else {}
+    c = exp.config
+    record = {"schema": SCHEMA, "aa_jax_version": __version__, "method": c.method,
               "architecture": static.to_dict(), "selected_layers": selected,
-              "source": {**learned.get("source", {}), "run": run_dir.name}}
+              "pooling": exp.pooling, "dtype": c.dtype, "max_length": c.max_length,
+              "drop_first": exp.drop_first, "task": _task_record(exp.task),
+              "base_model": base_model_record(c.model, exp.pretrained),
+              "config": c.to_dict(), "command": _reproduce_command(c),
+              "scores": {k: result[k] for k in ("dev", "test") if k in result},
+              "source": {**(learned or {}).get("source", {}), "run": run_dir.name}}
+    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as saver:
-            saver.save((tmp / "params").absolute(), params)
-        checkpoint.write_json_atomic(tmp / "architecture.json", learned)
-        checkpoint.write_json_atomic(tmp / "export.json", record)
-        tmp.rename(out)  # the export appears whole or not at all
+        _write_weights(tmp / WEIGHTS_FILE, flat)
+        if learned is not None:
+            checkpoint.write_json_atomic(tmp / "architecture.json", learned)
+        checkpoint.write_json_atomic(tmp / CONFIG_FILE, record)
+        checkpoint.write_text_atomic(tmp / "README.md", model_card(record))
+        tmp.rename(out)  # the folder appears whole or not at all
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = storage_error(out, e)  # named after the export, not its temporary folder
+        error = storage_error(out, e)  # named after the folder, not its temporary sibling
         if error is not None:
             raise error from None
         raise
     return record
 
 
+export_run = save_adapters
+
+
+def _write_weights(path: Path, flat: dict[str, np.ndarray]) -> None:
+    """The parameters as safetensors, written by Python (so that a full disk is an
+    OSError like any other write)."""
+    from safetensors.numpy import save
+
+    with open(path, "wb") as f:
+        f.write(save(flat, metadata={"format": "aa_jax"}))
+        f.flush()
+
+
 def is_export(path: str | Path) -> bool:
-    return (Path(path) / "export.json").is_file()
+    """Whether ``path`` is an adapter folder (or an export of the earlier format)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() or (path / "export.json").is_file()
+
+
+def _adapter_folder(source: str | Path) -> Path:
+    """A local adapter folder, or the snapshot of a Hub repo id (downloaded or cached)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / CONFIG_FILE).is_file():
+            raise UserError(f"{path} has no {CONFIG_FILE}; pass a folder written by "
+                            f"'aa-jax export RUN --out DIR' (or aa_jax.save_adapters).")
+        return path
+    name = str(source)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UserError(f"Adapter folder {path} does not exist; check the path, or give a "
+                        f"Hub repo id as USER/NAME.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE,
+                                                            "architecture.json", "README.md"]))
+    except Exception as e:  # network, auth, missing repo: all one answer for the user
+        raise UserError(f"Could not get adapters {name!r} from the Hugging Face hub "
+                        f"({type(e).__name__}); download the folder and pass its path.") from None
+
+
+def _check_base(record: dict, pretrained, folder: Path) -> None:
+    want, c = record["base_model"], pretrained.config
+    got = {k: int(getattr(c, k)) for k in BASE_SIZES}
+    if got != want["sizes"]:
+        diff = ", ".join(f"{k} {want['sizes'][k]} (not {got[k]})" for k in BASE_SIZES
+                         if got[k] != want["sizes"][k])
+        raise UserError(f"The adapters in {folder} were trained on {want['name']} with "
+                        f"{diff}; load them into that base model (base_model=... or --model).")
+    sha = want.get("weights_sha256")
+    if sha and _weights_sha256(Path(pretrained.path)) not in (None, sha):
+        warnings.warn(f"The base model {pretrained.path} has other weights than the one the "
+                      f"adapters in {folder} were trained on ({want['name']}); predictions "
+                      f"will differ from the run's.", stacklevel=3)
+
+
+def load_adapters(source: str | Path, base_model: str | Path | None = None,
+                  pretrained=None) -> Adapters:
+    """Loads an adapter folder (a local path or a Hub repo id) into its base model.
+
+    The base model is ``pretrained`` if given, else ``base_model`` (a preset, folder or
+    hub id), else the one the folder names (its name, or its hub id where the name was a
+    folder that is not here). A base model of other sizes is refused.
+    """
+    from aa_jax.config import DTYPES
+    from aa_jax.experiment import init_params
+    from aa_jax.models.bert import BertForSequenceClassification
+    from aa_jax.models.loader import load_pretrained
+
+    folder = _adapter_folder(source)
+    record = checkpoint.read_json(folder / CONFIG_FILE, "adapter config")
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise UserError(f"{folder / CONFIG_FILE} is not an aa_jax adapter config (schema "
+                        f"{SCHEMA!r}); write the folder again with 'aa-jax export'.")
+    if pretrained is None:
+        base = record["base_model"]
+        name = base_model or base["name"]
+        if (base_model is None and base["hub_id"] and name not in HUB_BASE_MODELS
+                and not Path(name).expanduser().exists()):
+            name = base["hub_id"]  # trained on a local folder that is not on this machine
+        pretrained = load_pretrained(name)
+    _check_base(record, pretrained, folder)
+    task = _task_from_record(record["task"])
+    architecture = Architecture.from_dict(record["architecture"])
+    model = BertForSequenceClassification(pretrained.config, task.num_labels, architecture,
+                                          dtype=DTYPES[record["dtype"]],
+                                          pooling=record["pooling"])
+    template, frozen = init_params(model, jax.random.key(0), pretrained.params)
+    want = {"/".join(k): v.shape for k, v in flatten_dict(unstack_layers(template)).items()}
+    try:
+        from safetensors.numpy import load_file
+
+        stored = load_file(str(folder / WEIGHTS_FILE))
+    except Exception as e:
+        raise UserError(f"{folder / WEIGHTS_FILE} could not be read ({type(e).__name__}); "
+                        f"get the folder again or export the run again.") from None
+    got = {k: tuple(v.shape) for k, v in stored.items()}
+    if got != {k: tuple(v) for k, v in want.items()}:
+        odd = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != tuple(want[k]))
+        raise UserError(f"{folder / WEIGHTS_FILE} does not fit the architecture in "
+                        f"{CONFIG_FILE} (first mismatch: {odd[0]}); export the run again.")
+    params = unflatten_dict({tuple(k.split("/")): jax.numpy.asarray(v)
+                             for k, v in stored.items()})
+    params = stack_layers_like(params, template)
+    return Adapters(folder, record, task, model, params, frozen, pretrained.tokenizer,
+                    pretrained)
 
 
 def load_export(export_dir: str | Path, pretrained=None):
-    """(experiment, params) of an export: the static model, its data, and its parameters."""
+    """(experiment, params) of a folder of the earlier export format (``export.json``
+    with an orbax ``params/``); it rebuilds the run's data, so the data must be there."""
     from aa_jax.config import TrainConfig
     from aa_jax.experiment import setup
 
     export_dir = Path(export_dir)
     record = checkpoint.read_json(export_dir / "export.json", "export")
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise UserError(f"{export_dir} is not an aa_jax export (schema {SCHEMA!r}); make one "
-                        f"with 'aa-jax export RUN_DIR --out DIR'.")
+    if not isinstance(record, dict) or record.get("schema") != EXPORT_V1:
+        raise UserError(f"{export_dir} is not an aa_jax export (schema {EXPORT_V1!r}); make "
+                        f"one with 'aa-jax export RUN_DIR --out DIR'.")
     config = TrainConfig.from_dict(record["config"])
     static = Architecture.from_dict(record["architecture"])
     exp = setup(config, pretrained, architecture=static, pooling=record.get("pooling"))

@@ -32,8 +32,8 @@ from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
 from aa_jax.distributed import is_primary
 from aa_jax.errors import UserError, check_writable, storage_error
-from aa_jax.experiment import (Experiment, check_same_run, load_run, resolve_inputs,
-                               run_keys, setup)
+from aa_jax.experiment import (Experiment, check_same_run, load_data, load_run,
+                               resolve_inputs, run_keys, setup)
 from aa_jax.methods import layers_run, learned_architecture
 from aa_jax.params import count_params
 from aa_jax.step import (TrainState, check_batch_size, data_mesh, evaluate, init_state,
@@ -354,18 +354,29 @@ def _write_history(out: Path, history: list[dict]) -> None:
 
 def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
     """Dev and test metrics of a run's best epoch, recomputed from its checkpoint, or of
-    an export (:mod:`aa_jax.export`)."""
-    from aa_jax.export import is_export, load_export
+    an adapter folder (:mod:`aa_jax.export`) on the data of the run it came from."""
+    from aa_jax.export import CONFIG_FILE, is_export, load_adapters, load_export
 
-    if is_export(run_dir):
-        exp, params = load_export(run_dir, pretrained)
-    else:
-        exp, params, _ = load_run(run_dir, pretrained)
-    c = exp.config
     mesh = data_mesh()
+    if (Path(run_dir) / CONFIG_FILE).is_file():
+        adapters = load_adapters(run_dir, pretrained=pretrained)
+        c = TrainConfig.from_dict(adapters.record["config"])
+        task, splits = load_data(c)
+        encoded = {split: pipeline.encode(adapters.tokenizer, splits[split].texts,
+                                          c.max_length) for split in ("dev", "test")}
+        labels = {split: splits[split].labels for split in ("dev", "test")}
+        model, drop_first = adapters.model, adapters.drop_first
+        params, frozen = adapters.params, adapters.frozen
+    else:
+        if is_export(run_dir):
+            exp, params = load_export(run_dir, pretrained)
+        else:
+            exp, params, _ = load_run(run_dir, pretrained)
+        c, task, encoded, labels = exp.config, exp.task, exp.encoded, exp.labels
+        model, drop_first, frozen = exp.model, exp.drop_first, exp.frozen
     check_batch_size(c.batch_size, mesh)
-    predict = make_predict(exp.model, exp.task.is_regression, exp.drop_first, mesh)
-    params, frozen = replicate(params, mesh), replicate(exp.frozen, mesh)
-    return {split: evaluate(predict, params, frozen, exp.encoded[split],
-                            exp.labels[split], exp.task, c.batch_size)
+    predict = make_predict(model, task.is_regression, drop_first, mesh)
+    params, frozen = replicate(params, mesh), replicate(frozen, mesh)
+    return {split: evaluate(predict, params, frozen, encoded[split], labels[split], task,
+                            c.batch_size)
             for split in ("dev", "test")}

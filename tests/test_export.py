@@ -73,7 +73,7 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
 def test_export_then_eval_gives_the_run_s_metrics(aa_run, tmp_path, capsys):
     export_dir = tmp_path / "exported"
     assert cli.main(["export", str(aa_run), "--out", str(export_dir)]) == 0
-    record = json.loads((export_dir / "export.json").read_text())
+    record = json.loads((export_dir / "adapter_config.json").read_text())
     learned = json.loads((aa_run / "architecture.json").read_text())
     assert record["selected_layers"] == learned["selected_layers"]
     assert not any(layer["switch"] for layer in record["architecture"]["layers"])

@@ -899,11 +899,10 @@ def test_export_into_a_full_or_read_only_folder_leaves_nothing(capsys, aa_run, t
     assert line.startswith(f"aa-jax: error: The folder of --out {dest} is not writable "
                            f"({STORAGE_REASONS[code]}); ")
     assert list(dest.iterdir()) == []
-    with monkeypatch.context() as m:  # the disk fills up while orbax writes the parameters
-        def save(self, directory, *a, **k):
-            raise ValueError(f"RESOURCE_EXHAUSTED: Failed writing \"{directory}/d/0\": "
-                             f"{os.strerror(code)} [os_error_code='{code}']")
-        m.setattr(ocp.StandardCheckpointer, "save", save)
+    with monkeypatch.context() as m:  # the disk fills up while the parameters are written
+        def write(path, flat):
+            raise OSError(code, os.strerror(code), str(path))
+        m.setattr("aa_jax.export._write_weights", write)
         line = _storage_line(capsys, ["export", str(aa_run), "--out", str(out)])
     assert line.startswith(f"aa-jax: error: Cannot write {out}: {STORAGE_REASONS[code]}; ")
     assert list(dest.iterdir()) == []

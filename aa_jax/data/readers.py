@@ -186,3 +186,36 @@ def _text_lists(table: pa.Table, text_columns: Sequence[str], what: str) -> tupl
 def _check_not_empty(table: pa.Table, what: str) -> None:
     if table.num_rows == 0:
         raise UserError(f"{what} has no rows; use a split that contains examples.")
+
+
+def read_text_columns(path: Path, candidates: Sequence[Sequence[str]]) -> tuple[list[str], ...]:
+    """The text columns of an input file to predict on: the first of ``candidates`` (lists
+    of column names) that the file has, as lists of strings."""
+    what = f"input file {path}"
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".jsonl", ".json", ".csv", ".tsv"):
+        raise UserError(f"Input file {path} has an unsupported extension {suffix!r}; use .csv, "
+                        f".tsv, .jsonl, .json or .parquet.")
+    if not path.is_file():
+        raise UserError(f"Input file {path} does not exist; check the path.")
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            available = pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{what} is not a readable Parquet file ({_first_line(error)}); "
+                            f"replace it with an intact copy.") from error
+    else:
+        every = sorted({c for columns in candidates for c in columns})
+        table = _read_text_table(path, suffix, every, what)
+        available = table.column_names
+    columns = next((list(c) for c in candidates if all(n in available for n in c)), None)
+    if columns is None:
+        wanted = " or ".join("+".join(c) for c in candidates)
+        raise UserError(f"{what} has no column(s) {wanted} (it has "
+                        f"{', '.join(available) or 'none'}); name its text columns so.")
+    if suffix in (".parquet", ".pq"):
+        table = _read_parquet(path, columns, what)
+    _check_not_empty(table, what)
+    return _text_lists(table, columns, what)
