@@ -32,7 +32,7 @@ PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                      "rational_learning_rate": 0.3}}
 # Settings that say where things are, not what is computed: a run moved to another
 # machine or folder is the same run (see aa_jax.experiment.run_identity).
-LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep")
+LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "log_dir")
 
 
 def _field(default, help: str, **meta):
@@ -99,6 +99,9 @@ class TrainConfig:
     dtype: str = _field("float32", "compute dtype of the frozen backbone (LayerNorm "
                         "statistics, softmax, rationals, switches, head and loss stay "
                         "float32)", choices=tuple(DTYPES))
+    log_dir: str | None = _field(None, "also write TensorBoard event files (loss, learning "
+                                 "rates, gradient norm per step; dev metrics, p(adapter) "
+                                 "per epoch) to LOG_DIR/<run folder name>")
 
     def architecture_options(self) -> dict[str, Any]:
         """The :class:`~aa_jax.adapters.Architecture` settings this config chooses."""

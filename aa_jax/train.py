@@ -42,9 +42,12 @@ from aa_jax.switch import ADAPTER
 
 
 def _progress(total: int, enabled: bool):
+    """A bar over the run's training steps; tqdm shows steps/s, the postfix the epoch, the
+    running loss and the last dev score."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="epoch", disable=not enabled, leave=False)
+    return tqdm(total=total, unit="step", disable=not enabled, leave=False,
+                dynamic_ncols=True)
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -119,6 +122,7 @@ class Run:
       log: the epochs so far (:class:`RunLog`; set by :meth:`start`).
       failure: the error that stopped this run early (a diverged seed of a group).
       devices: how many devices its steps ran on.
+      events: its TensorBoard event file with ``--log-dir`` (set by :meth:`start`).
     """
 
     exp: Experiment
@@ -130,6 +134,7 @@ class Run:
     log: RunLog | None = None
     failure: UserError | None = None
     devices: int = 1
+    events: Any = None
 
     def start(self, state: TrainState) -> TrainState:
         """Resumes from the latest checkpoint (if any) and writes ``config.json``; returns
@@ -142,13 +147,21 @@ class Run:
                 **self.exp.config.to_dict(),
                 "resolved": {**self.resolved, "pooling": self.exp.pooling}})
         _write_history(self.out, self.log.history)
+        c = self.exp.config
+        if c.log_dir and is_primary() and self.log.start_epoch <= c.epochs:
+            from aa_jax.logs import EventLog
+
+            steps = pipeline.num_batches(len(self.exp.labels["train"]), c.batch_size)
+            self.events = EventLog(c.log_dir, self.out.name, c, steps * c.epochs,
+                                   self.exp.method.learning_rates)
         return state
 
     def end_epoch(self, state: TrainState, epoch: int, losses: np.ndarray,
-                  seconds: Callable[[], float]) -> dict:
+                  seconds: Callable[[], float], grad_norms: np.ndarray | None = None) -> dict:
         """An epoch's bookkeeping after its training steps: dev evaluation, best epoch,
-        ``metrics.jsonl`` and the epoch's checkpoint. ``losses`` are the epoch's step
-        losses, ``seconds()`` the run's training seconds so far. Returns the dev metrics."""
+        ``metrics.jsonl``, the event file and the epoch's checkpoint. ``losses`` (and
+        ``grad_norms``) are the epoch's per-step values, ``seconds()`` the run's training
+        seconds so far. Returns the dev metrics."""
         exp, log = self.exp, self.log
         task = exp.task
         dev = evaluate(self.predict, state.trainable, self.frozen, exp.encoded["dev"],
@@ -164,6 +177,10 @@ class Run:
                                       for e in learned["layers"] if "switch_probs" in e}
         log.history.append(record)
         _write_history(self.out, log.history)
+        if self.events is not None:
+            norms = np.full(len(losses), np.nan) if grad_norms is None else grad_norms
+            self.events.epoch(int(state.step) - len(losses), losses, norms, dev,
+                              record.get("switch_probs"))
         best = log.best
         meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
                 "best_score": best["score"], "best_dev": best["dev"],
@@ -181,6 +198,8 @@ class Run:
         ``setup_and_test_seconds``."""
         exp, best = self.exp, self.log.best
         task, c = exp.task, exp.config
+        if self.events is not None:
+            self.events.close()
         started = time.perf_counter()
         test = evaluate(self.predict, best["params"], self.frozen, exp.encoded["test"],
                         exp.labels["test"], task, c.batch_size)
@@ -236,14 +255,21 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     c = runs[0].exp.config
     select = runs[0].exp.task.select_metric
     start = runs[0].log.start_epoch
-    bar = _progress(c.epochs, progress)
-    bar.update(start - 1)
+    steps = pipeline.num_batches(len(runs[0].exp.labels["train"]), c.batch_size)
+    bar = _progress(c.epochs * steps, progress)
+    bar.update((start - 1) * steps)
+    shown: dict[str, str] = {}
     for epoch in range(start, c.epochs + 1):
         losses, grad_norms = [], []
         for batch in epoch_batches(epoch):
             state, metrics = step_fn(state, frozen, batch, train_keys)
+            if progress and losses:  # the previous step's loss: one step stays in flight
+                running = float(np.mean(jax.device_get(losses[-1])))
+                shown.update(epoch=str(epoch), loss=f"{running:.4f}")
+                bar.set_postfix(shown, refresh=False)
             losses.append(metrics["loss"])
             grad_norms.append(metrics["grad_norm"])
+            bar.update(1)
         losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), -1)
         grad_norms = np.asarray(jax.device_get(grad_norms), np.float64).reshape(
             len(grad_norms), -1)
@@ -257,12 +283,12 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
             except UserError as e:  # this run stops here; the others go on
                 run.failure = e
                 continue
-            devs.append(run.end_epoch(one, epoch, losses[:, i], seconds)[select])
+            devs.append(run.end_epoch(one, epoch, losses[:, i], seconds,
+                                      grad_norms[:, i])[select])
         if not devs:
             break
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses.mean():.4f}",
-                        **{f"dev_{select}": f"{np.mean(devs):.4f}"})
+        shown.update(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{np.mean(devs):.4f}"})
+        bar.set_postfix(shown)
     bar.close()
 
 
