@@ -32,6 +32,7 @@ PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                      "rational_learning_rate": 0.3}}
 # Settings that say where things are, not what is computed: a run moved to another
 # machine or folder is the same run (see aa_jax.experiment.run_identity).
+METRIC_CHOICES = ("accuracy", "f1", "mcc", "pearson", "spearman")
 LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "log_dir")
 
 
@@ -87,8 +88,17 @@ class TrainConfig:
         "(default: 10 of 24 layers scaled to the depth; 10 is the released code)")
     drop_first: int = _field(0, "adapterdrop: drop the first k layers' adapters at "
                              "evaluation")
-    data: list[str] | None = _field(None, "own dataset: TRAIN_FILE,TEST_FILE (csv, tsv, "
-                                    "jsonl, parquet)")
+    data: list[str] | None = _field(None, "own dataset: TRAIN_FILE,TEST_FILE[,DEV_FILE] "
+                                    "(csv, tsv, jsonl, json, parquet), or a dataset folder or "
+                                    "Hub id that datasets.load_dataset reads")
+    data_config: str | None = _field(None, "own dataset: the dataset's configuration name")
+    split_train: str = _field("train", "own dataset: the split to train on")
+    split_test: str = _field("test", "own dataset: the split to test on")
+    split_dev: str | None = _field(None, "own dataset: a dev split to use as it is (default: "
+                                   "a quarter of the training sample)")
+    metric: str | None = _field(None, "the metric that selects the best epoch (reported "
+                                "too): accuracy, f1, mcc (classification), pearson, spearman "
+                                "(regression); default: the task's", choices=METRIC_CHOICES)
     text_columns: list[str] | None = _field(None, "own dataset: one or two text columns")
     label_column: str = _field("label", "own dataset: the label column")
     checkpoints_to_keep: int = _field(2, "checkpoints kept in the run directory", cli=False)
@@ -182,6 +192,11 @@ class TrainConfig:
              "--data must be a comma-separated list of files.")
         need(self.text_columns is None or is_str_list(self.text_columns),
              "--text-columns must be a comma-separated list of column names.")
+        need(self.metric is None or self.metric in METRIC_CHOICES,
+             f"--metric must be one of {', '.join(METRIC_CHOICES)}.")
+        need(all(v is None or (isinstance(v, str) and v) for v in (
+            self.data_config, self.split_train, self.split_test, self.split_dev)),
+            "--data-config and --split-* must be names.")
         need(self.data is None or bool(self.text_columns),
              "--data needs --text-columns naming one or two text columns.")
         need(isinstance(self.label_column, str) and bool(self.label_column),

@@ -75,11 +75,18 @@ def build_architecture(config: TrainConfig, depth: int) -> Architecture:
 
 
 def load_data(config: TrainConfig):
+    """(task, splits) of a run: its GLUE task's low-data splits, or the user's data; the
+    task reports and selects by ``--metric`` where one is given."""
     if config.data:
-        return glue.load_custom(config.data, config.text_columns, config.label_column,
-                                train_size=config.train_size, seed=config.seed)
-    task = glue.get_task(config.task)
-    return task, glue.make_splits(task, config.train_size, config.seed, config.glue_dir)
+        task, splits = glue.load_custom(
+            config.data, config.text_columns, config.label_column,
+            train_size=config.train_size, seed=config.seed, data_config=config.data_config,
+            splits={"train": config.split_train, "test": config.split_test,
+                    "dev": config.split_dev})
+    else:
+        task = glue.get_task(config.task)
+        splits = glue.make_splits(task, config.train_size, config.seed, config.glue_dir)
+    return glue.with_metric(task, config.metric), splits
 
 
 def resolve_pooling(pooling: str, pretrained) -> str:
@@ -159,7 +166,9 @@ def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
     if get_method(config.method).reads_learned_layers and config.architecture:
         resolved["selected_layers"] = sorted(
             read_learned(config.architecture)["selected_layers"])
-    if config.data:
+    if config.data and glue.is_dataset_name(config.data):
+        resolved["data_source"] = str(config.data[0])
+    elif config.data:
         hashes = []
         for name in config.data:
             path = Path(name)
@@ -175,6 +184,8 @@ def run_identity(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any
     (``LOCATION_FIELDS``), plus what those locations resolved to."""
     identity = {k: v for k, v in config.to_dict().items() if k not in LOCATION_FIELDS}
     identity.update({k: resolved.get(k) for k in ("selected_layers", "data_sha256")})
+    if resolved.get("data_source") is not None:  # a dataset folder or Hub id
+        identity["data_source"] = resolved["data_source"]
     return identity
 
 

@@ -404,7 +404,9 @@ def test_custom_dataset_user_errors(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
     cases = [
-        (([good], ["text"], "label"), r"Got 1 data file\(s\); pass exactly two"),
+        (([good], ["text"], "label"), r"Got 1 data file\(s\); pass the training file then "
+                                      r"the test file \(then, optionally, a dev file\)"),
+        (([good] * 4, ["text"], "label"), r"Got 4 data file\(s\)"),
         (([good, unseen], ["text"], "label"), r"label\(s\) z that never occur in the training file"),
         (([good, good], ["text"], "gold"), r"has no column\(s\) gold \(it has text, label\)"),
         (([good, tmp_path / "missing.csv"], ["text"], "label"), "missing.csv does not exist"),
