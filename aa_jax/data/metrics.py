@@ -1,4 +1,4 @@
-"""GLUE evaluation metrics in plain numpy, with padding examples masked out.
+"""GLUE evaluation metrics from scikit-learn and scipy, with padding examples masked out.
 
 Batches are padded to a fixed size with weight-0 examples (see
 :mod:`aa_jax.data.pipeline`), so every metric takes an optional ``weights[N]`` and keeps
@@ -9,7 +9,8 @@ Degenerate inputs give 0.0 instead of NaN: Matthews correlation when the predict
 the labels) are all one class, Pearson and Spearman when either side is constant, and F1
 when there are neither predicted nor true positives. Early in training a model often
 predicts a single class; 0.0 ("no better than chance") keeps model selection and result
-tables well defined, and matches scikit-learn's conventions for MCC and F1.
+tables well defined (scikit-learn's own convention for MCC and, with ``zero_division=0``,
+F1; scipy's correlations would be NaN).
 """
 
 from __future__ import annotations
@@ -17,62 +18,43 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy import stats
+from sklearn import metrics as sk
+
 from aa_jax.data.glue import Task
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Share of ``predictions[N]`` equal to ``labels[N]`` (class ids)."""
-    return float(np.mean(predictions == labels))
+    return float(sk.accuracy_score(labels, predictions))
 
 
 def f1_binary(predictions: np.ndarray, labels: np.ndarray) -> float:
     """F1 of the positive class 1 (MRPC "equivalent", QQP "duplicate")."""
-    true_pos = float(np.sum((predictions == 1) & (labels == 1)))
-    denominator = float(np.sum(predictions == 1) + np.sum(labels == 1))
-    return 0.0 if denominator == 0 else 2.0 * true_pos / denominator
+    return float(sk.f1_score(labels == 1, predictions == 1, zero_division=0.0))
 
 
 def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation (multi-class form, equal to the usual one for two classes)."""
-    classes, codes = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
-    k, n = len(classes), len(labels)
-    confusion = np.zeros((k, k), dtype=np.float64)
-    np.add.at(confusion, (codes[:n], codes[n:]), 1.0)
-    true_totals, pred_totals = confusion.sum(axis=1), confusion.sum(axis=0)
-    samples, correct = float(n), float(np.trace(confusion))
-    cov_yp = correct * samples - float(true_totals @ pred_totals)
-    cov_pp = samples**2 - float(pred_totals @ pred_totals)
-    cov_yy = samples**2 - float(true_totals @ true_totals)
-    if cov_pp == 0.0 or cov_yy == 0.0:
+    return float(sk.matthews_corrcoef(labels, predictions))
+
+
+def _correlation(statistic, predictions: np.ndarray, labels: np.ndarray) -> float:
+    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
         return 0.0
-    return float(cov_yp / np.sqrt(cov_pp * cov_yy))
+    return float(np.clip(statistic(predictions, labels).statistic, -1.0, 1.0))
 
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Pearson correlation of two ``float[N]`` vectors; 0.0 if either is constant."""
-    x = predictions.astype(np.float64) - np.mean(predictions, dtype=np.float64)
-    y = labels.astype(np.float64) - np.mean(labels, dtype=np.float64)
-    norm = float(np.sqrt(np.dot(x, x) * np.dot(y, y)))
-    if norm == 0.0:
-        return 0.0
-    return float(np.clip(np.dot(x, y) / norm, -1.0, 1.0))
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values[N]``; tied values share the mean of their ranks."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-    ends = np.append(starts[1:], len(values))  # one past each run of equal values
-    run_ranks = (starts + ends + 1) / 2.0  # mean of the ranks starts+1 .. ends
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.repeat(run_ranks, ends - starts)
-    return ranks
+    return _correlation(stats.pearsonr, predictions.astype(np.float64),
+                        labels.astype(np.float64))
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Spearman correlation: Pearson of the ranks, ties sharing their average rank."""
-    return pearson(average_ranks(predictions), average_ranks(labels))
+    return _correlation(stats.spearmanr, predictions.astype(np.float64),
+                        labels.astype(np.float64))
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
