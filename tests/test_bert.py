@@ -238,3 +238,19 @@ def test_dropout_masks_do_not_depend_on_the_padded_length():
     # Another key, or another layer's key, gives another mask.
     other, _ = dropout_keep_mask(jax.random.fold_in(key, 1), 0.1, (4, 3, 16, 16), (2, 3))
     assert not np.array_equal(np.asarray(short), np.asarray(other))
+
+
+def test_from_pretrained_resolves_auto_pooling(minilm, tiny_checkpoint):
+    from aa_jax.errors import UserError
+    from aa_jax.models.bert import BertForSequenceClassification
+    from aa_jax.models.loader import load_pretrained
+
+    assert BertForSequenceClassification.from_pretrained(minilm, 2).pooling == "mean"
+    tiny = load_pretrained(str(tiny_checkpoint))
+    assert BertForSequenceClassification.from_pretrained(tiny, 2).pooling == "pooler"
+    assert BertForSequenceClassification.from_pretrained(tiny, 2, pooling="max").pooling == "max"
+    model = BertForSequenceClassification(tiny.config, 2, pooling="auto")
+    ids = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(UserError, match=r"pooling='auto' depends on the checkpoint; build the "
+                                        r"model with BertForSequenceClassification.from_pretrained"):
+        model.init(jax.random.key(0), ids)

@@ -414,11 +414,28 @@ class BertForSequenceClassification(nn.Module):
     pooling: str = "pooler"
     scan: bool = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained, num_labels: int,
+                        architecture: Architecture | None = None, pooling: str = "auto",
+                        **kwargs) -> "BertForSequenceClassification":
+        """The model for a loaded checkpoint (:func:`aa_jax.models.loader.load_pretrained`):
+        its config, and ``pooling="auto"`` resolved to what the checkpoint declares
+        (``"mean"`` for MiniLM), else the paper's ``"pooler"``."""
+        from aa_jax.models.loader import declared_pooling
+
+        if pooling == "auto":
+            pooling = declared_pooling(pretrained.path) or "pooler"
+        return cls(pretrained.config, num_labels, architecture, pooling=pooling, **kwargs)
+
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
                  deterministic: bool = True, adapter_drop=None):
         c = self.config
-        if self.pooling not in POOLINGS or self.pooling == "auto":
+        if self.pooling == "auto":
+            raise UserError("pooling='auto' depends on the checkpoint; build the model with "
+                            "BertForSequenceClassification.from_pretrained(pre, num_labels, "
+                            "architecture), or pass resolve_pooling('auto', pre).")
+        if self.pooling not in POOLINGS:
             raise UserError(f"Unknown pooling {self.pooling!r}; choose one of: "
                             f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
         last, pooled = BertModel(c, self.architecture, self.dtype, self.scan, name="bert")(
