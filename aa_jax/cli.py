@@ -37,6 +37,14 @@ def _csv(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of layer indices; pass e.g. 0,3,5.") from None
+
+
 # Fields whose values the command line parses specially, and the types of the others.
 _PARSERS = {"train_size": _train_size}
 
@@ -48,6 +56,8 @@ def _flag_type(field: dataclasses.Field):
     text = str(field.type)
     if "list[str]" in text:
         return _csv
+    if "list[int]" in text:
+        return _int_list
     for name, kind in (("int", int), ("float", float), ("str", str)):
         if text.startswith(name):
             return kind

@@ -71,6 +71,8 @@ class TrainConfig:
     architecture: str | None = _field(None, "aa_focused: an AA run directory or its "
                                       "architecture.json")
     last_n: int | None = _field(None, "last_n: how many of the last layers get an adapter")
+    layers: list[int] | None = _field(None, "given_layers: the layers that get an adapter, "
+                                      "e.g. 0,3,5")
     activation: str = _field("rational", "last_n: the adapters' activation",
                              choices=ACTIVATIONS)
     adapter: str = _field("seq_bn", "adapter kind: " + "; ".join(
@@ -153,6 +155,10 @@ class TrainConfig:
 
         def is_str_list(v):
             return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+        need(self.layers is None or (isinstance(self.layers, list) and
+                                     all(is_int(x) for x in self.layers)),
+             "--layers must be a comma-separated list of layer indices, e.g. 0,3,5.")
 
         need(isinstance(self.task, str) and bool(self.task), "--task must be a task name.")
         need(isinstance(self.method, str) and self.method in METHODS,

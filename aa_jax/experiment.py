@@ -69,6 +69,8 @@ def build_architecture(config: TrainConfig, depth: int) -> Architecture:
     method = get_method(config.method)
     selected = (selected_layers_from(config.architecture, depth)
                 if method.reads_learned_layers and config.architecture else None)
+    if method.reads_given_layers and config.layers is not None:
+        selected = sorted(config.layers)
     return method.architecture(depth, selected_layers=selected, last_n=config.last_n,
                                activation=config.activation,
                                **config.architecture_options())

@@ -11,6 +11,7 @@ travels; no other module compares method names. A new method is one entry here.
 | adapterdrop   | all layers (first n off) | ReLU              | no     |
 | aa            | all layers               | rational (`one`)  | yes    |
 | aa_focused    | layers an AA run selected| rational (`one`)  | no     |
+| given_layers  | the layers `--layers` names | rational        | no     |
 | last_n        | last n layers            | rational or ReLU  | no     |
 | switch_only   | all layers               | ReLU              | yes    |
 | rational_only | all layers               | rational          | no     |
@@ -69,6 +70,8 @@ class Method:
       adapterdrop: whether each step drops the first n ~ U{0..n_max} layers' adapters.
       reads_learned_layers: whether it places adapters where an AA run selected them
         (``--architecture``).
+      reads_given_layers: whether it places adapters in the layers ``--layers`` names
+        (a sweep's random-layers control draws them).
       learning_rates: each trainable group's learning rate, as a config field.
     """
 
@@ -79,6 +82,7 @@ class Method:
     switch: bool = False
     adapterdrop: bool = False
     reads_learned_layers: bool = False
+    reads_given_layers: bool = False
     learning_rates: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: dict(LEARNING_RATES))
 
@@ -116,7 +120,8 @@ class Method:
 
     def note(self, architecture: Architecture) -> str | None:
         """A sentence a result should carry about how it was obtained, or None."""
-        if self.reads_learned_layers and not architecture.adapter_layers:
+        if (self.reads_learned_layers or self.reads_given_layers) and \
+                not architecture.adapter_layers:
             return ("The architecture selects no layer, so no adapter was trained: this is "
                     "the frozen encoder with a trained head.")
         return None
@@ -130,6 +135,13 @@ def _learned(depth, selected, last_n):
     if selected is None:
         raise UserError("--method aa_focused needs --architecture pointing at an AA run "
                         "directory or an architecture.json file.")
+    return selected
+
+
+def _given(depth, selected, last_n):
+    if selected is None:
+        raise UserError("--method given_layers needs --layers naming the layers that get an "
+                        "adapter, e.g. --layers 0,3,5.")
     return selected
 
 
@@ -148,6 +160,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _all, activation="rational", switch=True),
     Method("aa_focused", "rational adapters only where an AA run selected them "
            "(--architecture)", _learned, activation="rational", reads_learned_layers=True),
+    Method("given_layers", "rational adapters in the layers --layers names (no switch; "
+           "e.g. a random draw of as many layers as an AA run kept)", _given,
+           activation="rational", reads_given_layers=True),
     Method("last_n", "adapters in the last --last-n layers (--activation)", _last,
            activation=None),
     Method("switch_only", "ReLU adapters with a switch in every layer", _all, switch=True),

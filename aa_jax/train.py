@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aa_jax import checkpoint, guard
+from aa_jax import __version__, checkpoint, guard
 from aa_jax.adapters import adapter_weight_count
 from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
@@ -227,6 +227,10 @@ class Run:
             # devices (seeds trained together run on one).
             "device": device_name(),
             "devices": self.devices, "processes": jax.process_count(),
+            # The float32 matmul precision its programs were compiled with ("default" is
+            # the device's: float32 on CPU, TF32 on recent GPUs), and the code that ran.
+            "precision": str(jax.config.jax_default_matmul_precision or "default"),
+            "code": f"aa_jax {__version__}",
             "examples": {k: int(len(v)) for k, v in exp.labels.items()},
         }
         note = exp.method.note(exp.architecture)

@@ -31,6 +31,10 @@ to other runs:
   * ``"@aa"``: the run labelled ``aa`` with the same task, size, seed and other settings
     (its directory, for ``architecture``); ``"@aa_left_out"``: how many layers it left
     out (AdapterDrop's ``drop_first``).
+  * ``"@aa_42"``: the ``aa`` run of the cell with seed 42 (the paper's AA-focused rule:
+    every seed of a task and size uses seed 42's architecture).
+  * ``"@random_k"``: as many layers as the cell's ``aa`` run selected, drawn at random
+    (:func:`random_layers`; for ``layers`` of ``given_layers``, the random-layers control).
   * ``"@transfer"``, ``"@transfer_size"``, ``"@transfer_left_out"``: the transferred
     architecture, chosen by the paper's rule from the ``aa`` runs named by the sweep's
     ``transfer`` entry (``{"sweep": ..., "train_size": 100, "seed": 42}``): the task
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -54,6 +59,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+import numpy as np
 
 from aa_jax import guard
 from aa_jax.checkpoint import is_complete, read_json, write_json_atomic, write_text_atomic
@@ -180,13 +187,29 @@ def run_name(point: Point) -> str:
 
 # -- references to other runs -----------------------------------------------------------
 
-def sibling(sweep: Sweep, point: Point, label: str) -> Point:
-    """The point labelled ``label`` that shares everything else with ``point``."""
+def sibling(sweep: Sweep, point: Point, label: str, seed: int | None = None) -> Point:
+    """The point labelled ``label`` that shares everything else with ``point`` (but has
+    seed ``seed``, where one is given)."""
+    cell = dict(point.cell)
+    if seed is not None and "seed" in cell:
+        cell["seed"] = seed
     for other in sweep.points:
-        if other.label == label and other.cell == point.cell:
+        if other.label == label and other.cell == cell and (
+                seed is None or other.settings.get("seed") == seed):
             return other
-    raise UserError(f"Sweep {sweep.name}: {run_name(point)} refers to the '{label}' run of "
-                    f"its cell, but the grid has no such point.")
+    which = f"the '{label}' run of its cell" + ("" if seed is None else f" with seed {seed}")
+    raise UserError(f"Sweep {sweep.name}: {run_name(point)} refers to {which}, but the grid "
+                    f"has no such point.")
+
+
+def random_layers(task: str, train_size, seed: int, depth: int, k: int) -> list[int]:
+    """``k`` of ``depth`` layers drawn uniformly without replacement: the random-layers
+    control of the AA run of (task, train size, seed). The draw's seed is derived from
+    those three alone (SHA-256 of ``task/train_size/seed``), so it is the same on every
+    machine and rerun, and the drawn layers are recorded in the run's config."""
+    digest = hashlib.sha256(f"{task}/{train_size}/{seed}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return sorted(int(i) for i in rng.choice(depth, size=k, replace=False))
 
 
 def learned(run_dir: Path) -> dict:
@@ -227,8 +250,10 @@ def resolve(sweep: Sweep, point: Point) -> TrainConfig:
     for key, value in point.settings.items():
         if not (isinstance(value, str) and value.startswith("@")):
             continue
-        if value in ("@aa", "@aa_left_out"):
+        if value in ("@aa", "@aa_left_out", "@random_k"):
             run = sweep.result_dir(sibling(sweep, point, sweep.role("learned")))
+        elif value == "@aa_42":
+            run = sweep.result_dir(sibling(sweep, point, sweep.role("learned"), seed=42))
         elif value in TRANSFER_REFS:
             run = transfer_source(sweep)
         else:
@@ -236,9 +261,13 @@ def resolve(sweep: Sweep, point: Point) -> TrainConfig:
         if not is_complete(run):
             raise Waiting(f"{sweep.name}/{run.name}")
         arch = learned(run)
-        if value in ("@aa", "@transfer"):
+        if value in ("@aa", "@aa_42", "@transfer"):
             # Relative to where the sweep runs, so that configs name no machine's paths.
             settings[key] = os.path.relpath(run)
+        elif value == "@random_k":
+            settings[key] = random_layers(settings.get("task", TrainConfig.task),
+                                          settings.get("train_size"), settings["seed"],
+                                          arch["depth"], len(arch["selected_layers"]))
         elif value == "@transfer_size":
             settings[key] = len(arch["selected_layers"])
         else:
@@ -280,6 +309,8 @@ def publish(sweep: Sweep, point: Point) -> Path:
             text = (src / name).read_text()
             if name == "config.json":
                 text = published_config(sweep, text)
+            elif name == "result.json":  # the label the sweep ran it under
+                text = json.dumps({**json.loads(text), "label": point.label}, indent=2) + "\n"
             write_text_atomic(tmp / name, text)
         if dst.exists():
             dst.rename(old)

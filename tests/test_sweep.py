@@ -120,6 +120,49 @@ def test_references_wait_for_their_runs_then_resolve(tmp_path):
     assert Path(moved.architecture).resolve() == s.result_dir(by["cola-aa-100-42"]).resolve()
 
 
+CONTROLS = {"random_k": {"method": "given_layers", "layers": "@random_k"},
+            "aa_focused_42": {"method": "aa_focused", "architecture": "@aa_42"}}
+
+
+def test_the_paper_s_focused_rule_and_the_random_layers_control_resolve(tmp_path):
+    path = tmp_path / "controls.json"
+    path.write_text(json.dumps({"roles": ROLES, "base": {"train_size": 100},
+                                "grid": {"seed": [42, 92], "task": ["rte"],
+                                         "method": ["aa", "aa_focused_42", "random_k"]},
+                                "methods": CONTROLS}))
+    s = sweep.Sweep.load(path, results=tmp_path / "r")
+    by = {sweep.run_name(p): p for p in s.points}
+    finish(s.result_dir(by["rte-aa-100-92"]), "rte", [0, 2, 3, 5])
+    with pytest.raises(sweep.Waiting, match="rte-aa-100-42"):  # seed 42's, not its own
+        sweep.resolve(s, by["rte-aa_focused_42-100-92"])
+    finish(s.result_dir(by["rte-aa-100-42"]), "rte", [4])
+    for seed in (42, 92):
+        focused = sweep.resolve(s, by[f"rte-aa_focused_42-100-{seed}"])
+        assert Path(focused.architecture).resolve() == \
+            s.result_dir(by["rte-aa-100-42"]).resolve()
+    # As many layers as the cell's own AA run kept, drawn by a recorded, reproducible draw.
+    control = sweep.resolve(s, by["rte-random_k-100-92"])
+    assert control.method == "given_layers" and len(control.layers) == 4
+    assert control.layers == sweep.random_layers("rte", 100, 92, 6, 4)
+    assert control.layers == sorted(set(control.layers)) and set(control.layers) <= set(range(6))
+    assert sweep.resolve(s, by["rte-random_k-100-42"]).layers == \
+        sweep.random_layers("rte", 100, 42, 6, 1)
+
+
+def test_random_layers_are_uniform_over_the_layers():
+    """Every layer is drawn with probability k / depth: 3000 draws of 3 of 6 layers, each
+    layer's count within 5 standard deviations of 1500 (binomial, p = 1/2)."""
+    counts = np.zeros(6)
+    draws = [sweep.random_layers(task, size, seed, 6, 3) for task in ("rte", "sst2", "stsb")
+             for size in (100, 300, 500, 1000, 2000) for seed in range(200)]
+    for layers in draws:
+        assert len(set(layers)) == 3
+        counts[layers] += 1
+    sd = math.sqrt(3000 * 0.5 * 0.5)
+    assert np.all(np.abs(counts - 1500) < 5 * sd), counts
+    assert len({tuple(d) for d in draws}) == 20  # every 3-of-6 subset occurs
+
+
 def test_the_transfer_rule_skips_empty_architectures_and_breaks_ties_by_task_order(tmp_path):
     s = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
     by = {sweep.run_name(p): p for p in s.points}

@@ -147,3 +147,21 @@ def test_aa_focused_trains_only_selected_layers(tmp_path, tiny, tiny_checkpoint,
     classifier = hidden * 2 + 2
     assert result["trainable_params"] == adapter + classifier
     assert result["adapter_weights"] == 2 * hidden * r
+
+
+def test_given_layers_trains_adapters_where_told_and_results_say_what_ran(
+        tiny_checkpoint, fake_glue, tmp_path, capsys):
+    from aa_jax import __version__, cli
+
+    args = ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue), "--task",
+            "rte", "--method", "given_layers", "--train-size", "24", "--epochs", "1",
+            "--batch-size", "8", "--max-length", "32", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "none")]) == 2
+    assert "--method given_layers needs --layers" in capsys.readouterr().err
+    assert cli.main(args + ["--layers", "1", "--out", str(tmp_path / "run")]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    learned = json.loads((tmp_path / "run" / "architecture.json").read_text())
+    assert result["selected_layers"] == [1]
+    assert [e["activation"] for e in learned["layers"]] == [None, "rational"]
+    assert not any("switch_probs" in e for e in learned["layers"])
+    assert result["precision"] == "default" and result["code"] == f"aa_jax {__version__}"
