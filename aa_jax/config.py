@@ -32,6 +32,7 @@ PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                      "rational_learning_rate": 0.3}}
 # Settings that say where things are, not what is computed: a run moved to another
 # machine or folder is the same run (see aa_jax.experiment.run_identity).
+MATMUL_PRECISIONS = ("default", "highest")
 METRIC_CHOICES = ("accuracy", "f1", "mcc", "pearson", "spearman")
 LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "log_dir")
 
@@ -111,6 +112,10 @@ class TrainConfig:
     dtype: str = _field("float32", "compute dtype of the frozen backbone (LayerNorm "
                         "statistics, softmax, rationals, switches, head and loss stay "
                         "float32)", choices=tuple(DTYPES))
+    matmul_precision: str = _field("default", "float32 matmul precision: default (the "
+                                   "device's own: float32 on CPU, TF32 on recent GPUs) or "
+                                   "highest (float32 on every device)",
+                                   choices=MATMUL_PRECISIONS)
     log_dir: str | None = _field(None, "also write TensorBoard event files (loss, learning "
                                  "rates, gradient norm per step; dev metrics, p(adapter) "
                                  "per epoch) to LOG_DIR/<run folder name>")
@@ -198,6 +203,8 @@ class TrainConfig:
              "--data must be a comma-separated list of files.")
         need(self.text_columns is None or is_str_list(self.text_columns),
              "--text-columns must be a comma-separated list of column names.")
+        need(self.matmul_precision in MATMUL_PRECISIONS,
+             f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}.")
         need(self.metric is None or self.metric in METRIC_CHOICES,
              f"--metric must be one of {', '.join(METRIC_CHOICES)}.")
         need(all(v is None or (isinstance(v, str) and v) for v in (
@@ -236,3 +243,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
+def precision_scope(config: TrainConfig):
+    """The context a run's programs are traced and compiled in: ``--matmul-precision
+    highest`` sets JAX's default matmul precision; ``default`` leaves the device's."""
+    import contextlib
+
+    import jax
+
+    if config.matmul_precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(config.matmul_precision)

@@ -35,7 +35,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax import checkpoint, guard
 from aa_jax import train as training
-from aa_jax.config import TrainConfig
+from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
 from aa_jax.experiment import check_same_run, resolve_inputs, run_keys, setup
@@ -189,6 +189,7 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
         for out in outs:
             held.enter_context(guard.hold_run(out))
         held.enter_context(guard.sigterm_raises())
+        held.enter_context(precision_scope(c))
         return _train_held(configs, outs, exps, resolved, progress, started)
 
 

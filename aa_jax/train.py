@@ -27,7 +27,7 @@ import numpy as np
 
 from aa_jax import __version__, checkpoint, guard
 from aa_jax.adapters import adapter_weight_count
-from aa_jax.config import TrainConfig
+from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
 from aa_jax.distributed import is_primary
@@ -313,7 +313,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     mesh = data_mesh()
     check_batch_size(config.batch_size, mesh)
     prepare_run_dir(out)
-    with guard.hold_run(out), guard.sigterm_raises():
+    with guard.hold_run(out), guard.sigterm_raises(), precision_scope(config):
         if checkpoint.is_complete(out):  # another process finished it in the meantime
             return checkpoint.read_json(out / "result.json", "run result")
         return _train_locked(exp, out, mesh, resolved, progress, started)
@@ -407,6 +407,7 @@ def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
     check_batch_size(c.batch_size, mesh)
     predict = make_predict(model, task.is_regression, drop_first, mesh)
     params, frozen = replicate(params, mesh), replicate(frozen, mesh)
-    return {split: evaluate(predict, params, frozen, encoded[split], labels[split], task,
-                            c.batch_size)
-            for split in ("dev", "test")}
+    with precision_scope(c):  # the precision the run trained and evaluated in
+        return {split: evaluate(predict, params, frozen, encoded[split], labels[split], task,
+                                c.batch_size)
+                for split in ("dev", "test")}

@@ -410,6 +410,29 @@ def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_
     assert aggregate.baseline_learns(s, done, {}, metric) == {}
 
 
+def test_a_cell_that_mixes_precisions_or_code_is_refused_unless_allowed(tmp_path):
+    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92, 111], "task": ["rte"],
+                                               "method": ["baseline", "aa"]}))
+    done = {f"rte-{label}-100-{seed}": {"select_metric": "accuracy", "test": {"accuracy": 0.6},
+                                        "device": "cpu", "precision": "default",
+                                        "code": "aa_jax 0.2.0"}
+            for label in ("baseline", "aa") for seed in (42, 92, 111)}
+    assert aggregate.check_mixed(s, done, allow=False) == []
+    # Old results (no precision, no device: a CPU) pool with new CPU runs of no code name.
+    old = {k: {"select_metric": "accuracy", "test": {"accuracy": 0.6}} for k in done}
+    assert aggregate.check_mixed(s, old, allow=False) == []
+    done["rte-aa-100-92"] = {**done["rte-aa-100-92"], "device": "gpu: NVIDIA H200"}
+    done["rte-aa-100-111"] = {**done["rte-aa-100-111"], "precision": "highest"}
+    done["rte-baseline-100-42"] = {**done["rte-baseline-100-42"], "code": "aa_jax 0.3.0"}
+    with pytest.raises(UserError, match=r"would pool runs of different precisions, devices "
+                                        r"or code versions in 2 cell\(s\) .*--allow-mixed"):
+        aggregate.check_mixed(s, done, allow=False)
+    assert aggregate.check_mixed(s, done, allow=True) == [
+        "rte baseline 100: default on cpu, aa_jax 0.3.0 ×1, default on cpu, aa_jax 0.2.0 ×2",
+        "rte aa 100: default on cpu, aa_jax 0.2.0 ×1, default on gpu, aa_jax 0.2.0 ×1, "
+        "highest, aa_jax 0.2.0 ×1"]
+
+
 def test_a_table_entry_can_limit_its_rows_to_some_train_sizes(tmp_path):
     grid = {"seed": [42], "task": ["rte"], "method": ["baseline", "aa"],
             "train_size": [100, 300]}

@@ -165,3 +165,15 @@ def test_given_layers_trains_adapters_where_told_and_results_say_what_ran(
     assert [e["activation"] for e in learned["layers"]] == [None, "rational"]
     assert not any("switch_probs" in e for e in learned["layers"])
     assert result["precision"] == "default" and result["code"] == f"aa_jax {__version__}"
+
+
+def test_matmul_precision_highest_is_recorded(tiny_checkpoint, fake_glue, tmp_path):
+    from aa_jax import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+                     "--task", "rte", "--method", "baseline", "--train-size", "24",
+                     "--epochs", "1", "--batch-size", "8", "--max-length", "32",
+                     "--no-progress", "--matmul-precision", "highest", "--out", str(out)]) == 0
+    assert json.loads((out / "result.json").read_text())["precision"] == "highest"
+    assert json.loads((out / "config.json").read_text())["matmul_precision"] == "highest"
