@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import RESULTS, SWEEPS, Sweep, UserError, run_name  # noqa: E402
@@ -287,8 +287,10 @@ def pair_groups(sweep: Sweep, done: dict, comparison) -> dict[tuple, list]:
 
 def tests(pairs: list) -> tuple[np.ndarray, float, float]:
     """The differences in points, the paired t-test's p and the Wilcoxon test's p (nan
-    where a test is undefined: one pair, or no spread)."""
-    d = np.array([x - y for x, y, _ in pairs]) * 100
+    where a test is undefined: one pair, or no spread). The differences are rounded to
+    1e-9 points, so that differences equal in size tie whatever their sign (computed as
+    (x - y) * 100 they may differ in the last bits), as Wilcoxon's ranks need."""
+    d = np.round(np.array([x - y for x, y, _ in pairs]) * 100, 9)
     n = len(d)
     t_p = stats.ttest_rel([x for x, _, _ in pairs], [y for _, y, _ in pairs]).pvalue \
         if n > 1 and np.any(d != d[0]) else math.nan
@@ -335,21 +337,62 @@ def paired(sweep: Sweep, done: dict, comparison, learns: dict) -> list[list[str]
 EXPECTS = ("higher", "lower", "equal", "not lower")
 
 
-def claim_verdict(expect: str, mean: float, t_p: float) -> str:
-    """What a paired t-test at ``ALPHA`` says of a claim that ``a`` is ``expect`` against
-    ``b`` (``equal``: on par; ``not lower``: on par or better)."""
-    if math.isnan(t_p):
+def interval(d: np.ndarray) -> tuple[float, float]:
+    """The 95% confidence interval of the mean of the paired differences ``d`` (t
+    distribution; nan for fewer than two pairs or no spread)."""
+    n = len(d)
+    if n < 2 or not np.any(d != d[0]):
+        return math.nan, math.nan
+    half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    return float(d.mean() - half), float(d.mean() + half)
+
+
+def detectable(d: np.ndarray, power: float = 0.8) -> float:
+    """The smallest mean difference (points) that a two-sided paired t-test at ``ALPHA``
+    over ``len(d)`` pairs with the spread of ``d`` detects with probability ``power``
+    (the noncentral t distribution; nan for fewer than two pairs or no spread)."""
+    n = len(d)
+    if n < 2 or not np.any(d != d[0]):
+        return math.nan
+    sd, df = float(d.std(ddof=1)), n - 1
+    crit = stats.t.ppf(1 - ALPHA / 2, df)
+
+    def missing_power(delta):
+        nc = delta * math.sqrt(n) / sd
+        # The far tail is below 1e-17 where scipy gives up on it (nan).
+        far = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0))
+        return stats.nct.sf(crit, df, nc) + far - power
+
+    high = (crit + 3) * sd / math.sqrt(n)
+    while missing_power(high) < 0:  # few pairs have heavy tails: widen the bracket
+        high *= 2
+    return float(optimize.brentq(missing_power, 0.0, high))
+
+
+def claim_verdict(expect: str, mean: float, p: float, low: float = math.nan,
+                  high: float = math.nan, paper: float | None = None,
+                  smallest: float = math.nan) -> str:
+    """What the pairs say of a claim that ``a`` is ``expect`` against ``b`` (``equal``: on
+    par; ``not lower``: on par or better), from ``p`` (Holm's, for the claims table), the
+    95% interval ``low``..``high`` of the mean difference and the paper's reported
+    difference ``paper`` (points) where the claim gives one: "agrees" / "disagrees" only
+    where ``p < ALPHA``; "excludes the paper's effect" where the interval lies wholly on
+    the near side of the paper's difference; otherwise "cannot tell", with the smallest
+    difference the pairs would detect (``smallest``)."""
+    if math.isnan(p):
         return "cannot tell (too few pairs)"
-    significant = t_p < ALPHA
-    if expect == "equal":
-        return (f"disagrees ({'higher' if mean > 0 else 'lower'})" if significant
-                else "no difference found")
-    if expect == "not lower":
-        return ("no difference found" if not significant else
-                "agrees (higher)" if mean > 0 else "disagrees")
-    if (mean > 0) == (expect == "higher"):
-        return "agrees" if significant else "cannot tell (the claim's sign)"
-    return "disagrees" if significant else "cannot tell (opposite sign)"
+    if p < ALPHA:
+        higher = mean > 0
+        if expect == "equal":
+            return f"disagrees ({'higher' if higher else 'lower'})"
+        if expect == "not lower":
+            return "agrees (higher)" if higher else "disagrees"
+        return "agrees" if higher == (expect == "higher") else "disagrees"
+    if paper is not None and not math.isnan(high) and (
+            (paper > 0 and high < paper) or (paper < 0 and low > paper)):
+        return f"excludes the paper's effect ({paper:+.2f})"
+    return ("cannot tell" if math.isnan(smallest) else
+            f"cannot tell (detectable: {smallest:.1f} points)")
 
 
 def by_size(items) -> list[tuple]:
@@ -376,10 +419,17 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
             per_task.setdefault(task, []).append(k)
         verdict = ("fewer layers kept" if fraction < paper[0] else
                    "more layers kept" if fraction > paper[1] else "agrees")
+        # Random switches keep each layer with probability 1/2: is the share kept
+        # different from that? (The layers of a run are taken as independent.)
+        total = sum(arch["depth"] for _, arch in runs)
+        chance = stats.binomtest(sum(kept), total, 0.5).pvalue
+        verdict += (f"; {'fewer' if fraction < 0.5 else 'more'} than random switches "
+                    f"keep (50%, binomial p {fmt_p(chance)})" if chance < ALPHA else
+                    f"; as many as random switches keep (50%, binomial p {fmt_p(chance)})")
         rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
                      f"{statistics.mean(kept):.1f} of {runs[0][1]['depth']} layers "
-                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)",
-                     math.nan, math.nan,
+                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)", "–",
+                     math.nan, math.nan, "–",
                      "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
                                for t, v in per_task.items()), verdict])
     return rows
@@ -397,46 +447,63 @@ def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
         if mine and theirs:
             a, b = statistics.mean(mine), statistics.mean(theirs)
             rows.append([str(size or "full"), f"{label} against {other}: {len(mine)} runs",
-                         f"{round(a):,} against {round(b):,} adapter weights", math.nan,
-                         math.nan, "–",
+                         f"{round(a):,} against {round(b):,} adapter weights", "–",
+                         math.nan, math.nan, "–", "–",
                          "agrees" if a < b else "disagrees"])
     return rows
 
 
 def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
-                      learns: dict) -> list:
-    """Per size, ``a − b`` over all tasks with its tests, the per-task means (marked †
-    where the task does not learn: see :func:`baseline_learns`) and the verdict, and the
-    verdict over the tasks that learn where they are fewer than all."""
+                      learns: dict, paper: dict | None = None) -> list:
+    """Per size, ``a − b`` over all tasks: the mean, its 95% interval, the tests, the
+    smallest difference the pairs detect, the per-task means (marked † where the task
+    does not learn: see :func:`baseline_learns`), and the verdict as a function of the
+    Holm-adjusted p (see :func:`claims_table`), to which the tasks that learn are added
+    where they are fewer than all. ``paper`` maps a train size to the difference the
+    paper reports there."""
     rows = []
     for rest, pairs in pair_groups(sweep, done, [a, b]).items():
-        learning = learns.get(dict(rest).get("train_size"), set())
+        size = dict(rest).get("train_size")
+        learning = learns.get(size, set())
         d, t_p, w_p = tests(pairs)
+        low, high = interval(d)
+        smallest = detectable(d)
+        gain = (paper or {}).get(str(size))
         per_task: dict[str, list[float]] = {}
         for (_, _, task), diff in zip(pairs, d):
             per_task.setdefault(task, []).append(diff)
-        verdict = claim_verdict(expect, d.mean(), t_p)
+        extra = ""
         chosen = [x for x in pairs if x[2] in learning]
         if 1 < len(chosen) < len(pairs):
             dl, tl, _ = tests(chosen)
-            verdict += (f"; tasks that learn: {dl.mean():+.2f} over {len(dl)}, "
-                        f"p {fmt_p(tl)}, {claim_verdict(expect, dl.mean(), tl)}")
+            ll, hl = interval(dl)
+            extra = (f"; tasks that learn: {dl.mean():+.2f} over {len(dl)}, "
+                     f"[{ll:+.2f}, {hl:+.2f}], p {fmt_p(tl)}")
+
+        def verdict(p_holm, mean=d.mean(), low=low, high=high, gain=gain,
+                    smallest=smallest, extra=extra):
+            return claim_verdict(expect, mean, p_holm, low, high, gain, smallest) + extra
+
         tasks = "; ".join(f"{t} {statistics.mean(v):+.2f} ({len(v)})"
                           + ("" if t in learning else " †") for t, v in per_task.items())
         rows.append([group_title(rest), f"{a} − {b}: {len(d)} pairs", f"{d.mean():+.2f}",
-                     t_p, w_p, tasks, verdict])
+                     "–" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]",
+                     t_p, w_p, "–" if math.isnan(smallest) else f"{smallest:.1f}",
+                     tasks, verdict])
     return rows
 
 
 def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list]:
     """The rows of one of the sweep's ``claims``, one per size: the layers an AA label
     keeps, the adapter weights a label stores against another's, or a paired comparison.
-    A row's 4th and 5th cells are the t-test's and the Wilcoxon test's p (nan: none)."""
+    A row is (size, measured over, result, interval, t-test p, Wilcoxon p (nan: none),
+    detectable, per task, verdict); a paired row's verdict is a function of Holm's p."""
     if "layers_kept" in claim:
         return layers_kept_rows(sweep, done, claim["layers_kept"], claim["paper_fraction"])
     if "weights" in claim:
         return weights_rows(sweep, done, claim["weights"], claim["b"])
-    return paired_claim_rows(sweep, done, claim["a"], claim["b"], claim["expect"], learns)
+    return paired_claim_rows(sweep, done, claim["a"], claim["b"], claim["expect"], learns,
+                             claim.get("paper_difference"))
 
 
 def check_claims(sweep: Sweep) -> list[dict]:
@@ -477,17 +544,20 @@ def holm(ps: list[float]) -> list[float]:
 
 
 def claims_table(sweep: Sweep, done: dict, learns: dict) -> tuple[list[str], int]:
-    """The claims' rows as Markdown lines, and how many t-tests Holm's adjustment counts."""
-    head = ["the paper's claim", "n", "measured over", "result", "t-test p", "Holm p",
-            "Wilcoxon p", "per task", "verdict"]
+    """The claims' rows as Markdown lines, and how many t-tests Holm's adjustment counts.
+    Each paired row's verdict is decided on its Holm-adjusted p."""
+    head = ["the paper's claim", "n", "measured over", "result", "95% interval", "t-test p",
+            "Holm p", "Wilcoxon p", "detectable", "per task", "verdict"]
     rows = [(claim["claim"] if i == 0 else "", row)
             for claim in check_claims(sweep)
             for i, row in enumerate(claim_rows(sweep, done, claim, learns)
-                                    or [["–"] * 3 + [math.nan] * 2 + ["–"] * 2])]
-    adjusted = holm([row[3] for _, row in rows])
+                                    or [["–"] * 4 + [math.nan] * 2 + ["–"] * 3])]
+    adjusted = holm([row[4] for _, row in rows])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (title, row), p_holm in zip(rows, adjusted):
-        cells = [title, *row[:3], fmt_p(row[3]), fmt_p(p_holm), fmt_p(row[4]), *row[5:]]
+        verdict = row[8](p_holm) if callable(row[8]) else row[8]
+        cells = [title, *row[:4], fmt_p(row[4]), fmt_p(p_holm), fmt_p(row[5]), *row[6:8],
+                 verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, sum(not math.isnan(p) for p in adjusted)
 
@@ -605,15 +675,17 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict,
         lines, family = claims_table(sweep, done, learns)
         parts += ["## The paper's claims", "", *lines, "",
                   "result: the mean test difference of the first method named against the "
-                  "second in points, paired over (task, seed); per task: its mean difference "
-                  "and (pairs), † where the baseline of that size does not score clearly "
-                  "above the majority class over at least two seeds. verdict: the paired "
-                  f"t-test at p < {ALPHA} over all tasks, and "
-                  "over the tasks that learn where they are fewer; \"no difference found\" "
-                  "is not evidence of equality with this few pairs. Holm p: the t-test's p "
-                  f"adjusted (Holm) for the {family} t-tests over all tasks in this table at once; "
-                  f"a verdict whose Holm p is {ALPHA} or more may be one of the chance "
-                  "findings that this many tests bring.", ""]
+                  "second in points, paired over (task, seed), with its 95% interval; per "
+                  "task: its mean difference and (pairs), † where the baseline of that size "
+                  "does not score clearly above the majority class over at least two seeds. "
+                  f"Holm p: the t-test's p adjusted (Holm) for the {family} t-tests over all "
+                  "tasks in this table at once. detectable: the smallest difference a paired "
+                  f"t-test at p < {ALPHA} over these pairs would find with 80% power. "
+                  f"verdict: agrees or disagrees only where Holm p < {ALPHA}; \"excludes the "
+                  "paper's effect\" where the interval lies wholly on the near side of the "
+                  "difference the paper reports; otherwise \"cannot tell\" (never evidence of "
+                  "equality). Layers kept: against the paper's share, and against random "
+                  "switches, which keep half the layers (binomial test).", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
     tasks = list(dict.fromkeys(p.settings["task"] for p in sweep.points))

@@ -526,17 +526,50 @@ def test_holm_multiplies_the_kth_smallest_p_by_the_tests_left_and_keeps_the_orde
     assert aggregate.holm([0.5, 0.6]) == [1.0, 1.0] and aggregate.holm([]) == []
 
 
-def test_claim_verdicts_follow_the_paired_test_and_the_papers_direction():
+def test_claim_verdicts_follow_holm_the_interval_and_the_papers_effect():
     v = aggregate.claim_verdict
     assert v("higher", +2.0, 0.01) == "agrees" and v("higher", -2.0, 0.01) == "disagrees"
     assert v("lower", -2.0, 0.01) == "agrees" and v("lower", +2.0, 0.01) == "disagrees"
-    assert v("higher", +2.0, 0.2) == "cannot tell (the claim's sign)"
-    assert v("lower", +2.0, 0.2) == "cannot tell (opposite sign)"
     assert v("equal", -2.0, 0.01) == "disagrees (lower)"
-    assert v("equal", +2.0, 0.2) == "no difference found"
     assert v("not lower", +2.0, 0.01) == "agrees (higher)"
     assert v("not lower", -2.0, 0.01) == "disagrees"
     assert v("higher", +2.0, float("nan")) == "cannot tell (too few pairs)"
+    assert v("higher", +2.0, 0.2, 1.0, 3.0, None, 2.5) == "cannot tell (detectable: 2.5 points)"
+    # The interval lies below the paper's +4.24: the paper's effect is excluded.
+    assert v("higher", +2.0, 0.2, -0.5, 3.0, 4.24, 2.5) == \
+        "excludes the paper's effect (+4.24)"
+    assert v("higher", +2.0, 0.2, -0.5, 5.0, 4.24, 2.5).startswith("cannot tell")
+    assert v("lower", -1.0, 0.2, -3.0, 1.0, -6.24, 2.5) == "excludes the paper's effect (-6.24)"
+
+
+def _pairs(diffs, base=0.5):
+    return [(base + d / 100, base, "sst2") for d in diffs]
+
+
+def test_claim_verdicts_on_synthetic_pairs():
+    """A known effect agrees, a known null against a large reported effect excludes it,
+    and a few noisy pairs cannot tell."""
+    rng = np.random.default_rng(0)
+
+    def verdict(diffs, paper=None):
+        d, t_p, _ = aggregate.tests(_pairs(diffs))
+        low, high = aggregate.interval(d)
+        return aggregate.claim_verdict("higher", d.mean(), t_p, low, high, paper,
+                                       aggregate.detectable(d))
+
+    assert verdict(5 + rng.normal(0, 2, 20)) == "agrees"
+    assert verdict(rng.normal(0, 1, 20), paper=5.57) == "excludes the paper's effect (+5.57)"
+    assert verdict([3.0, -4.0, 6.0]).startswith("cannot tell (detectable: ")
+    # The detectable effect: a paired t-test at that mean difference has 80% power.
+    d = rng.normal(0, 2, 12)
+    delta = aggregate.detectable(d)
+    hits = np.mean([aggregate.tests(_pairs(delta + rng.normal(0, d.std(ddof=1), 12)))[1] < 0.05
+                    for _ in range(2000)])
+    assert abs(hits - 0.8) < 0.04  # 2000 draws: the binomial sd is 0.009
+    # Wilcoxon ranks ties of equal size whatever their sign.
+    _, _, w = aggregate.tests([(0.7, 0.6, "a"), (0.6, 0.7, "b"), (0.9, 0.6, "c")])
+    from scipy import stats
+    assert w == stats.wilcoxon([10.0, -10.0, 30.0]).pvalue
 
 
 def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
@@ -558,19 +591,28 @@ def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
     on_par, kept, weights = (aggregate.claim_rows(s, done, c, learns) for c in claims)
     diffs = [10.0, 11.0, 20.0, 5.0]  # aa − baseline in points, rte then cola
     assert on_par[0][:3] == ["100", "aa − baseline: 4 pairs", f"{sum(diffs) / 4:+.2f}"]
-    assert on_par[0][5] == "rte +10.50 (2); cola +12.50 (2) †"
+    # the interval: mean ± t(0.975, 3) * sd / sqrt(4)
+    half = 3.182446305284263 * float(np.std(diffs, ddof=1)) / 2
+    assert on_par[0][3] == f"[{11.5 - half:+.2f}, {11.5 + half:+.2f}]"
+    assert on_par[0][7] == "rte +10.50 (2); cola +12.50 (2) †"
     # all four pairs: t = 11.5 / (6.24 / 2), p < 0.05: AA is not on par but higher.
-    assert on_par[0][6].startswith("disagrees (higher); tasks that learn: +10.50 over 2")
-    assert kept == [["100", "aa: 4 runs", "2.0 of 6 layers (33%; 2 to 2 per run)", math.nan,
-                     math.nan, "rte 2.0 (2); cola 2.0 (2)", "fewer layers kept"]]
-    assert weights[0][2:] == ["2,000 against 6,000 adapter weights", math.nan, math.nan, "–",
-                              "agrees"]
+    assert on_par[0][8](on_par[0][4]).startswith(
+        "disagrees (higher); tasks that learn: +10.50 over 2")
+    assert on_par[0][8](0.2).startswith("cannot tell (detectable: ")
+    assert kept == [["100", "aa: 4 runs", "2.0 of 6 layers (33%; 2 to 2 per run)", "–",
+                     math.nan, math.nan, "–", "rte 2.0 (2); cola 2.0 (2)",
+                     # 8 of 24 layers: binomial p 0.152 against random switches' 1/2
+                     "fewer layers kept; as many as random switches keep (50%, binomial p "
+                     "0.152)"]]
+    assert weights[0][2:] == ["2,000 against 6,000 adapter weights", "–", math.nan, math.nan,
+                              "–", "–", "agrees"]
     lines, family = aggregate.claims_table(s, done, learns)
     assert family == 1
-    assert lines[0].split(" | ")[4:7] == ["t-test p", "Holm p", "Wilcoxon p"]
+    assert lines[0].split(" | ")[4:9] == ["95% interval", "t-test p", "Holm p", "Wilcoxon p",
+                                          "detectable"]
     # one t-test in the family: Holm leaves its p as it is
-    assert lines[2].split(" | ")[4] == lines[2].split(" | ")[5] == f"{on_par[0][3]:.3f}"
-    assert lines[3].split(" | ")[4:7] == ["–", "–", "–"]
+    assert lines[2].split(" | ")[5] == lines[2].split(" | ")[6] == f"{on_par[0][4]:.3f}"
+    assert lines[3].split(" | ")[5:8] == ["–", "–", "–"]
     bad = spec(tmp_path, claims=[{"claim": "x", "a": "aa", "b": "nope", "expect": "higher"}])
     with pytest.raises(sweep.UserError, match="names a method label the grid does not have"):
         aggregate.check_claims(sweep.Sweep.load(bad))
