@@ -426,6 +426,7 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
         verdict += (f"; {'fewer' if fraction < 0.5 else 'more'} than random switches "
                     f"keep (50%, binomial p {fmt_p(chance)})" if chance < ALPHA else
                     f"; as many as random switches keep (50%, binomial p {fmt_p(chance)})")
+        verdict += layer_agreement([(task, arch["selected_layers"]) for task, arch in runs])
         rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
                      f"{statistics.mean(kept):.1f} of {runs[0][1]['depth']} layers "
                      f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)", "–",
@@ -433,6 +434,36 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
                      "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
                                for t, v in per_task.items()), verdict])
     return rows
+
+
+def layer_agreement(runs: list[tuple[str, list[int]]], permutations: int = 10000) -> str:
+    """Whether runs of one task keep more alike layers than runs of different tasks: the
+    mean Jaccard similarity of the kept layers over pairs of runs of the same task against
+    pairs of different tasks, and a one-sided permutation test that shuffles the tasks
+    over the runs (a fixed seed, so the page is the same each time). Empty when there are
+    no pairs of both kinds."""
+    tasks = np.array([t for t, _ in runs])
+    sets = [set(layers) for _, layers in runs]
+    n = len(runs)
+    jac = np.array([[len(a & b) / len(a | b) if a | b else 1.0 for b in sets] for a in sets])
+    upper = np.triu(np.ones((n, n), bool), 1)
+
+    def gap(labels):
+        same = (labels[:, None] == labels[None, :]) & upper
+        other = ~(labels[:, None] == labels[None, :]) & upper
+        return jac[same].mean() - jac[other].mean(), jac[same].mean(), jac[other].mean()
+
+    same_pairs = ((tasks[:, None] == tasks[None, :]) & upper).sum()
+    if n < 3 or same_pairs == 0 or same_pairs == upper.sum():
+        return ""
+    observed, within, between = gap(tasks)
+    rng = np.random.default_rng(0)
+    hits = sum(gap(rng.permutation(tasks))[0] >= observed for _ in range(permutations))
+    p = (hits + 1) / (permutations + 1)
+    alike = ("more alike within a task than between tasks" if p < ALPHA else
+             "no more alike within a task than between tasks")
+    return (f"; the kept layers are {alike} (Jaccard {within:.3f} against {between:.3f}, "
+            f"permutation p {fmt_p(p)})")
 
 
 def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
@@ -684,8 +715,10 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict,
                   f"verdict: agrees or disagrees only where Holm p < {ALPHA}; \"excludes the "
                   "paper's effect\" where the interval lies wholly on the near side of the "
                   "difference the paper reports; otherwise \"cannot tell\" (never evidence of "
-                  "equality). Layers kept: against the paper's share, and against random "
-                  "switches, which keep half the layers (binomial test).", ""]
+                  "equality). Layers kept: against the paper's share, against random "
+                  "switches, which keep half the layers (binomial test), and how alike the "
+                  "layers kept by runs of one task are against runs of different tasks "
+                  "(Jaccard similarity; permutation test over the tasks).", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
     tasks = list(dict.fromkeys(p.settings["task"] for p in sweep.points))

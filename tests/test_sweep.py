@@ -546,6 +546,18 @@ def _pairs(diffs, base=0.5):
     return [(base + d / 100, base, "sst2") for d in diffs]
 
 
+def test_layer_agreement_tells_task_specific_layers_from_shuffled_ones():
+    # Each task keeps its own layers in all 4 of its runs: alike within, not between.
+    specific = [(t, layers) for t, layers in (("rte", [0, 1]), ("sst2", [4, 5]),
+                                              ("stsb", [2, 3])) for _ in range(4)]
+    text = aggregate.layer_agreement(specific, permutations=2000)
+    assert "more alike within a task than between tasks (Jaccard 1.000 against 0.000" in text
+    # The same runs with the tasks assigned round-robin: no task has its own layers.
+    mixed = [(("rte", "sst2", "stsb")[i % 3], layers) for i, (_, layers) in enumerate(specific)]
+    assert "no more alike within a task" in aggregate.layer_agreement(mixed, 2000)
+    assert aggregate.layer_agreement(specific[:4]) == ""  # one task: no pairs between tasks
+
+
 def test_claim_verdicts_on_synthetic_pairs():
     """A known effect agrees, a known null against a large reported effect excludes it,
     and a few noisy pairs cannot tell."""
@@ -603,7 +615,8 @@ def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
                      math.nan, math.nan, "–", "rte 2.0 (2); cola 2.0 (2)",
                      # 8 of 24 layers: binomial p 0.152 against random switches' 1/2
                      "fewer layers kept; as many as random switches keep (50%, binomial p "
-                     "0.152)"]]
+                     "0.152); the kept layers are no more alike within a task than between "
+                     "tasks (Jaccard 1.000 against 1.000, permutation p 1.000)"]]
     assert weights[0][2:] == ["2,000 against 6,000 adapter weights", "–", math.nan, math.nan,
                               "–", "–", "agrees"]
     lines, family = aggregate.claims_table(s, done, learns)
