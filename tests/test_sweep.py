@@ -890,3 +890,33 @@ def test_two_processes_started_on_one_sweep_train_each_run_once(tmp_path, tiny_c
                                                           "rte-baseline-24-92"]
     for run in results.iterdir():
         assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)  # no failed.json
+
+
+def test_the_switch_rate_rule_reads_only_switch_dynamics(tmp_path, monkeypatch):
+    import switch_rate
+
+    s = sweep.Sweep.load(switch_rate.SPEC, results=tmp_path / "results")
+
+    def finish_run(point, quarter_committed: int):
+        run = s.result_dir(point)
+        run.mkdir(parents=True)
+        probs = [0.5] * (6 - quarter_committed) + [0.001] * quarter_committed
+        lines = [{"epoch": e, "switch_probs": {str(i): (0.999 if e == 1 else p)
+                                               for i, p in enumerate(probs)}}
+                 for e in range(1, 21)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        (run / "result.json").write_text("{}")  # a score is never read
+
+    by_label: dict = {}
+    for p in s.points:
+        by_label.setdefault(p.label, []).append(p)
+    assert list(by_label) == ["aa_s0.5", "aa_s0.15", "aa_s0.05"]  # largest rate first
+    for p in by_label["aa_s0.5"]:
+        finish_run(p, 4)  # 4 of 6 committed at epoch 5: the rule fails
+    lines, chosen = switch_rate.evidence(s)
+    assert chosen is None and "| 0.5 (aa_s0.5) | 8 of 8 | 48 of 48 (100%) | 32 of 48 (67%) | no |" in lines
+    for p in by_label["aa_s0.15"][:7]:
+        finish_run(p, 3)
+    assert switch_rate.evidence(s)[1] is None  # one run of 0.15 still to finish
+    finish_run(by_label["aa_s0.15"][7], 3)  # 3 of 6: at most half
+    assert switch_rate.evidence(s)[1] == "aa_s0.15"
