@@ -129,15 +129,21 @@ def _read_text_table(path: Path, suffix: str, text_columns: Sequence[str], what:
                         f"file.") from None
 
 
+def _checked_suffix(path: Path, what: str) -> str:
+    """The suffix of a file aa_jax reads, which must exist; else one sentence."""
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".jsonl", ".json", ".csv", ".tsv"):
+        raise UserError(f"{what} {path} has an unsupported extension {suffix!r}; use .csv, "
+                        f".tsv, .jsonl, .json or .parquet.")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; check the path.")
+    return suffix
+
+
 def _read_user_file(path: Path, text_columns: Sequence[str], label_column: str) -> pa.Table:
     """Read a user data file by its extension and check the needed columns are there."""
     what = f"data file {path}"
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".jsonl", ".json", ".csv", ".tsv"):
-        raise UserError(f"Data file {path} has an unsupported extension {suffix!r}; use .csv, "
-                        f".tsv, .jsonl, .json or .parquet.")
-    if not path.is_file():
-        raise UserError(f"Data file {path} does not exist; check the path.")
+    suffix = _checked_suffix(path, "Data file")
     columns = [*text_columns, label_column]
     if suffix in (".parquet", ".pq"):
         return _read_parquet(path, columns, what)
@@ -192,12 +198,7 @@ def read_text_columns(path: Path, candidates: Sequence[Sequence[str]]) -> tuple[
     """The text columns of an input file to predict on: the first of ``candidates`` (lists
     of column names) that the file has, as lists of strings."""
     what = f"input file {path}"
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".jsonl", ".json", ".csv", ".tsv"):
-        raise UserError(f"Input file {path} has an unsupported extension {suffix!r}; use .csv, "
-                        f".tsv, .jsonl, .json or .parquet.")
-    if not path.is_file():
-        raise UserError(f"Input file {path} does not exist; check the path.")
+    suffix = _checked_suffix(path, "Input file")
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
