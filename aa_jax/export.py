@@ -16,7 +16,7 @@ without switches are saved as they are.
   sizes), the run's config and scores, and aa_jax's version;
 * ``architecture.json``: the learned architecture it came from (switched runs);
 * ``README.md``: a model card with the Hub's metadata block, so that
-  ``huggingface-cli upload USER/NAME DIR`` publishes the folder as it is.
+  ``hf upload USER/NAME DIR`` (huggingface_hub's CLI) publishes the folder as it is.
 
 :func:`load_adapters` takes such a folder or a Hub repo id and the base model, and gives
 an :class:`Adapters` that :func:`aa_jax.inference.predict` and ``aa-jax eval`` use.
