@@ -90,5 +90,6 @@ def test_aa_with_lora_trains_selects_layers_and_exports(tiny_checkpoint, fake_gl
 @pytest.mark.parametrize("method", [m for m in METHODS
                                     if not METHODS[m].reads_learned_layers])
 def test_every_method_builds_with_lora(method):
-    arch = METHODS[method].architecture(4, last_n=2, adapter="lora")
+    layers = [1, 3] if METHODS[method].reads_given_layers else None
+    arch = METHODS[method].architecture(4, last_n=2, adapter="lora", selected_layers=layers)
     assert arch.adapter == "lora" and arch.adapter_layers
