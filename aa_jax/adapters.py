@@ -330,6 +330,7 @@ class LoraSite(nn.Module):
     A switched layer scales both by the switch's adapter weight: in training its relaxed
     sample per example, at inference 1 or 0 (the identity choice is the plain layer).
     ``drop`` (AdapterDrop) zeroes them: a Python True skips them, a traced bool selects.
+    ``key``: the switch's Gumbel key in training (default: the ``gumbel`` rng stream).
     """
 
     spec: LayerSpec
@@ -338,14 +339,15 @@ class LoraSite(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True, drop=None):
+    def __call__(self, x, deterministic: bool = True, drop=None, key=None):
         arch = self.architecture
         updates = [LoRA(self.hidden_size, arch.lora_rank, arch.lora_alpha, self.dtype,
                         name=which)(x) for which in ("query", "value")]
         if self.spec.switch:
             switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
                                   hard=arch.hard_switch, name="switch")
-            y = switch(x.shape[0], deterministic=deterministic)[:, ADAPTER, None, None]
+            y = switch(x.shape[0], deterministic=deterministic, key=key)
+            y = y[:, ADAPTER, None, None]
             updates = [(y * u.astype(jnp.float32)).astype(u.dtype) for u in updates]
         if drop is not None and not isinstance(drop, bool):
             updates = [jnp.where(drop, jnp.zeros_like(u), u) for u in updates]
@@ -426,8 +428,9 @@ class AdapterSlot(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, inp, layer_norm, deterministic: bool = True, drop=None):
-        """h, inp: <dtype>[batch, length, hidden] -> <dtype>[batch, length, hidden]."""
+    def __call__(self, h, inp, layer_norm, deterministic: bool = True, drop=None, key=None):
+        """h, inp: <dtype>[batch, length, hidden] -> <dtype>[batch, length, hidden];
+        ``key``: the switch's Gumbel key in training (default: the ``gumbel`` rng stream)."""
         arch = self.architecture
         residual = h + inp
         x = layer_norm(residual)
@@ -452,7 +455,7 @@ class AdapterSlot(nn.Module):
         else:
             switch = GumbelSwitch(num_choices=2, temperature=arch.temperature,
                                   hard=arch.hard_switch, name="switch")
-            y = switch(h.shape[0], deterministic=deterministic)  # float32
+            y = switch(h.shape[0], deterministic=deterministic, key=key)  # float32
             if deterministic:
                 # Inference: one branch for the whole batch; compute only that one.
                 use_adapter = y[0, ADAPTER] > y[0, IDENTITY]

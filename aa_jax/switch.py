@@ -82,13 +82,17 @@ class GumbelSwitch(nn.Module):
     hard: bool = False
 
     @nn.compact
-    def __call__(self, batch_size: int, deterministic: bool = True) -> jax.Array:
+    def __call__(self, batch_size: int, deterministic: bool = True,
+                 key: jax.Array | None = None) -> jax.Array:
         """Switch weights for a batch.
 
         Args:
           batch_size: number of examples; each gets its own noise when training.
           deterministic: True (the default) at inference: the one-hot of argmax(logits)
-            for every example, no rng needed. False when training: needs the ``gumbel`` rng stream.
+            for every example, no rng needed. False when training: needs ``key`` or the
+            ``gumbel`` rng stream.
+          key: the noise's key (the encoder passes each layer's own); default: the
+            ``gumbel`` rng stream.
 
         Returns:
           <float32>[batch_size, num_choices], each row summing to 1.
@@ -104,8 +108,8 @@ class GumbelSwitch(nn.Module):
             return jnp.broadcast_to(choice, (batch_size, self.num_choices))
 
         noise = jax.random.gumbel(
-            self.make_rng("gumbel"), (batch_size, self.num_choices), jnp.float32
-        )
+            self.make_rng("gumbel") if key is None else key, (batch_size, self.num_choices),
+            jnp.float32)
         soft = jax.nn.softmax((logits + noise) / self.temperature, axis=-1)
         if not self.hard:
             return soft

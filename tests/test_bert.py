@@ -126,7 +126,7 @@ def test_switch_at_identity_ignores_the_adapter_at_inference():
 def test_switched_adapter_training_mixes_branches_per_example():
     config = _tiny_config()
     ids, tt, mask = _tiny_inputs()
-    model = BertModel(config, Architecture.uniform(2, "relu", switch=True))
+    model = BertModel(config, Architecture.uniform(2, "relu", switch=True), scan=True)
     variables = model.init(jax.random.key(0), ids)
     rngs = {"dropout": jax.random.key(1), "gumbel": jax.random.key(2)}
     (_, pooled), state = model.apply(variables, ids, tt, mask, deterministic=False, rngs=rngs,

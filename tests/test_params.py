@@ -185,7 +185,8 @@ def _equations(jaxpr):
 
 
 def test_adapterdrop_evaluation_does_not_compute_dropped_adapters(tiny):
-    model = _model(tiny, "adapterdrop")
+    model = _model(tiny, "adapterdrop").clone(scan=True)
+    unrolled = model.clone(scan=False)
     trainable, frozen = init_params(model, jax.random.key(0), tiny.params)
     batch = {"input_ids": jnp.ones((2, 8), jnp.int32), "token_type_ids": jnp.zeros((2, 8),
              jnp.int32), "attention_mask": jnp.ones((2, 8), jnp.int32)}
@@ -197,9 +198,17 @@ def test_adapterdrop_evaluation_does_not_compute_dropped_adapters(tiny):
                          == [0, 2] for e in conds)
     assert not [e for e in _equations(jax.make_jaxpr(make_predict(model, False, 0))(
         trainable, frozen, batch).jaxpr) if e.primitive.name == "cond"]
+    # Unrolled, a dropped adapter's flag is static: its two projections are not traced.
+    per_layer = unstack_layers(trainable), unstack_layers(frozen)
+
+    def matmuls(drop):
+        jaxpr = jax.make_jaxpr(make_predict(unrolled, False, drop))(*per_layer, batch)
+        return sum(e.primitive.name == "dot_general" for e in _equations(jaxpr.jaxpr))
+
+    assert matmuls(0) - matmuls(1) == 2
     # With every adapter dropped the prediction is the adapter-free model's.
     none = BertForSequenceClassification(tiny.config, 2, architecture_for(
-        "aa_focused", 2, selected_layers=[]))
+        "aa_focused", 2, selected_layers=[]), scan=True)
     p_none = {k: v for k, v in trainable.items() if k == "classifier"}
     got = make_predict(model, False, 2)(trainable, frozen, batch)
     want = make_predict(none, False)(p_none, frozen, batch)

@@ -36,7 +36,8 @@ def test_scanned_equals_unrolled_on_minilm(minilm, method):
     ids, tt, mask = _inputs()
     unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
                                              pooling="mean")
-    scanned = BertForSequenceClassification(minilm.config, 2, arch, pooling="mean")
+    scanned = BertForSequenceClassification(minilm.config, 2, arch, scan=True,
+                                            pooling="mean")
     params = with_backbone(unrolled.init(jax.random.key(0), ids)["params"], minilm.params)
     # Switch logits that pick the adapter in some layers and the identity in others.
     rng = np.random.default_rng(1)
@@ -51,7 +52,7 @@ def test_scanned_equals_unrolled_on_minilm(minilm, method):
         # The hidden states of every real token, and the head's logits.
         want = BertModel(minilm.config, arch, scan=False).apply(
             {"params": params["bert"]}, ids, tt, mask, adapter_drop=drop)[0]
-        got = BertModel(minilm.config, arch).apply(
+        got = BertModel(minilm.config, arch, scan=True).apply(
             {"params": stacked["bert"]}, ids, tt, mask, adapter_drop=drop)[0]
         np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=0,
                                    atol=TOL)
@@ -60,9 +61,46 @@ def test_scanned_equals_unrolled_on_minilm(minilm, method):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("method, adapter", [("aa", "seq_bn"), ("adapterdrop", "seq_bn"),
+                                             ("last_n", "seq_bn"), ("aa", "lora")])
+def test_scanned_and_unrolled_draw_the_same_noise_in_training(minilm, method, adapter):
+    """Dropout masks and Gumbel noise come from per-layer keys (layer_keys), so a training
+    forward pass and its gradient agree between the layouts, noise included."""
+    depth = minilm.config.num_hidden_layers
+    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3,
+                                        adapter=adapter)
+    ids, tt, mask = _inputs()
+    unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
+                                             pooling="mean")
+    scanned = unrolled.clone(scan=True)
+    params = with_backbone(unrolled.init(jax.random.key(0), ids)["params"], minilm.params)
+    stacked = stack_layers(params, encoder_segments(scanned))
+    rngs = {"dropout": jax.random.key(7), "gumbel": jax.random.key(8)}
+    drop = jnp.int32(2) if METHODS[method].adapterdrop else None
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, ids, tt, mask, deterministic=False,
+                             adapter_drop=drop, rngs=rngs)[0]
+        return jnp.sum(logits ** 2), logits
+
+    (_, want), want_grad = jax.value_and_grad(lambda p: loss(unrolled, p), has_aux=True)(params)
+    (_, got), got_grad = jax.value_and_grad(lambda p: loss(scanned, p), has_aux=True)(stacked)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=TOL)
+    # Without the shared keys the masks differ and so do the logits, by far more than TOL.
+    other = unrolled.apply({"params": params}, ids, tt, mask, deterministic=False,
+                           adapter_drop=drop, rngs={**rngs, "dropout": jax.random.key(9)})[0]
+    assert np.max(np.abs(np.asarray(other) - np.asarray(want))) > 100 * TOL
+    got_grad = flatten_dict(unstack_layers(got_grad))
+    for path, g in flatten_dict(want_grad).items():
+        if path[-1] == "logits" or "adapter" in path or "lora" in path or path[0] == "classifier":
+            scale = max(1.0, float(np.max(np.abs(np.asarray(g)))))
+            np.testing.assert_allclose(np.asarray(got_grad[path]), np.asarray(g), rtol=0,
+                                       atol=TOL * scale, err_msg=str(path))
+
+
 def test_the_layouts_convert_exactly_both_ways(minilm):
     arch = _architecture("last_n", minilm.config.num_hidden_layers)  # two runs: 0-2, 3-5
-    model = BertForSequenceClassification(minilm.config, 2, arch)
+    model = BertForSequenceClassification(minilm.config, 2, arch, scan=True)
     stacked = stack_layers({"bert": minilm.params}, encoder_segments(model))
     assert sorted(stacked["bert"]["encoder"]) == ["layers_0_2", "layers_3_5"]
     back = flatten_dict(unstack_layers(stacked))

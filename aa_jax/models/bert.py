@@ -6,8 +6,9 @@ mechanically (see :mod:`aa_jax.models.loader`): ``embeddings``, ``encoder/layer_
 ``intermediate/dense``, ``output/{dense,LayerNorm}``), ``pooler/dense``. Each layer ends in
 an :class:`aa_jax.adapters.AdapterSlot`, so the adapter parameters live at
 ``encoder/layer_{i}/output/slot/adapter`` and the switch logits at
-``encoder/layer_{i}/output/slot/switch``. The encoder runs scanned by default, with the
-layers of each run of identical specs stacked under ``encoder/layers_{first}_{last}``;
+``encoder/layer_{i}/output/slot/switch``. On accelerators the encoder runs scanned by
+default, with the layers of each run of identical specs stacked under
+``encoder/layers_{first}_{last}`` (on the CPU unrolled, see :func:`scans`);
 :mod:`aa_jax.params` converts between the layouts.
 
 Works for any ``transformers.BertConfig`` (MiniLM, base, large).
@@ -83,20 +84,21 @@ def dropout_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with 16-bit masks (see ``dropout_keep_mask``), rng stream
-    ``dropout``; ``positions``: the input's sequence axes."""
+    """Inverted dropout with 16-bit masks (see ``dropout_keep_mask``) drawn with ``key``,
+    by default from the rng stream ``dropout``; ``positions``: the input's sequence axes."""
 
     rate: float
     positions: tuple[int, ...] = ()
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool,
+                 key: jax.Array | None = None) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        keep, keep_prob = dropout_keep_mask(self.make_rng("dropout"), self.rate, x.shape,
-                                            self.positions)
+        key = self.make_rng("dropout") if key is None else key
+        keep, keep_prob = dropout_keep_mask(key, self.rate, x.shape, self.positions)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
@@ -139,8 +141,10 @@ class BertSelfAttention(nn.Module):
     architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, mask_bias, deterministic: bool, drop=None):
-        """x: [batch, length, hidden]; mask_bias: [batch, 1, 1, length] (0 or very negative)."""
+    def __call__(self, x, mask_bias, deterministic: bool, drop=None, keys=None):
+        """x: [batch, length, hidden]; mask_bias: [batch, 1, 1, length] (0 or very negative);
+        ``keys``: None, or the keys of (the probabilities' dropout, the LoRA switch)."""
+        dropout_key, switch_key = (None, None) if keys is None else keys
         c = self.config
         heads = c.num_attention_heads
         head_dim = c.hidden_size // heads
@@ -158,14 +162,14 @@ class BertSelfAttention(nn.Module):
         v = _dense(c.hidden_size, c, self.dtype, "value")(x)
         if self.spec.adapter and (drop is not True or self.is_initializing()):
             dq, dv = LoraSite(self.spec, self.architecture, c.hidden_size, self.dtype,
-                              name="lora")(x, deterministic, drop)
+                              name="lora")(x, deterministic, drop, switch_key)
             q, v = q + dq, v + dv
         q, v = split(q), split(v)
         scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32: bf16 logits lose the small differences attention depends on.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1)
         probs = Dropout(c.attention_probs_dropout_prob, (2, 3))(
-            probs.astype(self.dtype), deterministic=deterministic)
+            probs.astype(self.dtype), deterministic=deterministic, key=dropout_key)
         out = jnp.matmul(probs, v).transpose(0, 2, 1, 3)
         return out.reshape(out.shape[:2] + (c.hidden_size,))
 
@@ -177,12 +181,16 @@ class BertAttention(nn.Module):
     architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, mask_bias, deterministic: bool, drop=None):
+    def __call__(self, x, mask_bias, deterministic: bool, drop=None, keys=None):
+        """``keys``: None, or those of (the probabilities' dropout, the output's dropout,
+        the LoRA switch)."""
         c = self.config
+        probs_key, out_key, switch_key = (None,) * 3 if keys is None else keys
         s = BertSelfAttention(c, self.dtype, self.spec, self.architecture, name="self")(
-            x, mask_bias, deterministic, drop)
+            x, mask_bias, deterministic, drop,
+            None if keys is None else (probs_key, switch_key))
         out = BertSelfOutput(c, self.dtype, name="output")
-        return out(s, x, deterministic)
+        return out(s, x, deterministic, out_key)
 
 
 class BertSelfOutput(nn.Module):
@@ -190,10 +198,10 @@ class BertSelfOutput(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, s, x, deterministic: bool):
+    def __call__(self, s, x, deterministic: bool, key=None):
         c = self.config
         s = _dense(c.hidden_size, c, self.dtype, "dense")(s)
-        s = Dropout(c.hidden_dropout_prob, (1,))(s, deterministic=deterministic)
+        s = Dropout(c.hidden_dropout_prob, (1,))(s, deterministic=deterministic, key=key)
         return _layer_norm(c, self.dtype)(s + x)
 
 
@@ -219,23 +227,28 @@ class BertOutputBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, intermediate, inp, deterministic: bool, drop=None):
+    def __call__(self, intermediate, inp, deterministic: bool, drop=None, keys=None):
+        """``keys``: None, or those of (the dropout, the slot's switch)."""
         c = self.config
+        dropout_key, switch_key = (None, None) if keys is None else keys
         h = _dense(c.hidden_size, c, self.dtype, "dense")(intermediate)
-        h = Dropout(c.hidden_dropout_prob, (1,))(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob, (1,))(h, deterministic=deterministic,
+                                                 key=dropout_key)
         slot = AdapterSlot(self.spec, self.architecture, c.hidden_size, self.dtype,
                            name="slot")
         return slot(h, inp, _layer_norm(c, self.dtype), deterministic=deterministic,
-                    drop=drop)
+                    drop=drop, key=switch_key)
 
 
 class BertLayer(nn.Module):
     """One transformer layer with the adapter its ``spec`` describes.
 
-    The signature is a scan body's: ``(x, mask_bias, drop) -> (x, None)``. ``drop``
+    The signature is a scan body's: ``(x, mask_bias, drop, keys) -> (x, None)``. ``drop``
     (AdapterDrop) removes this layer's adapter: None (keep it), a Python bool (static:
     a dropped adapter is not computed), or a traced <bool>[] (the per-step draw, and the
     scanned encoder's per-layer flag; a dropped adapter is skipped by ``cond``).
+    ``keys`` (training): the layer's <key>[2], its dropout key and its switch key; its
+    three dropouts draw with keys split from the first.
     """
 
     config: Any
@@ -245,17 +258,22 @@ class BertLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, mask_bias, drop=None):
+    def __call__(self, x, mask_bias, drop=None, keys=None):
         c = self.config
         # The adapter sits where its kind says: the attention's projections or the slot.
         at_attention = KINDS[self.architecture.adapter].site == "attention"
         attention_spec, slot_spec = ((self.spec, NO_ADAPTER) if at_attention
                                      else (NO_ADAPTER, self.spec))
+        attention_keys = output_keys = None
+        if keys is not None:
+            probs, out, ffn = jax.random.split(keys[0], 3)
+            attention_keys, output_keys = (probs, out, keys[1]), (ffn, keys[1])
         inp = BertAttention(c, self.dtype, attention_spec, self.architecture,
-                            name="attention")(x, mask_bias, self.deterministic, drop)
+                            name="attention")(x, mask_bias, self.deterministic, drop,
+                                              attention_keys)
         inter = BertIntermediate(c, self.dtype, name="intermediate")(inp)
         out = BertOutputBlock(c, slot_spec, self.architecture, self.dtype, name="output")(
-            inter, inp, self.deterministic, drop)
+            inter, inp, self.deterministic, drop, output_keys)
         return out, None
 
 
@@ -271,9 +289,25 @@ def segments(architecture: Architecture) -> list[tuple[int, int]]:
     return runs
 
 
+def scans(scan: bool | None) -> bool:
+    """Whether an encoder built with ``scan`` runs scanned: None (the default) scans on
+    accelerators and unrolls on the CPU, where the scan's loop cost about a fifth of a
+    MiniLM training step (the README's Speed section)."""
+    return jax.default_backend() != "cpu" if scan is None else bool(scan)
+
+
+def layer_keys(dropout_key: jax.Array, gumbel_key: jax.Array, layers) -> jax.Array:
+    """<key>[len(layers), 2]: layer ``i``'s dropout and switch keys, ``dropout_key`` and
+    ``gumbel_key`` each folded with ``i``. They depend on the layer's index only, so the
+    scanned and the unrolled encoder draw the same noise."""
+    index = jnp.asarray(list(layers), jnp.uint32)
+    fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    return jnp.stack([fold(dropout_key, index), fold(gumbel_key, index)], axis=1)
+
+
 def encoder_segments(model) -> list[tuple[int, int]]:
     """The stacked segments of a ``BertModel``'s or classifier's encoder ([] unrolled)."""
-    if not model.scan:
+    if not scans(model.scan):
         return []
     return segments(model.architecture or Architecture.none(model.config.num_hidden_layers))
 
@@ -289,23 +323,29 @@ class BertEncoder(nn.Module):
     :mod:`aa_jax.params`) or unrolled (``encoder/layer_{i}``).
 
     Scanned, each run of identical layers is traced and compiled once, whatever the
-    depth; every layer still draws its own dropout and Gumbel noise (the rng streams are
-    split per layer). Both compute the same function of the same parameters.
+    depth. In training every layer draws its own dropout and Gumbel noise from keys that
+    depend on its index only (:func:`layer_keys`), so both compute the same function of
+    the same parameters, noise included. ``scan``: see :func:`scans`.
     """
 
     config: Any
     architecture: Architecture
     dtype: Any = jnp.float32
-    scan: bool = True
+    scan: bool | None = None
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool, adapter_drop=None):
         c, arch = self.config, self.architecture
-        if not self.scan:
+        keys = None
+        if not deterministic and self.has_rng("dropout") and self.has_rng("gumbel"):
+            keys = layer_keys(self.make_rng("dropout"), self.make_rng("gumbel"),
+                              range(len(arch.layers)))
+        if not scans(self.scan):
             for i, spec in enumerate(arch.layers):
                 drop = None if adapter_drop is None else i < adapter_drop
                 x, _ = BertLayer(c, spec, arch, self.dtype, deterministic,
-                                 name=f"layer_{i}")(x, mask_bias, drop)
+                                 name=f"layer_{i}")(x, mask_bias, drop,
+                                                    None if keys is None else keys[i])
             return x
         for first, last in segments(arch):
             spec = arch.layers[first]
@@ -313,11 +353,14 @@ class BertEncoder(nn.Module):
                 drops, drop_axis = None, nn.broadcast
             else:  # each layer's flag, scanned with its parameters
                 drops, drop_axis = jnp.arange(first, last + 1) < adapter_drop, 0
+            own_keys, keys_axis = ((None, nn.broadcast) if keys is None
+                                   else (keys[first:last + 1], 0))
             layers = nn.scan(BertLayer, variable_axes={"params": 0, "intermediates": 0},
                              split_rngs={"params": True, "dropout": True, "gumbel": True},
-                             in_axes=(nn.broadcast, drop_axis), length=last - first + 1)
+                             in_axes=(nn.broadcast, drop_axis, keys_axis),
+                             length=last - first + 1)
             x, _ = layers(c, spec, arch, self.dtype, deterministic,
-                          name=stack_name(first, last))(x, mask_bias, drops)
+                          name=stack_name(first, last))(x, mask_bias, drops, own_keys)
         return x
 
 
@@ -329,13 +372,14 @@ class BertModel(nn.Module):
       architecture: where adapters go; default none (the plain pretrained encoder).
       dtype: computation dtype (params stay float32; rationals always compute in float32).
       scan: run identical consecutive layers as one ``nn.scan`` (stacked parameters); False
-        unrolls them (``encoder/layer_{i}``, the layout of pretrained checkpoints).
+        unrolls them (``encoder/layer_{i}``, the layout of pretrained checkpoints); None
+        (the default) scans except on the CPU (:func:`scans`).
     """
 
     config: Any
     architecture: Architecture | None = None
     dtype: Any = jnp.float32
-    scan: bool = True
+    scan: bool | None = None
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
@@ -412,7 +456,7 @@ class BertForSequenceClassification(nn.Module):
     architecture: Architecture | None = None
     dtype: Any = jnp.float32
     pooling: str = "pooler"
-    scan: bool = True
+    scan: bool | None = None
 
     @classmethod
     def from_pretrained(cls, pretrained, num_labels: int,
