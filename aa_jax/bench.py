@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from aa_jax.export import static_architecture
 from aa_jax.methods import METHODS
-from aa_jax.models.bert import BertForSequenceClassification
+from aa_jax.models.bert import BertForSequenceClassification, scans
 from aa_jax.models.loader import load_pretrained, random_pretrained
 from aa_jax.params import unstack_layers
 from aa_jax.config import TrainConfig
@@ -97,14 +97,16 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         methods: tuple[str, ...] = DEFAULT_METHODS, repeats: int = 5,
         pretrained=None, selected_layers: list[int] | None = None,
         dtype: str = "float32", peak: float | None = None,
-        on_compiled: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
+        on_compiled: Callable[[str, float], None] | None = None,
+        scan: bool | None = None) -> list[dict[str, Any]]:
     """One record per method: times, examples/s, achieved GFLOP/s and peak fraction.
 
     ``last_n`` puts adapters in the upper half of the layers (3 of 6 for MiniLM);
     ``aa_focused`` in ``selected_layers`` (default: the same upper half), and
     ``aa_export`` is an exported AA model whose switches chose those layers.
     ``on_compiled(method, seconds)`` is called once a method's programs are compiled,
-    before they are timed (``compile_s`` in its record).
+    before they are timed (``compile_s`` in its record). ``scan``: the encoder's
+    (:func:`aa_jax.models.bert.scans`; the record's ``scan`` says which ran).
     """
     pre = pretrained or load_pretrained(model, tokenizer=False)
     depth = pre.config.num_hidden_layers
@@ -116,7 +118,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     for method in methods:
         arch = architecture(method, depth, upper)
         net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
-                                            dtype=jnp.dtype(dtype))
+                                            dtype=jnp.dtype(dtype), scan=scan)
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         state = [init_state(trainable, tx)]
@@ -153,7 +155,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
             "method": method, "model": model, "dtype": dtype,
             "adapter_layers": list(arch.adapter_layers),
             "trainable_params": sum(x.size for x in jax.tree.leaves(trainable)), "batch_size": b, "length": n,
-            "device": device_name(),
+            "device": device_name(), "scan": scans(scan),
             "compile_s": round(compile_s, 2),
             "train_step_s": round(train_s, 4), "predict_s": round(predict_s, 4),
             "train_examples_per_s": round(b / train_s, 2),
@@ -194,7 +196,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline", "aa"),
                   batch_size: int = 32, length: int = 128, random_weights: bool = False,
                   dtype: str = "float32", selected_layers: list[int] | None = None,
-                  adapter: str = "seq_bn") -> list[dict[str, Any]]:
+                  adapter: str = "seq_bn", scan: bool | None = None) -> list[dict[str, Any]]:
     """Per method, the seconds to set up and to compile, without running anything.
 
     ``init_s``: the method's trainable params and the backbone in its layout
@@ -216,7 +218,7 @@ def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline",
         t = time.perf_counter()
         arch = architecture(method, depth, upper, adapter=adapter)
         net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
-                                            dtype=jnp.dtype(dtype))
+                                            dtype=jnp.dtype(dtype), scan=scan)
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         state = init_state(trainable, tx)
@@ -235,6 +237,7 @@ def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline",
             times[f"{name}compile_s"] = round(time.perf_counter() - t, 2)
         records.append({"method": method, "model": model, "dtype": dtype,
                         "random_weights": random_weights, "device": device_name(),
+                        "scan": scans(scan),
                         "batch_size": batch_size, "length": length,
                         "adapter_layers": list(arch.adapter_layers),
                         "weights_s": round(weights_s, 2), "init_s": round(init_s, 2),

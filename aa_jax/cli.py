@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "that are not installed, e.g. --model bert-large)")
     b.add_argument("--adapter", default="seq_bn", choices=tuple(KINDS),
                    help="the adapter kind")
+    b.add_argument("--scan", default="auto", choices=("auto", "on", "off"),
+                   help="the encoder's layers as one nn.scan (on) or unrolled (off); auto: "
+                   "unrolled on the CPU, scanned elsewhere (the training default)")
     _debug_flag(b)
 
     a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
@@ -342,9 +345,11 @@ def cmd_bench(args) -> int:
     for name in ("batch_size", "length", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer.")
+    scan = {"auto": None, "on": True, "off": False}[args.scan]
     if args.compile:
         records = bench.compile_times(args.model, methods, args.batch_size, args.length,
-                                      args.random_weights, args.dtype, adapter=args.adapter)
+                                      args.random_weights, args.dtype, adapter=args.adapter,
+                                      scan=scan)
         for r in records:
             print(json.dumps(r) if args.json else
                   f"{r['method']:14s} init {r['init_s']:6.2f} s  train step: lower "
@@ -355,7 +360,7 @@ def cmd_bench(args) -> int:
         raise UserError("--random-weights and --adapter go with --compile; the timed "
                         "benchmark uses the installed checkpoint and seq_bn adapters.")
     records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats,
-                        dtype=args.dtype)
+                        dtype=args.dtype, scan=scan)
     for r in records:
         r["allocator"] = allocator.active()
     if args.json:

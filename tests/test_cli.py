@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from aa_jax import cli
@@ -66,11 +67,14 @@ BENCH_ARGS = ["bench", "--methods", "baseline,aa", "--batch-size", "2", "--lengt
 
 
 @pytest.mark.slow
-def test_bench_prints_one_json_record_per_method(tiny_checkpoint, capsys):
-    assert cli.main([*BENCH_ARGS, "--model", str(tiny_checkpoint)]) == 0
+@pytest.mark.parametrize("scan, scanned", [("auto", jax.default_backend() != "cpu"),
+                                           ("on", True)])
+def test_bench_prints_one_json_record_per_method(tiny_checkpoint, capsys, scan, scanned):
+    assert cli.main([*BENCH_ARGS, "--model", str(tiny_checkpoint), "--scan", scan]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["method"] for r in records] == ["baseline", "aa"]
     for r in records:
+        assert r["scan"] is scanned
         assert r["train_step_s"] > 0 and r["predict_s"] > 0
         assert r["gflops"] > 0 and r["peak_gflops"] > 0
         assert r["peak_fraction"] == pytest.approx(r["gflops"] / r["peak_gflops"], abs=1e-3)
