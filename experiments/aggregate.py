@@ -563,14 +563,18 @@ def check_claims(sweep: Sweep) -> list[dict]:
 
 
 def holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjustment of ``ps`` for testing them as one family: the k-th
-    smallest of m p-values is multiplied by m - k + 1, capped at 1 and kept at least as
-    large as the adjusted values before it (nan stays nan and is not counted)."""
-    order = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
-    out, running = [math.nan] * len(ps), 0.0
-    for k, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - k) * p))
-        out[i] = running
+    """Holm's step-down adjustment of ``ps`` for testing them as one family (statsmodels'
+    ``multipletests``): the k-th smallest of m p-values is multiplied by m - k + 1, capped
+    at 1 and kept at least as large as the adjusted values before it (nan stays nan and is
+    not counted)."""
+    from statsmodels.stats.multitest import multipletests
+
+    tested = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    out = [math.nan] * len(ps)
+    if tested:
+        adjusted = multipletests([ps[i] for i in tested], method="holm")[1]
+        for i, p in zip(tested, adjusted):
+            out[i] = float(p)
     return out
 
 

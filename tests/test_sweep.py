@@ -526,6 +526,25 @@ def test_holm_multiplies_the_kth_smallest_p_by_the_tests_left_and_keeps_the_orde
     assert aggregate.holm([0.5, 0.6]) == [1.0, 1.0] and aggregate.holm([]) == []
 
 
+def _holm_by_hand(ps):
+    """The aggregator's former implementation of Holm's adjustment, kept as a reference."""
+    order = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    out, running = [math.nan] * len(ps), 0.0
+    for k, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p))
+        out[i] = running
+    return out
+
+
+def test_holm_equals_the_former_hand_written_adjustment():
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 17, 40):
+        ps = list(rng.uniform(0, 0.2, m) ** 2)
+        ps[rng.integers(m)] = float("nan")
+        np.testing.assert_allclose(aggregate.holm(ps), _holm_by_hand(ps), rtol=1e-15,
+                                   atol=0)
+
+
 def test_claim_verdicts_follow_holm_the_interval_and_the_papers_effect():
     v = aggregate.claim_verdict
     assert v("higher", +2.0, 0.01) == "agrees" and v("higher", -2.0, 0.01) == "disagrees"
