@@ -325,7 +325,10 @@ class BertEncoder(nn.Module):
     Scanned, each run of identical layers is traced and compiled once, whatever the
     depth. In training every layer draws its own dropout and Gumbel noise from keys that
     depend on its index only (:func:`layer_keys`), so both compute the same function of
-    the same parameters, noise included. ``scan``: see :func:`scans`.
+    the same parameters, noise included. That needs both rng streams, ``dropout`` and
+    ``gumbel``, as the training step passes them; given one only, each module draws from
+    its stream itself, and the two layouts draw different noise. ``scan``: see
+    :func:`scans`.
     """
 
     config: Any
