@@ -211,6 +211,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
         error = storage_error(Path(mgr.directory) / str(epoch), e)
         if error is None:
             raise
+        ignore_abandoned_coroutines()
         for thread in set(threading.enumerate()) - threads:  # orbax's, still writing
             try:
                 thread.join(timeout=30)
@@ -274,6 +275,17 @@ def quiet_background_failures() -> None:
     sys.unraisablehook = unraisable_hook
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(Filter())
+
+
+def ignore_abandoned_coroutines() -> None:
+    """After a save or restore failed, orbax leaves coroutines it created but never
+    started (e.g. its serializer's ``write_fragment``); Python warns of each when it is
+    collected, often at exit ("coroutine ... was never awaited"), after the run's one
+    sentence. Those warnings are ignored from the failure on, for the rest of the process."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                            category=RuntimeWarning)
 
 
 def remove_unfinished_saves(directory: str | Path) -> None:
@@ -352,6 +364,7 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
         try:
             out = mgr.restore(candidate, args=args)
         except Exception as e:
+            ignore_abandoned_coroutines()
             damaged.append((candidate, e))
             continue
         _drop_damaged(mgr, damaged, candidate)
@@ -398,6 +411,7 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
                 **{which: ocp.args.StandardRestore(params_like)},
                 meta=ocp.args.JsonRestore()))
         except Exception as e:
+            ignore_abandoned_coroutines()
             raise _restore_failed(directory, epoch, e) from None
     finally:
         mgr.close()
