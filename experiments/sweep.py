@@ -295,6 +295,18 @@ def published_config(sweep: Sweep, text: str) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
+def published_result(sweep: Sweep, point: Point, text: str) -> dict:
+    """A run's result.json as the results folder keeps it: with the label the sweep ran it
+    under, and its ``code`` (the package's version) followed by the sweep's protocol
+    version where the sweep states one (``"protocol_version"``), so that the aggregator
+    keeps apart runs of one sweep made before and after its protocol changed."""
+    result = {**json.loads(text), "label": point.label}
+    version = sweep.spec.get("protocol_version")
+    if version is not None and result.get("code"):
+        result["code"] = f"{result['code']}, {sweep.name} protocol {version}"
+    return result
+
+
 def publish(sweep: Sweep, point: Point) -> Path:
     """Copies a finished run's files into the results folder, whole or not at all: they are
     assembled in a hidden sibling folder that is then renamed into place (replacing what
@@ -310,7 +322,7 @@ def publish(sweep: Sweep, point: Point) -> Path:
             if name == "config.json":
                 text = published_config(sweep, text)
             elif name == "result.json":  # the label the sweep ran it under
-                text = json.dumps({**json.loads(text), "label": point.label}, indent=2) + "\n"
+                text = json.dumps(published_result(sweep, point, text), indent=2) + "\n"
             write_text_atomic(tmp / name, text)
         if dst.exists():
             dst.rename(old)

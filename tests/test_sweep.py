@@ -332,6 +332,24 @@ def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, m
     assert sweep.published_config(s, json.dumps({"task": "rte"})) == json.dumps({"task": "rte"})
 
 
+def test_published_results_name_the_sweep_s_protocol_version_beside_the_code(tmp_path):
+    run = json.dumps({"task": "rte", "code": "aa_jax 0.2.0", "test": {"accuracy": 0.5}})
+    stated = sweep.Sweep.load(spec(tmp_path, protocol_version=3), results=tmp_path / "r")
+    point = stated.points[1]
+    assert sweep.published_result(stated, point, run) == {
+        "task": "rte", "code": "aa_jax 0.2.0, small protocol 3", "test": {"accuracy": 0.5},
+        "label": "aa"}
+    plain = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
+    assert sweep.published_result(plain, point, run)["code"] == "aa_jax 0.2.0"
+    # So the aggregator keeps a cell's runs of two protocol versions apart.
+    done = {f"rte-aa-100-{seed}": {"precision": "highest",
+                                   "code": f"aa_jax 0.2.0, small protocol {version}"}
+            for seed, version in ((42, 3), (92, 4))}
+    assert aggregate.mixed_cells(stated, done) == [
+        "rte aa 100: highest, aa_jax 0.2.0, small protocol 3 ×1, "
+        "highest, aa_jax 0.2.0, small protocol 4 ×1"]
+
+
 def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_path):
     import figures
 
