@@ -839,6 +839,29 @@ def main(argv=None) -> int:
         return 2
 
 
+def generated(sweep: Sweep, done: dict, failed: dict, majority: dict,
+              allow_mixed: bool = False) -> dict[Path, str]:
+    """The text the results of ``sweep`` (:func:`read_results`) give its ``TABLE.md`` and,
+    for ``paper``, the README (whose Results section quotes that table), by path."""
+    text = page(sweep, done, failed, majority, allow_mixed)
+    files = {sweep.results / "TABLE.md": text}
+    if sweep.results.resolve() == (RESULTS / "paper").resolve() and README.is_file():
+        files[README] = readme_with(README.read_text(), readme_excerpt(text))
+    return files
+
+
+def refresh(sweep: Sweep) -> list[Path]:
+    """Rewrites what :func:`generated` says has changed (no figures); the paths written.
+    ``sweep.py --commit`` calls it after each run, so that every commit of results
+    carries tables that agree with them."""
+    written = []
+    for path, text in generated(sweep, *read_results(sweep), majority_scores()).items():
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+            written.append(path)
+    return written
+
+
 def aggregate(args: argparse.Namespace) -> int:
     names = args.sweeps or sorted(p.stem for p in SWEEPS.glob("*.json")
                                   if (RESULTS / p.stem).is_dir())
@@ -847,28 +870,19 @@ def aggregate(args: argparse.Namespace) -> int:
     for name in names:
         sweep = Sweep.load(SWEEPS / f"{name}.json")
         done, failed = read_results(sweep)
-        text = page(sweep, done, failed, majority, args.allow_mixed)
-        target = sweep.results / "TABLE.md"
-        if args.check:
-            if not target.is_file() or target.read_text() != text:
-                differ.append(str(target))
-            continue
-        write_text_atomic(target, text)
-        print(f"{target}: {len(done)} runs")
-        if not args.no_figures:
+        for path, text in generated(sweep, done, failed, majority, args.allow_mixed).items():
+            if args.check:
+                if not path.is_file() or path.read_text() != text:
+                    differ.append(str(path) + (" (its Results excerpt)" if path == README
+                                               else ""))
+                continue
+            if path == README and path.read_text() == text:
+                continue
+            write_text_atomic(path, text)
+            print(f"{path}: " + ("Results excerpt" if path == README else f"{len(done)} runs"))
+        if not args.check and not args.no_figures:
             for f in figures(sweep, done):
                 print(f"  {f}")
-    paper = RESULTS / "paper" / "TABLE.md"
-    if "paper" in names and paper.is_file() and README.is_file():
-        # The README quotes the committed table, so it is checked against that file.
-        readme = README.read_text()
-        text = readme_with(readme, readme_excerpt(paper.read_text()))
-        if args.check:
-            if text != readme:
-                differ.append(f"{README} (its Results excerpt)")
-        elif text != readme:
-            write_text_atomic(README, text)
-            print(f"{README}: Results excerpt")
     if differ:
         print("differs from the results: " + ", ".join(differ), file=sys.stderr)
         return 1

@@ -20,7 +20,8 @@ waiting. ``--workers n`` runs the n shards as n processes on this machine (for a
 accelerator that one small model leaves idle: compilation and input run on the host's
 cores). ``--plan``
 prints what is left and an estimate of its cost from the measured times of finished runs.
-``--commit`` commits each finished run's files to git as it arrives.
+``--commit`` commits each finished run's files to git as it arrives, with the sweep's
+``TABLE.md`` regenerated to include it (``aggregate.py`` draws the figures).
 
 Grid values run in the order the grid lists its keys and values (the last key varies
 fastest), so put the most informative points first.
@@ -367,6 +368,21 @@ def record_failure(sweep: Sweep, point: Point, error: BaseException) -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
+def refresh_tables(sweep: Sweep) -> list[Path]:
+    """The sweep's TABLE.md (and what else the aggregator derives from its results)
+    rewritten to include the runs finished so far, so that a commit of results carries
+    tables that agree with them; a failure is reported and leaves the tables as they were
+    (``aggregate.py`` then says what is wrong)."""
+    import aggregate
+
+    try:
+        return aggregate.refresh(sweep)
+    except Exception as e:  # noqa: BLE001 - the run itself is kept and committed
+        print(f"    (tables not refreshed: {type(e).__name__}: {' '.join(str(e).split())})",
+              file=sys.stderr, flush=True)
+        return []
+
+
 def git_commit(paths: list[Path], message: str) -> None:
     """Commits ``paths`` only (whatever else is staged stays staged); retries on a lock."""
     rel = [str(p.relative_to(REPO)) for p in paths]
@@ -592,7 +608,8 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
                       f"{result['train_seconds']:.0f} s", flush=True)
                 if commit:
-                    git_commit([dst], f"Results: {sweep.name}/{dst.name}")
+                    git_commit([dst, *refresh_tables(sweep)],
+                               f"Results: {sweep.name}/{dst.name}")
     done = sum(sweep.done(p) for p in todo)
     still_waiting = {n: w for n, w in waiting.items() if n not in failed}
     busy -= {run_name(p) for p in todo if sweep.done(p)}

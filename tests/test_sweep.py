@@ -350,6 +350,41 @@ def test_published_results_name_the_sweep_s_protocol_version_beside_the_code(tmp
         "highest, aa_jax 0.2.0, small protocol 4 ×1"]
 
 
+def test_committing_a_run_refreshes_the_sweep_s_table_to_include_it(tmp_path, capsys):
+    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte"],
+                                               "method": ["baseline", "aa"]}),
+                         results=tmp_path / "r")
+    table = s.results / "TABLE.md"
+
+    def result(label, seed, accuracy):
+        run = s.results / f"rte-{label}-100-{seed}"
+        finish(run, "rte", [0, 2])
+        (run / "result.json").write_text(json.dumps({
+            "task": "rte", "label": label, "seed": seed, "train_size": 100,
+            "select_metric": "accuracy", "test": {"accuracy": accuracy},
+            "dev": {"accuracy": accuracy}, "majority": {"accuracy": 0.5}, "best_epoch": 3,
+            "selected_layers": [0, 2], "adapter_weights": 2048, "adapter_biases": 64,
+            "trainable_params": 4000, "train_seconds": 10.0, "device": "cpu",
+            "precision": "highest", "code": "aa_jax 0.2.0"}))
+
+    result("baseline", 42, 0.55)
+    assert sweep.refresh_tables(s) == [table]
+    first = table.read_text()
+    assert first == aggregate.page(s, *aggregate.read_results(s), aggregate.majority_scores())
+    assert "1 of 4 runs finished" in first
+    assert sweep.refresh_tables(s) == []  # nothing new: nothing to commit
+    result("aa", 42, 0.6)
+    assert sweep.refresh_tables(s) == [table] and "2 of 4 runs finished" in table.read_text()
+    # A damaged result is reported and leaves the table as it was; the run is still kept.
+    kept = table.read_text()
+    (s.results / "rte-aa-100-42" / "result.json").write_text("{")
+    capsys.readouterr()
+    assert sweep.refresh_tables(s) == [] and table.read_text() == kept
+    assert capsys.readouterr().err.startswith(
+        f"    (tables not refreshed: UserError: {s.results / 'rte-aa-100-42' / 'result.json'}"
+        f" is damaged")
+
+
 def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_path):
     import figures
 
