@@ -208,10 +208,10 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
             meta=ocp.args.JsonSave(meta)))
         mgr.wait_until_finished()
     except Exception as e:
+        ignore_abandoned_coroutines()
         error = storage_error(Path(mgr.directory) / str(epoch), e)
         if error is None:
             raise
-        ignore_abandoned_coroutines()
         for thread in set(threading.enumerate()) - threads:  # orbax's, still writing
             try:
                 thread.join(timeout=30)
@@ -219,6 +219,9 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
                 pass
         remove_unfinished_saves(mgr.directory)
         raise error from None
+    except BaseException:  # Ctrl-C or SIGTERM while orbax writes
+        ignore_abandoned_coroutines()
+        raise
 
 
 def _is_background_failure(error: BaseException) -> bool:
@@ -278,10 +281,11 @@ def quiet_background_failures() -> None:
 
 
 def ignore_abandoned_coroutines() -> None:
-    """After a save or restore failed, orbax leaves coroutines it created but never
-    started (e.g. its serializer's ``write_fragment``); Python warns of each when it is
-    collected, often at exit ("coroutine ... was never awaited"), after the run's one
-    sentence. Those warnings are ignored from the failure on, for the rest of the process."""
+    """After a save or restore failed or was interrupted, orbax leaves coroutines it
+    created but never started (e.g. its serializer's ``write_fragment``); Python warns of
+    each when it is collected, often at exit ("coroutine ... was never awaited"), after the
+    run's one sentence. Those warnings are ignored from the failure on, for the rest of the
+    process, whichever code's coroutine they name (the warning carries only its name)."""
     import warnings
 
     warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
@@ -367,6 +371,9 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
             ignore_abandoned_coroutines()
             damaged.append((candidate, e))
             continue
+        except BaseException:
+            ignore_abandoned_coroutines()
+            raise
         _drop_damaged(mgr, damaged, candidate)
         break
     if out is None:
@@ -413,6 +420,9 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
         except Exception as e:
             ignore_abandoned_coroutines()
             raise _restore_failed(directory, epoch, e) from None
+        except BaseException:
+            ignore_abandoned_coroutines()
+            raise
     finally:
         mgr.close()
     return stack_layers(out[which], segments), out["meta"]

@@ -20,8 +20,9 @@ waiting. ``--workers n`` runs the n shards as n processes on this machine (for a
 accelerator that one small model leaves idle: compilation and input run on the host's
 cores). ``--plan``
 prints what is left and an estimate of its cost from the measured times of finished runs.
-``--commit`` commits each finished run's files to git as it arrives, with the sweep's
-``TABLE.md`` regenerated to include it (``aggregate.py`` draws the figures).
+``--commit`` commits each finished run's files (or its failure record) to git as it
+arrives, with the sweep's ``TABLE.md`` regenerated to include it (``aggregate.py`` draws
+the figures); the processes of one sweep publish and commit one at a time.
 
 Grid values run in the order the grid lists its keys and values (the last key varies
 fastest), so put the most informative points first.
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import json
@@ -59,6 +61,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -300,7 +303,7 @@ def published_result(sweep: Sweep, point: Point, text: str) -> dict:
     """A run's result.json as the results folder keeps it: with the label the sweep ran it
     under, and its ``code`` (the package's version) followed by the sweep's protocol
     version where the sweep states one (``"protocol_version"``), so that the aggregator
-    keeps apart runs of one sweep made before and after its protocol changed."""
+    refuses to pool runs of one sweep made before and after its protocol changed."""
     result = {**json.loads(text), "label": point.label}
     version = sweep.spec.get("protocol_version")
     if version is not None and result.get("code"):
@@ -368,11 +371,31 @@ def record_failure(sweep: Sweep, point: Point, error: BaseException) -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
+@contextlib.contextmanager
+def publishing(sweep: Sweep) -> Iterator[None]:
+    """Waits for, then holds, the sweep's publishing lock: the processes of one sweep
+    (``--workers``) publish, record failures and commit one at a time, so that a commit's
+    tables count exactly the runs on disk, and so in the commit."""
+    sweep.work.mkdir(parents=True, exist_ok=True)
+    with open(sweep.work / ".publish.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def commit_results(sweep: Sweep, points: list[Point], message: str) -> None:
+    """Commits the result folders of ``points`` (a result or a failure record) with the
+    tables refreshed to include them (:func:`refresh_tables`); inside :func:`publishing`."""
+    git_commit([*(sweep.result_dir(p) for p in points), *refresh_tables(sweep)], message)
+
+
 def refresh_tables(sweep: Sweep) -> list[Path]:
-    """The sweep's TABLE.md (and what else the aggregator derives from its results)
-    rewritten to include the runs finished so far, so that a commit of results carries
-    tables that agree with them; a failure is reported and leaves the tables as they were
-    (``aggregate.py`` then says what is wrong)."""
+    """The sweep's TABLE.md (and for ``paper`` the README's Results excerpt) rewritten to
+    include the runs finished and failed so far, so that a commit of results carries
+    tables that agree with them; a failure is reported, and what was not rewritten is
+    left as it was."""
     import aggregate
 
     try:
@@ -565,7 +588,10 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 waiting[name] = str(w)
             except UserError as e:
                 print(f"{name}: {e}", file=sys.stderr)
-                record_failure(sweep, p, e)
+                with publishing(sweep):
+                    record_failure(sweep, p, e)
+                    if commit:
+                        commit_results(sweep, [p], f"Failed: {sweep.name}/{name}")
                 failed.add(name)
         if nxt is None:
             break
@@ -595,21 +621,25 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 raise
             except Exception as e:  # noqa: BLE001 - recorded and the sweep goes on
                 print(f"    failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-                for p, _ in group:
-                    record_failure(sweep, p, e)
-                    failed.add(run_name(p))
+                with publishing(sweep):
+                    for p, _ in group:
+                        record_failure(sweep, p, e)
+                        failed.add(run_name(p))
+                    if commit:
+                        commit_results(sweep, [p for p, _ in group],
+                                       f"Failed: {sweep.name}/{', '.join(names)}")
                 continue
             for (p, _), result in zip(group, results):
                 waiting.pop(run_name(p), None)
-                dst = publish(sweep, p)
-                if p.label == sweep.role("learned"):
-                    record_inputs(sweep, p, backbones[config.model])
-                test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
-                print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
-                      f"{result['train_seconds']:.0f} s", flush=True)
-                if commit:
-                    git_commit([dst, *refresh_tables(sweep)],
-                               f"Results: {sweep.name}/{dst.name}")
+                with publishing(sweep):
+                    dst = publish(sweep, p)
+                    if p.label == sweep.role("learned"):
+                        record_inputs(sweep, p, backbones[config.model])
+                    test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+                    print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "
+                          f"{result['train_seconds']:.0f} s", flush=True)
+                    if commit:
+                        commit_results(sweep, [p], f"Results: {sweep.name}/{dst.name}")
     done = sum(sweep.done(p) for p in todo)
     still_waiting = {n: w for n, w in waiting.items() if n not in failed}
     busy -= {run_name(p) for p in todo if sweep.done(p)}
@@ -688,13 +718,18 @@ def main(argv=None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print what is left and its estimated cost, run nothing")
     parser.add_argument("--commit", action="store_true",
-                        help="git-commit each finished run's files as it arrives")
+                        help="git-commit each finished run's files as it arrives, with the "
+                        "sweep's TABLE.md (for paper, the README's excerpt too) refreshed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         sweep = Sweep.load(args.sweep, args.glue_dir,
-                           Path(args.out) if args.out else None,
-                           Path(args.work) if args.work else None, args.epochs)
+                           Path(args.out).resolve() if args.out else None,
+                           Path(args.work).resolve() if args.work else None, args.epochs)
+        if args.commit and REPO.resolve() not in sweep.results.resolve().parents:
+            raise UserError(f"--commit commits results into this repository, but "
+                            f"{sweep.results} is outside it; leave out --commit, or write "
+                            f"the results under {REPO / 'experiments' / 'results'}.")
         if args.workers < 1 or (args.workers > 1 and args.shard != (1, 1)):
             raise UserError("--workers takes a count of at least 1 and splits the whole "
                             "sweep; give either --workers or --shard, not both.")

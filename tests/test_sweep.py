@@ -739,8 +739,11 @@ def _one_run_sweep(tmp_path, monkeypatch, trained: list):
     as train() writes them, and ``trained`` counts the trainings."""
     path = spec(tmp_path, grid={"seed": [42], "task": ["rte"], "method": ["baseline"]})
     results, work = tmp_path / "results", tmp_path / "work"
-    result = {"task": "rte", "test": {"accuracy": 0.75}, "selected_layers": [],
-              "train_seconds": 1.0}
+    result = {"task": "rte", "label": "baseline", "seed": 42, "train_size": 100,
+              "select_metric": "accuracy", "test": {"accuracy": 0.75},
+              "dev": {"accuracy": 0.75}, "majority": {"accuracy": 0.5}, "best_epoch": 1,
+              "selected_layers": [], "adapter_weights": 0, "adapter_biases": 0,
+              "trainable_params": 10, "train_seconds": 1.0}
 
     def fake_train(s, group, backbone, together):
         out = []
@@ -767,6 +770,45 @@ def _one_line(capsys) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def test_commit_puts_each_result_or_failure_record_beside_its_refreshed_table(
+        tmp_path, monkeypatch, capsys):
+    trained = []
+    args, results, work = _one_run_sweep(tmp_path, monkeypatch, trained)
+    assert sweep.main([*args, "--commit"]) == 2
+    assert _one_line(capsys) == (
+        f"error: --commit commits results into this repository, but {results} is "
+        f"outside it; leave out --commit, or write the results under "
+        f"{sweep.REPO / 'experiments' / 'results'}.")
+    monkeypatch.setattr(sweep, "REPO", tmp_path)  # a results folder inside "the repository"
+    commits = []
+
+    def commit(paths, message):
+        tables = [p for p in paths if p.name == "TABLE.md"]
+        commits.append((message, [p.name for p in paths],
+                        tables[0].read_text() if tables else None))
+
+    monkeypatch.setattr(sweep, "git_commit", commit)
+    fake_train = sweep.train_points
+
+    def broken(*a):
+        raise RuntimeError("out of luck")
+
+    monkeypatch.setattr(sweep, "train_points", broken)
+    assert sweep.main([*args, "--commit"]) == 1
+    (message, paths, table), = commits
+    assert message == "Failed: small/rte-baseline-100-42"
+    assert paths == ["rte-baseline-100-42", "TABLE.md"]
+    assert "0 of 1 runs finished, 1 failed" in table and "out of luck" in table
+    monkeypatch.setattr(sweep, "train_points", fake_train)
+    assert sweep.main([*args, "--commit"]) == 0
+    message, paths, table = commits[1]
+    assert message == "Results: small/rte-baseline-100-42"
+    assert paths == ["rte-baseline-100-42", "TABLE.md"]
+    assert "1 of 1 runs finished" in table and "failed" not in table
+    assert table == (results / "TABLE.md").read_text()
+    assert not (results / "rte-baseline-100-42" / "failed.json").exists()
 
 
 def test_a_damaged_result_is_named_in_one_sentence(tmp_path, monkeypatch, capsys):
