@@ -200,15 +200,15 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
     quiet_background_failures()
     threads = set(threading.enumerate())
     try:
-        mgr.save(epoch, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(unstack_layers(params)),
-            opt_state=ocp.args.StandardSave(unstack_layers(opt_state)),
-            best_params=ocp.args.StandardSave(unstack_layers(best_params)),
-            architecture=ocp.args.JsonSave(architecture),
-            meta=ocp.args.JsonSave(meta)))
-        mgr.wait_until_finished()
+        with abandoned_coroutines_ignored():
+            mgr.save(epoch, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(unstack_layers(params)),
+                opt_state=ocp.args.StandardSave(unstack_layers(opt_state)),
+                best_params=ocp.args.StandardSave(unstack_layers(best_params)),
+                architecture=ocp.args.JsonSave(architecture),
+                meta=ocp.args.JsonSave(meta)))
+            mgr.wait_until_finished()
     except Exception as e:
-        ignore_abandoned_coroutines()
         error = storage_error(Path(mgr.directory) / str(epoch), e)
         if error is None:
             raise
@@ -219,9 +219,6 @@ def save(mgr: ocp.CheckpointManager, epoch: int, params, opt_state, best_params,
                 pass
         remove_unfinished_saves(mgr.directory)
         raise error from None
-    except BaseException:  # Ctrl-C or SIGTERM while orbax writes
-        ignore_abandoned_coroutines()
-        raise
 
 
 def _is_background_failure(error: BaseException) -> bool:
@@ -280,16 +277,22 @@ def quiet_background_failures() -> None:
         logging.getLogger(name).addFilter(Filter())
 
 
-def ignore_abandoned_coroutines() -> None:
-    """After a save or restore failed or was interrupted, orbax leaves coroutines it
-    created but never started (e.g. its serializer's ``write_fragment``); Python warns of
-    each when it is collected, often at exit ("coroutine ... was never awaited"), after the
-    run's one sentence. Those warnings are ignored from the failure on, for the rest of the
-    process, whichever code's coroutine they name (the warning carries only its name)."""
+@contextlib.contextmanager
+def abandoned_coroutines_ignored() -> Iterator[None]:
+    """Around an orbax save or restore: when it fails or is interrupted, orbax leaves
+    coroutines it created but never started (e.g. its serializer's ``write_fragment``), and
+    Python warns of each when it is collected, often at exit ("coroutine ... was never
+    awaited"), after the run's one sentence. From such a failure on, those warnings are
+    ignored for the rest of the process, whichever code's coroutine they name (the warning
+    carries only its name)."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
-                            category=RuntimeWarning)
+    try:
+        yield
+    except BaseException:
+        warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                                category=RuntimeWarning)
+        raise
 
 
 def remove_unfinished_saves(directory: str | Path) -> None:
@@ -366,14 +369,11 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
         _check_fits(mgr, candidate, expected)
         quiet_background_failures()
         try:
-            out = mgr.restore(candidate, args=args)
+            with abandoned_coroutines_ignored():
+                out = mgr.restore(candidate, args=args)
         except Exception as e:
-            ignore_abandoned_coroutines()
             damaged.append((candidate, e))
             continue
-        except BaseException:
-            ignore_abandoned_coroutines()
-            raise
         _drop_damaged(mgr, damaged, candidate)
         break
     if out is None:
@@ -414,15 +414,12 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
                             f"run directory.")
         _check_fits(mgr, epoch, {which: params_like})
         try:
-            out = mgr.restore(epoch, args=ocp.args.Composite(
-                **{which: ocp.args.StandardRestore(params_like)},
-                meta=ocp.args.JsonRestore()))
+            with abandoned_coroutines_ignored():
+                out = mgr.restore(epoch, args=ocp.args.Composite(
+                    **{which: ocp.args.StandardRestore(params_like)},
+                    meta=ocp.args.JsonRestore()))
         except Exception as e:
-            ignore_abandoned_coroutines()
             raise _restore_failed(directory, epoch, e) from None
-        except BaseException:
-            ignore_abandoned_coroutines()
-            raise
     finally:
         mgr.close()
     return stack_layers(out[which], segments), out["meta"]

@@ -1029,7 +1029,14 @@ task = Task()
 task.cycle, task.coroutine = task, write_fragment()
 del task
 if sys.argv[1] == "failed":
-    checkpoint.ignore_abandoned_coroutines()
+    try:
+        with checkpoint.abandoned_coroutines_ignored():
+            raise OSError("the save failed")
+    except OSError:
+        pass
+else:
+    with checkpoint.abandoned_coroutines_ignored():
+        pass  # a save that went well
 """
 
 
