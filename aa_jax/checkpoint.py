@@ -18,8 +18,10 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -239,9 +241,6 @@ def quiet_background_failures() -> None:
     has closed or a coroutine of that loop collected unfinished
     (``sys.unraisablehook``), and the event loop's "Task exception was never retrieved"
     and absl's "raised an exception" (logging)."""
-    import logging
-    import sys
-
     if getattr(sys.excepthook, "aa_jax_quiet", False):
         return
     previous_sys, previous_thread = sys.excepthook, threading.excepthook
@@ -285,8 +284,6 @@ def abandoned_coroutines_ignored() -> Iterator[None]:
     awaited"), after the run's one sentence. From such a failure on, those warnings are
     ignored for the rest of the process, whichever code's coroutine they name (the warning
     carries only its name)."""
-    import warnings
-
     try:
         yield
     except BaseException:
@@ -387,8 +384,6 @@ def _drop_damaged(mgr: ocp.CheckpointManager, damaged: list[tuple[int, Exception
                   restored: int) -> None:
     """Deletes the damaged epochs newer than ``restored`` (orbax would refuse to save
     those epochs again over them), one line on stderr each."""
-    import sys
-
     for epoch, e in damaged:
         detail = " ".join(str(e).split())[:200]
         mgr.delete(epoch)
