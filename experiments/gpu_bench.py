@@ -18,9 +18,12 @@ went:
 - ``steps``: the method's timed steps: the record of ``aa-jax bench`` (step times,
   achieved GFLOP/s and the fraction of the peak).
 
-Figures from a CPU and from an accelerator are not comparable. AdapterHub on the same
-device is timed by ``experiments/peer_adapterhub.py`` in a virtualenv of its own (its
-docstring says how to prepare it).
+Figures from a CPU and from an accelerator are not comparable. Float32 runs at XLA's
+default precision; ``JAX_DEFAULT_MATMUL_PRECISION=highest`` gives true float32 products
+(the precision ``paper_v2`` trains at). AdapterHub on the same device is timed by
+``experiments/peer_adapterhub.py``; ``bash experiments/gpu_run.sh run OUT_DIR`` runs both
+on one GPU (its header says how to prepare the wheels AdapterHub needs there).
+Records of one H200 run: ``experiments/results/gpu_bench/``.
 """
 
 from __future__ import annotations
