@@ -75,9 +75,15 @@ def flop_count(make: Callable[[Any], Callable], model, *args) -> float | None:
     XLA's cost analysis of the same program with the encoder unrolled: the analysis
     counts a scan's body once, not once per layer."""
     unrolled = model.clone(scan=False)
+    # Lowered from shapes alone for the host's CPU backend, whose analysis every jaxlib
+    # has (a GPU plugin's raises NotImplementedError); the count is the program's, not
+    # the device's.
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          unstack_layers(args))
     try:
-        cost = make(unrolled).lower(*unstack_layers(args)).cost_analysis()
-    except Exception:  # a backend without cost analysis
+        with jax.default_device(jax.devices("cpu")[0]):
+            cost = make(unrolled).lower(*shapes).cost_analysis()
+    except Exception:  # a jaxlib without cost analysis
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
