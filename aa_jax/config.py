@@ -23,13 +23,18 @@ from aa_jax.rational import VERSIONS
 
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Learning rates (adapters and head, switches, rationals) of the two protocols: the
-# released one, and the one chosen on the baseline's dev scores for MiniLM on a CPU (the
-# released ratios kept; see the README's "The CPU protocol").
+# Learning rates (adapters and head, switches, rationals) of the protocols: the released
+# one; the CPU protocol for MiniLM, its adapter rate chosen on the baseline's dev scores
+# and its switch rate by the switch-rate rule on switch dynamics (the rationals at 1/5 of
+# it), as paper_v2 runs; and cpu-v1, its first version (the released ratios to the adapter
+# rate, under which the switches commit within the first epoch), as the `paper` sweep
+# ran. See the README's "The CPU protocol".
 PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                           "rational_learning_rate": 0.01},
-             "cpu": {"learning_rate": 3e-3, "switch_learning_rate": 1.5,
-                     "rational_learning_rate": 0.3}}
+             "cpu": {"learning_rate": 3e-3, "switch_learning_rate": 0.15,
+                     "rational_learning_rate": 0.03},
+             "cpu-v1": {"learning_rate": 3e-3, "switch_learning_rate": 1.5,
+                        "rational_learning_rate": 0.3}}
 # Settings that say where things are, not what is computed: a run moved to another
 # machine or folder is the same run (see aa_jax.experiment.run_identity).
 MATMUL_PRECISIONS = ("default", "highest")

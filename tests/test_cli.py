@@ -104,3 +104,18 @@ def test_the_command_restarts_with_mimalloc_unless_told_not_to(tiny_checkpoint, 
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.splitlines()[-1])["allocator"] == want
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], (1e-4, 0.05, 0.01)),
+    (["--protocol", "cpu"], (3e-3, 0.15, 0.03)),
+    (["--protocol", "cpu-v1"], (3e-3, 1.5, 0.3)),
+    (["--protocol", "cpu", "--switch-lr", "0.5"], (3e-3, 0.5, 0.03)),
+])
+def test_the_protocol_sets_the_learning_rates_that_no_flag_gives(argv, want):
+    """The CPU protocol's switch rate is the switch-rate rule's 0.15 (rationals at 1/5 of
+    it); cpu-v1 keeps the first version's released ratios; a flag given wins."""
+    args = cli.build_parser().parse_args(["train", "--task", "sst2", *argv])
+    config = cli._config_from_args(args)
+    assert (config.learning_rate, config.switch_learning_rate,
+            config.rational_learning_rate) == want

@@ -21,7 +21,7 @@ def test_the_in_python_example_runs_and_learns(glue_dir, tmp_path, monkeypatch, 
     printed = capsys.readouterr().out.splitlines()
     assert printed[:2] == ["mean", "(1, 2)"]
     result = namespace["result"]
-    # Three epochs of AA on SST-2 score above the majority class on its test set.
+    # Five epochs of AA on SST-2 score above the majority class on its test set.
     assert result["test"]["accuracy"] > result["majority"]["accuracy"]
     assert (tmp_path / "runs" / "python-example" / "result.json").is_file()
     # The shared folder predicts with the run's labels, one prediction per text.

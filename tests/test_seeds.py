@@ -235,7 +235,7 @@ def test_train_seeds_equals_sequential_train_in_float64(case, tmp_path, tiny_che
 
 @pytest.mark.slow
 def test_minilm_seeds_together_equal_one_by_one_in_float32(tmp_path, glue_dir):
-    """MiniLM on real SST-2 (100 examples, AA, the CPU protocol's rates), 5 seeds x 2
+    """MiniLM on real SST-2 (100 examples, AA, the cpu-v1 protocol's rates), 5 seeds x 2
     epochs: trained together on widened batches with dropout on, each seed follows its
     one-by-one run. float32: the vmapped kernels sum in another order, a few ulps
     (1.2e-7 relative) per operation; 1e-5 on losses of about 0.7 bounds that drift."""
