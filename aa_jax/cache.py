@@ -40,5 +40,5 @@ def enable_compilation_cache() -> Path | None:
     except OSError:
         return None  # a read-only home: compile every time, as without the cache
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     return directory

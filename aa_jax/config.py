@@ -35,11 +35,13 @@ PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                      "rational_learning_rate": 0.03},
              "cpu-v1": {"learning_rate": 3e-3, "switch_learning_rate": 1.5,
                         "rational_learning_rate": 0.3}}
-# Settings that say where things are, not what is computed: a run moved to another
-# machine or folder is the same run (see aa_jax.experiment.run_identity).
+# Settings that say where things are (or how often they are saved), not what is computed:
+# a run moved to another machine or folder is the same run (see
+# aa_jax.experiment.run_identity).
 MATMUL_PRECISIONS = ("default", "highest")
 METRIC_CHOICES = ("accuracy", "f1", "mcc", "pearson", "spearman")
-LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "log_dir")
+LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "checkpoint_every",
+                   "log_dir")
 
 
 def _field(default, help: str, **meta):
@@ -110,6 +112,9 @@ class TrainConfig:
     text_columns: list[str] | None = _field(None, "own dataset: one or two text columns")
     label_column: str = _field("label", "own dataset: the label column")
     checkpoints_to_keep: int = _field(2, "checkpoints kept in the run directory", cli=False)
+    checkpoint_every: float = _field(60.0, "seconds of training at least between two "
+                                     "checkpoints (0: every epoch); the last epoch is always "
+                                     "saved, and an interrupted run resumes from the latest")
     pooling: str = _field("auto", "head input: auto (the pooling a sentence-transformers "
                           "checkpoint declares, e.g. mean for minilm; else the paper's "
                           "pooled [CLS]), pooler, mean, cls (the [CLS] hidden state) or max",
@@ -204,6 +209,9 @@ class TrainConfig:
              "--drop-first must be a non-negative integer.")
         need(is_int(self.checkpoints_to_keep) and self.checkpoints_to_keep >= 1,
              "checkpoints_to_keep must be a positive integer.")
+        need(is_num(self.checkpoint_every) and self.checkpoint_every >= 0,
+             f"--checkpoint-every must be a non-negative number of seconds (0: every epoch), "
+             f"got {_short(self.checkpoint_every)}.")
         need(self.data is None or is_str_list(self.data),
              "--data must be a comma-separated list of files.")
         need(self.text_columns is None or is_str_list(self.text_columns),

@@ -67,10 +67,17 @@ def make_optimizer(config, total_steps: int, trainable: dict,
     return tx
 
 
+@jax.jit
+def copy_tree(tree):
+    """A copy of every array of ``tree``, as one program (``jnp.copy`` leaf by leaf would
+    compile a program for each shape)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def init_state(trainable: dict, tx) -> TrainState:
     """A fresh state that owns its arrays: the step donates the state, so arrays shared
     with the caller are copied in."""
-    trainable = jax.tree.map(jnp.copy, trainable)
+    trainable = copy_tree(trainable)
     return TrainState(step=jnp.int32(0), trainable=trainable, opt_state=tx.init(trainable))
 
 

@@ -2,11 +2,11 @@
 
 :func:`train` runs (or resumes, or returns the finished result of) one experiment in a run
 directory: data, model, epochs, dev evaluation after each epoch, best-epoch selection,
-test evaluation, checkpoints every epoch (resumable), ``metrics.jsonl``,
-``architecture.json`` and ``result.json``. A :class:`Run` carries one run's context (its
-experiment, directory, checkpoint manager, predict function and log) and does its
-bookkeeping; :func:`epoch_loop` trains one run, or several seeds stacked as one program
-(:mod:`aa_jax.seeds`), through the same loop.
+test evaluation, checkpoints (every ``checkpoint_every`` seconds and after the last epoch;
+resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``. A :class:`Run`
+carries one run's context (its experiment, directory, checkpoint manager, predict function
+and log) and does its bookkeeping; :func:`epoch_loop` trains one run, or several seeds
+stacked as one program (:mod:`aa_jax.seeds`), through the same loop.
 
 The pieces live in their own modules: the configuration in :mod:`aa_jax.config`, the
 set-up in :mod:`aa_jax.experiment`, the jitted step in :mod:`aa_jax.step`.
@@ -30,15 +30,18 @@ from aa_jax.adapters import adapter_weight_count
 from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
-from aa_jax.distributed import is_primary
+from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.experiment import (Experiment, check_same_run, load_data, load_run,
                                resolve_inputs, run_keys, setup)
 from aa_jax.methods import layers_run, learned_architecture
 from aa_jax.params import count_params
-from aa_jax.step import (TrainState, check_batch_size, data_mesh, evaluate, init_state,
-                         make_optimizer, make_predict, make_train_step, replicate)
+from aa_jax.step import (TrainState, check_batch_size, copy_tree, data_mesh, evaluate,
+                         init_state, make_optimizer, make_predict, make_train_step, replicate)
 from aa_jax.switch import ADAPTER
+
+
+_clock = time.monotonic  # what checkpoint intervals are measured with (tests replace it)
 
 
 def _progress(total: int, enabled: bool):
@@ -94,7 +97,7 @@ def resume(mgr, state: TrainState) -> tuple[TrainState, RunLog]:
     """The state and bookkeeping of the latest checkpoint in ``mgr``, or ``state`` and a
     fresh log when there is none."""
     log = RunLog(best={"epoch": 0, "score": -math.inf, "dev": None,
-                       "params": jax.tree.map(jnp.copy, state.trainable)}, history=[])
+                       "params": copy_tree(state.trainable)}, history=[])
     if mgr.latest_step() is None:
         return state, log
     restored = checkpoint.restore(mgr, state.trainable, state.opt_state)
@@ -157,18 +160,19 @@ class Run:
         return state
 
     def end_epoch(self, state: TrainState, epoch: int, losses: np.ndarray,
-                  seconds: Callable[[], float], grad_norms: np.ndarray | None = None) -> dict:
+                  seconds: Callable[[], float], grad_norms: np.ndarray | None = None,
+                  save: bool = True) -> dict:
         """An epoch's bookkeeping after its training steps: dev evaluation, best epoch,
-        ``metrics.jsonl``, the event file and the epoch's checkpoint. ``losses`` (and
-        ``grad_norms``) are the epoch's per-step values, ``seconds()`` the run's training
-        seconds so far. Returns the dev metrics."""
+        ``metrics.jsonl``, the event file and (``save``) the epoch's checkpoint. ``losses``
+        (and ``grad_norms``) are the epoch's per-step values, ``seconds()`` the run's
+        training seconds so far. Returns the dev metrics."""
         exp, log = self.exp, self.log
         task = exp.task
         dev = evaluate(self.predict, state.trainable, self.frozen, exp.encoded["dev"],
                        exp.labels["dev"], task, exp.config.batch_size)
         if dev[task.select_metric] > log.best["score"]:
             log.best = {"epoch": epoch, "score": dev[task.select_metric], "dev": dev,
-                        "params": jax.tree.map(jnp.copy, state.trainable)}
+                        "params": copy_tree(state.trainable)}
         record = {"epoch": epoch, "step": int(state.step), "loss": float(losses.mean()),
                   "dev": dev}
         learned = learned_architecture(state.trainable, exp.architecture, exp.source)
@@ -181,6 +185,8 @@ class Run:
             norms = np.full(len(losses), np.nan) if grad_norms is None else grad_norms
             self.events.epoch(int(state.step) - len(losses), losses, norms, dev,
                               record.get("switch_probs"))
+        if not save:
+            return dev
         best = log.best
         meta = {"epoch": epoch, "step": int(state.step), "best_epoch": best["epoch"],
                 "best_score": best["score"], "best_dev": best["dev"],
@@ -254,7 +260,11 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     ``unstack(state, i)`` is run ``i``'s. ``epoch_batches(epoch)`` yields the epoch's
     (stacked) batches. After each epoch every run checks its losses, then evaluates and
     checkpoints (:meth:`Run.end_epoch`); a run whose training diverged stops with its
-    error in ``failure`` while the others go on.
+    error in ``failure`` while the others go on. An epoch is checkpointed when
+    ``checkpoint_every`` seconds have passed since the last checkpoint (or since the loop
+    began), and the last epoch always is; the decision is the group's, so that seeds
+    trained together stop at the same epoch, and process 0's, so that every process of a
+    multi-host run saves (orbax's saves are collective) or none does.
     """
     c = runs[0].exp.config
     select = runs[0].exp.task.select_metric
@@ -263,6 +273,7 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     bar = _progress(c.epochs * steps, progress)
     bar.update((start - 1) * steps)
     shown: dict[str, str] = {}
+    saved_at = _clock()
     for epoch in range(start, c.epochs + 1):
         losses, grad_norms = [], []
         for batch in epoch_batches(epoch):
@@ -277,6 +288,8 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
         losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), -1)
         grad_norms = np.asarray(jax.device_get(grad_norms), np.float64).reshape(
             len(grad_norms), -1)
+        now = _clock()
+        save = checkpoint_due(epoch == c.epochs, now - saved_at >= c.checkpoint_every)
         devs = []
         for i, run in enumerate(runs):
             if run.failure is not None:
@@ -288,12 +301,25 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
                 run.failure = e
                 continue
             devs.append(run.end_epoch(one, epoch, losses[:, i], seconds,
-                                      grad_norms[:, i])[select])
+                                      grad_norms[:, i], save)[select])
         if not devs:
             break
+        if save:
+            saved_at = now
         shown.update(loss=f"{losses.mean():.4f}", **{f"dev_{select}": f"{np.mean(devs):.4f}"})
         bar.set_postfix(shown)
     bar.close()
+
+
+def checkpoint_due(last_epoch: bool, interval_passed: bool) -> bool:
+    """Whether this epoch is checkpointed: the last epoch, or the interval has passed on
+    process 0's clock (broadcast, so that all processes agree)."""
+    due = last_epoch or interval_passed
+    if multi_process():
+        from jax.experimental import multihost_utils
+
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
@@ -361,7 +387,10 @@ def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState,
     checkpoint on disk is the last good one.
     """
     finite = np.isfinite(losses) & np.isfinite(grad_norms)
-    params_ok = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.trainable))
+    # On the host, from each array's local copy (replicated, so whole even across hosts):
+    # no program to compile, one transfer per array.
+    params_ok = all(np.isfinite(np.asarray(x.addressable_data(0))).all()
+                    for x in jax.tree.leaves(state.trainable))
     if finite.all() and params_ok:
         return
     first = int(np.argmin(finite)) if not finite.all() else len(losses) - 1

@@ -50,10 +50,12 @@ RESULT_KEYS = ("dev", "test", "best_epoch", "selected_layers", "trainable_params
 
 @pytest.fixture(scope="module")
 def run_args(tiny_checkpoint, fake_glue):
-    """A tiny STS-B AA run; lr 1e-2 so that every epoch visibly changes the metrics."""
+    """A tiny STS-B AA run; lr 1e-2 so that every epoch visibly changes the metrics; every
+    epoch checkpointed, so that a kill, a full disk or a damaged checkpoint can meet any."""
     return ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
             "--task", "stsb", "--method", "aa", "--train-size", "32", "--epochs", str(EPOCHS),
-            "--batch-size", "8", "--max-length", "32", "--lr", "1e-2", "--no-progress"]
+            "--batch-size", "8", "--max-length", "32", "--lr", "1e-2", "--no-progress",
+            "--checkpoint-every", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +369,8 @@ def base(tiny_checkpoint, fake_glue, tmp_path):
     out = tmp_path / "out"
     args = ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
             "--task", "rte", "--method", "baseline", "--train-size", "24", "--epochs", "2",
-            "--batch-size", "8", "--max-length", "32", "--no-progress", "--out", str(out)]
+            "--batch-size", "8", "--max-length", "32", "--no-progress", "--checkpoint-every",
+            "0", "--out", str(out)]
     return args, out
 
 
@@ -726,6 +729,9 @@ def test_nothing_is_ever_unpickled():
     ({"label_column": None}, r"--label-column must be a column name"),
     ({"data": ["a.csv", 1]}, r"--data must be a comma-separated list of files"),
     ({"checkpoints_to_keep": 0}, r"checkpoints_to_keep must be a positive integer"),
+    ({"checkpoint_every": -1}, r"--checkpoint-every must be a non-negative number of "
+                               r"seconds \(0: every epoch\), got -1\."),
+    ({"checkpoint_every": "60"}, r"--checkpoint-every must be a non-negative number"),
     ({"colour": "red"}, r"Unknown run config field\(s\) 'colour'"),
     ({"schema": "aa_jax.train_config/v0"}, r"Unsupported run config schema"),
 ])

@@ -281,10 +281,11 @@ METRIC_TOL = {"pearson": 1e-3}
 
 @pytest.fixture(scope="module")
 def base_config(tiny_checkpoint, fake_glue):
-    """STS-B at lr 1e-2, so that every epoch visibly changes the dev scores."""
+    """STS-B at lr 1e-2, so that every epoch visibly changes the dev scores; every epoch
+    checkpointed, so that an interruption can stop a group at any epoch."""
     return TrainConfig(task="stsb", method="aa", model=str(tiny_checkpoint), train_size=32,
                        epochs=EPOCHS, batch_size=8, max_length=32, learning_rate=1e-2,
-                       glue_dir=str(fake_glue))
+                       glue_dir=str(fake_glue), checkpoint_every=0)
 
 
 @pytest.fixture(scope="module")

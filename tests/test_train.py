@@ -177,3 +177,36 @@ def test_matmul_precision_highest_is_recorded(tiny_checkpoint, fake_glue, tmp_pa
                      "--no-progress", "--matmul-precision", "highest", "--out", str(out)]) == 0
     assert json.loads((out / "result.json").read_text())["precision"] == "highest"
     assert json.loads((out / "config.json").read_text())["matmul_precision"] == "highest"
+
+
+def test_checkpoints_follow_the_interval_and_the_last_epoch_is_always_saved(
+        tmp_path, tiny_checkpoint, fake_glue, monkeypatch):
+    """On a clock where epochs end 30 s apart, ``--checkpoint-every 60`` saves epochs 2
+    and 4 and always the last (5); ``--checkpoint-every 0`` saves every epoch. Saving less
+    often changes nothing that is computed: the two runs write the same metrics and result."""
+    from aa_jax import checkpoint
+    from aa_jax import train as training
+
+    saved = []
+    real_save = checkpoint.save
+
+    def save(mgr, epoch, *args):
+        saved.append(epoch)
+        real_save(mgr, epoch, *args)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    runs = {}
+    for every in ("60", "0"):
+        ticks = iter(range(0, 10_000, 30))  # the loop's start, then the end of each epoch
+        monkeypatch.setattr(training, "_clock", lambda: next(ticks))
+        saved.clear()
+        out, result = _train(tmp_path, tiny_checkpoint, fake_glue, "--checkpoint-every",
+                             every, "--task", "cola", "--method", "aa", "--epochs", "5")
+        runs[every] = (list(saved), (out / "metrics.jsonl").read_text(), result)
+        kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir())
+        assert kept == [4, 5]  # the last two, as checkpoints_to_keep says
+    assert runs["60"][0] == [2, 4, 5]
+    assert runs["0"][0] == [1, 2, 3, 4, 5]
+    assert runs["60"][1] == runs["0"][1]
+    for key in ("best_epoch", "dev", "test", "selected_layers"):
+        assert runs["60"][2][key] == runs["0"][2][key]
