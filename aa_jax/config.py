@@ -112,9 +112,10 @@ class TrainConfig:
     text_columns: list[str] | None = _field(None, "own dataset: one or two text columns")
     label_column: str = _field("label", "own dataset: the label column")
     checkpoints_to_keep: int = _field(2, "checkpoints kept in the run directory", cli=False)
-    checkpoint_every: float = _field(60.0, "seconds of training at least between two "
-                                     "checkpoints (0: every epoch); the last epoch is always "
-                                     "saved, and an interrupted run resumes from the latest")
+    checkpoint_every: float = _field(60.0, "seconds (wall time) at least between two "
+                                     "checkpoints, checked after each epoch (0: every epoch); "
+                                     "the last epoch is always saved, and an interrupted run "
+                                     "resumes from the latest")
     pooling: str = _field("auto", "head input: auto (the pooling a sentence-transformers "
                           "checkpoint declares, e.g. mean for minilm; else the paper's "
                           "pooled [CLS]), pooler, mean, cls (the [CLS] hidden state) or max",

@@ -21,11 +21,15 @@ class EventLog:
     """The event file of one run: ``log_dir/name``."""
 
     def __init__(self, log_dir: str | Path, name: str, config, total_steps: int,
-                 learning_rates: Mapping[str, str]):
+                 learning_rates: Mapping[str, str], resumed_step: int = 0):
+        """``resumed_step``: the step of the checkpoint a resumed run starts from; what an
+        earlier process logged after it is discarded by TensorBoard (``purge_step``), as
+        those steps are trained and logged again."""
         from tensorboardX import SummaryWriter
 
         self.folder = Path(log_dir) / name
-        self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=30)
+        self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=30,
+                                    purge_step=resumed_step + 1 if resumed_step else None)
         self.total = max(int(total_steps), 1)
         self.rates = {group: float(getattr(config, field))
                       for group, field in learning_rates.items()}

@@ -156,7 +156,7 @@ class Run:
 
             steps = pipeline.num_batches(len(self.exp.labels["train"]), c.batch_size)
             self.events = EventLog(c.log_dir, self.out.name, c, steps * c.epochs,
-                                   self.exp.method.learning_rates)
+                                   self.exp.method.learning_rates, int(state.step))
         return state
 
     def end_epoch(self, state: TrainState, epoch: int, losses: np.ndarray,
@@ -261,8 +261,9 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     (stacked) batches. After each epoch every run checks its losses, then evaluates and
     checkpoints (:meth:`Run.end_epoch`); a run whose training diverged stops with its
     error in ``failure`` while the others go on. An epoch is checkpointed when
-    ``checkpoint_every`` seconds have passed since the last checkpoint (or since the loop
-    began), and the last epoch always is; the decision is the group's, so that seeds
+    ``checkpoint_every`` seconds (wall time, its evaluations and saves included) have
+    passed since the last checkpoint (or since the loop began), and the last epoch always
+    is; the decision is the group's, so that seeds
     trained together stop at the same epoch, and process 0's, so that every process of a
     multi-host run saves (orbax's saves are collective) or none does.
     """
@@ -289,7 +290,7 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
         grad_norms = np.asarray(jax.device_get(grad_norms), np.float64).reshape(
             len(grad_norms), -1)
         now = _clock()
-        save = checkpoint_due(epoch == c.epochs, now - saved_at >= c.checkpoint_every)
+        save = checkpoint_due(epoch == c.epochs, now - saved_at, c.checkpoint_every)
         devs = []
         for i, run in enumerate(runs):
             if run.failure is not None:
@@ -311,10 +312,13 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     bar.close()
 
 
-def checkpoint_due(last_epoch: bool, interval_passed: bool) -> bool:
-    """Whether this epoch is checkpointed: the last epoch, or the interval has passed on
-    process 0's clock (broadcast, so that all processes agree)."""
-    due = last_epoch or interval_passed
+def checkpoint_due(last_epoch: bool, elapsed: float, every: float) -> bool:
+    """Whether this epoch is checkpointed: the last epoch always, any epoch with ``every``
+    0, else once ``elapsed`` (wall seconds since the last checkpoint) reaches ``every`` on
+    process 0's clock, broadcast so that all processes agree."""
+    if last_epoch or every <= 0:
+        return True
+    due = elapsed >= every
     if multi_process():
         from jax.experimental import multihost_utils
 
@@ -396,7 +400,8 @@ def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState,
     first = int(np.argmin(finite)) if not finite.all() else len(losses) - 1
     step = int(state.step) - len(losses) + first + 1
     last = mgr.latest_step()
-    kept = (f"the checkpoint of epoch {last} in {mgr.directory} is the last good state"
+    kept = (f"the checkpoint of epoch {last} in {mgr.directory} is the last good state "
+            f"saved"
             if last is not None else "no checkpoint had been written yet")
     raise UserError(f"Training diverged at step {step} (epoch {epoch}): the loss or its "
                     f"gradients became non-finite and {kept}; lower the learning rates "

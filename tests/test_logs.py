@@ -1,6 +1,7 @@
 """--log-dir: TensorBoard event files that TensorBoard's own reader reads back."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -59,3 +60,21 @@ def test_the_log_folder_is_not_part_of_a_run_s_identity(tiny_checkpoint, fake_gl
     # The finished run is the same run with a log folder: its result, not a refusal.
     assert cli.main(args + ["--log-dir", str(tmp_path / "tb")]) == 0
     assert not (tmp_path / "tb").exists()  # nothing was trained, so nothing was logged
+
+
+def test_a_resumed_run_logs_each_step_once(tiny_checkpoint, fake_glue, tmp_path):
+    """A run resumed from its epoch-2 checkpoint trains and logs epoch 3 again, into the
+    same folder: TensorBoard keeps the new steps and drops the interrupted process's."""
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    args = ["train", "--model", str(tiny_checkpoint), "--glue-dir", str(fake_glue),
+            "--task", "rte", "--method", "aa", "--train-size", "24", "--epochs", "3",
+            "--batch-size", "8", "--max-length", "32", "--no-progress",
+            "--checkpoint-every", "0", "--out", str(out), "--log-dir", str(logs)]
+    assert cli.main(args) == 0
+    first = _scalars(logs / "run")["train/loss"]
+    shutil.rmtree(out / "checkpoints" / "3")  # as if killed before epoch 3 was saved
+    (out / "result.json").unlink()
+    assert cli.main(args) == 0
+    again = _scalars(logs / "run")["train/loss"]
+    assert [s for s, _ in again] == list(range(1, 10))  # 3 steps an epoch, each once
+    assert again == [(s, pytest.approx(v, rel=1e-6)) for s, v in first]

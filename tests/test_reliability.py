@@ -651,7 +651,7 @@ def test_diverging_run_keeps_the_last_good_checkpoint(capsys, base, monkeypatch)
     assert cli.main(_with(args, epochs=3)) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"aa-jax: error: Training diverged at step 5 \(epoch 2\): .*the "
-                        r"checkpoint of epoch 1 in .* is the last good state; lower the "
+                        r"checkpoint of epoch 1 in .* is the last good state saved; lower the "
                         r"learning rates .*\.", err), err
     assert _epoch_dirs(out) == [1] and len(_history(out)) == 1
     checkpointer = ocp.StandardCheckpointer()

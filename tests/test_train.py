@@ -1,6 +1,7 @@
 """Training: the frozen backbone, the step's purity, and every method end to end on a tiny BERT."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -210,3 +211,16 @@ def test_checkpoints_follow_the_interval_and_the_last_epoch_is_always_saved(
     assert runs["60"][1] == runs["0"][1]
     for key in ("best_epoch", "dev", "test", "selected_layers"):
         assert runs["60"][2][key] == runs["0"][2][key]
+    # Killed before the last save, the interval run resumes from epoch 4 and ends the same.
+    out = tmp_path / "checkpoint-every_60_task_cola"
+    shutil.rmtree(out / "checkpoints" / "5")
+    (out / "result.json").unlink()
+    ticks = iter(range(0, 10_000, 30))
+    monkeypatch.setattr(training, "_clock", lambda: next(ticks))
+    saved.clear()
+    _, result = _train(tmp_path, tiny_checkpoint, fake_glue, "--checkpoint-every", "60",
+                       "--task", "cola", "--method", "aa", "--epochs", "5")
+    assert saved == [5]  # epoch 5 alone was trained again
+    assert (out / "metrics.jsonl").read_text() == runs["60"][1]
+    for key in ("best_epoch", "dev", "test", "selected_layers"):
+        assert result[key] == runs["60"][2][key]
