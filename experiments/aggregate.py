@@ -28,9 +28,10 @@ the paper reports (``higher``, ``lower``, ``equal``, or ``not lower``), or the l
 kept layers or stored adapter weights it is about; per size, the measured difference, its
 tests and a verdict.
 
-The README's Results section quotes the paper sweep's status line, Table 2 and the claims
-between two markers; aggregating ``paper`` refreshes that excerpt, and
-``--check`` verifies it too.
+The README's Results section quotes a sweep's status line, Table 2 and the claims between
+two markers (:func:`readme_start`, :data:`README_END`) for each sweep it names there
+(``paper_v2``, ``paper``); aggregating such a sweep refreshes its excerpt, and ``--check``
+verifies it too.
 """
 
 from __future__ import annotations
@@ -784,8 +785,12 @@ def figures(sweep: Sweep, done: dict) -> list[Path]:
 
 
 README = SWEEPS.parent.parent / "README.md"
-README_START = "<!-- generated from experiments/results/paper/TABLE.md -->"
 README_END = "<!-- end of generated part -->"
+
+
+def readme_start(name: str) -> str:
+    """The marker after which the README quotes sweep ``name``'s TABLE.md."""
+    return f"<!-- generated from experiments/results/{name}/TABLE.md -->"
 
 
 def section(table: str, title: str) -> list[str]:
@@ -802,8 +807,8 @@ def section(table: str, title: str) -> list[str]:
 
 
 def readme_excerpt(table: str) -> str:
-    """What the README's Results section quotes from the paper sweep's TABLE.md: its status
-    line, Table 2's rows with results, and the paper's claims with what was measured."""
+    """What the README's Results section quotes from a sweep's TABLE.md: its status line,
+    Table 2's rows with results, and the paper's claims with what was measured."""
     lines = table.splitlines()
     status = next(line for line in lines if " runs finished" in line)
     head, *rows = section(table, "Table 2")
@@ -816,10 +821,13 @@ def readme_excerpt(table: str) -> str:
                       "paired comparison is in TABLE.md):", "", *claims, "", legend])
 
 
-def readme_with(readme: str, excerpt: str) -> str:
-    before, rest = readme.split(README_START, 1)
+def readme_with(readme: str, excerpt: str, name: str = "paper") -> str:
+    """``readme`` with the part between sweep ``name``'s marker and the next end marker
+    replaced by ``excerpt``."""
+    start = readme_start(name)
+    before, rest = readme.split(start, 1)
     _, after = rest.split(README_END, 1)
-    return f"{before}{README_START}\n{excerpt}\n{README_END}{after}"
+    return f"{before}{start}\n{excerpt}\n{README_END}{after}"
 
 
 def main(argv=None) -> int:
@@ -842,11 +850,15 @@ def main(argv=None) -> int:
 def generated(sweep: Sweep, done: dict, failed: dict, majority: dict,
               allow_mixed: bool = False) -> dict[Path, str]:
     """The text the results of ``sweep`` (:func:`read_results`) give its ``TABLE.md`` and,
-    for ``paper``, the README (whose Results section quotes that table), by path."""
+    for a sweep of ``experiments/results`` that the README quotes (its marker is there),
+    the README, by path."""
     text = page(sweep, done, failed, majority, allow_mixed)
     files = {sweep.results / "TABLE.md": text}
-    if sweep.results.resolve() == (RESULTS / "paper").resolve() and README.is_file():
-        files[README] = readme_with(README.read_text(), readme_excerpt(text))
+    name = sweep.results.resolve().name
+    quoted = (sweep.results.resolve() == (RESULTS / name).resolve() and README.is_file()
+              and readme_start(name) in README.read_text())
+    if quoted:
+        files[README] = readme_with(README.read_text(), readme_excerpt(text), name)
     return files
 
 

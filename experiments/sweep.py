@@ -392,9 +392,9 @@ def commit_results(sweep: Sweep, points: list[Point], message: str) -> None:
 
 
 def refresh_tables(sweep: Sweep) -> list[Path]:
-    """The sweep's TABLE.md (and for ``paper`` the README's Results excerpt) rewritten to
-    include the runs finished and failed so far, so that a commit of results carries
-    tables that agree with them; a failure is reported, and what was not rewritten is
+    """The sweep's TABLE.md (and the README's Results excerpt of it, if it has one)
+    rewritten to include the runs finished and failed so far, so that a commit of results
+    carries tables that agree with them; a failure is reported, and what was not rewritten is
     left as it was."""
     import aggregate
 
@@ -719,7 +719,7 @@ def main(argv=None) -> int:
                         help="print what is left and its estimated cost, run nothing")
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each finished run's files as it arrives, with the "
-                        "sweep's TABLE.md (for paper, the README's excerpt too) refreshed")
+                        "sweep's TABLE.md (and the README's excerpt of it) refreshed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

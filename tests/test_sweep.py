@@ -527,9 +527,14 @@ def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
     assert "last4" not in excerpt and "all tasks" not in excerpt
     assert "| AA is on par | 100 | agrees |" in excerpt
     assert excerpt.splitlines()[-1] == "result: what the columns mean."
-    readme = f"intro\n{aggregate.README_START}\nold\n{aggregate.README_END}\nrest\n"
+    # Each sweep's excerpt sits between its own marker and the next end marker.
+    v2, v1, end = (aggregate.readme_start("paper_v2"), aggregate.readme_start("paper"),
+                   aggregate.README_END)
+    readme = f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n"
     assert aggregate.readme_with(readme, "new") == (
-        f"intro\n{aggregate.README_START}\nnew\n{aggregate.README_END}\nrest\n")
+        f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nnew\n{end}\nrest\n")
+    assert aggregate.readme_with(readme, "new2", "paper_v2") == (
+        f"intro\n{v2}\nnew2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n")
 
 
 def test_not_finished_lists_each_tasks_missing_seeds_and_the_failed_runs(tmp_path):
