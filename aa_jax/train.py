@@ -263,9 +263,9 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     error in ``failure`` while the others go on. An epoch is checkpointed when
     ``checkpoint_every`` seconds (wall time, its evaluations and saves included) have
     passed since the last checkpoint (or since the loop began), and the last epoch always
-    is; the decision is the group's, so that seeds
-    trained together stop at the same epoch, and process 0's, so that every process of a
-    multi-host run saves (orbax's saves are collective) or none does.
+    is; the decision is the group's, so that seeds trained together stop at the same
+    epoch, and process 0's, so that every process of a multi-host run saves (orbax's saves
+    are collective) or none does.
     """
     c = runs[0].exp.config
     select = runs[0].exp.task.select_metric
@@ -400,8 +400,7 @@ def _check_finite(losses: np.ndarray, grad_norms: np.ndarray, state: TrainState,
     first = int(np.argmin(finite)) if not finite.all() else len(losses) - 1
     step = int(state.step) - len(losses) + first + 1
     last = mgr.latest_step()
-    kept = (f"the checkpoint of epoch {last} in {mgr.directory} is the last good state "
-            f"saved"
+    kept = (f"the checkpoint of epoch {last} in {mgr.directory} is the last good state saved"
             if last is not None else "no checkpoint had been written yet")
     raise UserError(f"Training diverged at step {step} (epoch {epoch}): the loss or its "
                     f"gradients became non-finite and {kept}; lower the learning rates "

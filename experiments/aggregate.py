@@ -821,7 +821,7 @@ def readme_excerpt(table: str) -> str:
                       "paired comparison is in TABLE.md):", "", *claims, "", legend])
 
 
-def readme_with(readme: str, excerpt: str, name: str = "paper") -> str:
+def readme_with(readme: str, excerpt: str, name: str) -> str:
     """``readme`` with the part between sweep ``name``'s marker and the next end marker
     replaced by ``excerpt``."""
     start = readme_start(name)
@@ -855,10 +855,9 @@ def generated(sweep: Sweep, done: dict, failed: dict, majority: dict,
     text = page(sweep, done, failed, majority, allow_mixed)
     files = {sweep.results / "TABLE.md": text}
     name = sweep.results.resolve().name
-    quoted = (sweep.results.resolve() == (RESULTS / name).resolve() and README.is_file()
-              and readme_start(name) in README.read_text())
-    if quoted:
-        files[README] = readme_with(README.read_text(), readme_excerpt(text), name)
+    readme = README.read_text() if README.is_file() else ""
+    if sweep.results.resolve().parent == RESULTS.resolve() and readme_start(name) in readme:
+        files[README] = readme_with(readme, readme_excerpt(text), name)
     return files
 
 

@@ -531,7 +531,7 @@ def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
     v2, v1, end = (aggregate.readme_start("paper_v2"), aggregate.readme_start("paper"),
                    aggregate.README_END)
     readme = f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n"
-    assert aggregate.readme_with(readme, "new") == (
+    assert aggregate.readme_with(readme, "new", "paper") == (
         f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nnew\n{end}\nrest\n")
     assert aggregate.readme_with(readme, "new2", "paper_v2") == (
         f"intro\n{v2}\nnew2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n")
