@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -76,6 +77,11 @@ def device_name() -> str:
     H100 80GB HBM3``."""
     backend, kind = jax.default_backend(), jax.devices()[0].device_kind
     return backend if kind.lower() == backend else f"{backend}: {kind}"
+
+
+def host_cpus() -> int:
+    """How many CPUs this process may run on (its affinity, where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @dataclasses.dataclass
@@ -233,6 +239,9 @@ class Run:
             # devices (seeds trained together run on one).
             "device": device_name(),
             "devices": self.devices, "processes": jax.process_count(),
+            # The host CPUs it could use: XLA's CPU thread pool has a thread for each, and
+            # on a CPU how a product's work is split among them changes its rounding.
+            "cpus": host_cpus(),
             # The float32 matmul precision its programs were compiled with ("default" is
             # the device's: float32 on CPU, TF32 on recent GPUs), and the code that ran.
             "precision": str(jax.config.jax_default_matmul_precision or "default"),

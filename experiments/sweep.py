@@ -18,8 +18,10 @@ every n-th (task, train size) cell, in the sweep's order, so that n machines can
 sweep; a point whose reference (below) another shard has not produced yet is reported as
 waiting. ``--workers n`` runs the n shards as n processes on this machine (for an
 accelerator that one small model leaves idle: compilation and input run on the host's
-cores). ``--plan``
-prints what is left and an estimate of its cost from the measured times of finished runs.
+cores). On a machine without one, ``--workers n --pin-cpus`` gives each process its own
+share of the CPUs and lets it take the next run no other process holds, in the sweep's
+order: small products keep one core busier than they keep two. ``--plan`` prints what is
+left and an estimate of its cost from the measured times of finished runs.
 ``--commit`` commits each finished run's files (or its failure record) to git as it
 arrives, with the sweep's ``TABLE.md`` regenerated to include it (``aggregate.py`` draws
 the figures); the processes of one sweep publish and commit one at a time.
@@ -50,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -551,8 +554,10 @@ def together_group(sweep: Sweep, first: Point, config: TrainConfig, todo: list[P
 
 
 def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
-        commit: bool = False) -> int:
+        commit: bool = False, worker: tuple[int, int] | None = None) -> int:
     """Trains and publishes the shard's pending runs; returns 1 if any failed, else 0.
+    ``worker=(i, n)`` (``--pin-cpus``) takes the whole sweep instead, as worker ``i`` of
+    ``n`` that share it run by run: each trains the next run that no other holds.
     Raises :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
     todo = shard_of(sweep.points, shard)
     # Before any training: a result that could not be kept is not worth computing.
@@ -564,17 +569,20 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
     if shard != (1, 1):
         name, what = f".sweep.shard-{shard[0]}-of-{shard[1]}.lock", \
             f"Shard {shard[0]}/{shard[1]} of the sweep {sweep.name}"
+    if worker is not None:
+        name, what = f".sweep.worker-{worker[0]}-of-{worker[1]}.lock", \
+            f"Worker {worker[0]}/{worker[1]} of the sweep {sweep.name}"
     with guard.hold(sweep.work / name, what):
-        return _run_held(sweep, todo, shard, together, commit)
+        return _run_held(sweep, todo, shard, together, commit, worker)
 
 
 def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together: bool,
-              commit: bool) -> int:
+              commit: bool, worker: tuple[int, int] | None = None) -> int:
     """:func:`run`'s loop, in a sweep this process holds."""
     from aa_jax.models.loader import load_pretrained
 
     total, failed, busy, waiting, backbones = len(todo), set(), set(), {}, {}
-    count = sum(sweep.done(p) for p in todo)
+    crashed = 0  # runs that this process trained and that raised (counted as tried)
     while True:
         nxt = None
         for p in todo:
@@ -599,9 +607,6 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
         group = together_group(sweep, point, config, todo, failed | busy) if together \
             else [nxt]
         names = [run_name(p) for p, _ in group]
-        count += len(group)
-        where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
-        print(f"[{where}{count}/{total}] {', '.join(names)}: training", flush=True)
         # The runs stay locked until they are published: no other process trains or
         # publishes them meanwhile.
         with contextlib.ExitStack() as held:
@@ -609,13 +614,22 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 for p, _ in group:
                     sweep.work_dir(p).mkdir(parents=True, exist_ok=True)
                     held.enter_context(guard.hold_run(sweep.work_dir(p)))
+                # Another process may have published one between the look above and the
+                # lock: it is done, not to be trained again.
+                if any(sweep.done(p) for p, _ in group):
+                    continue
+                count = sum(sweep.done(p) for p in todo) + crashed + len(group)
+                where = (f"worker {worker[0]}/{worker[1]}: " if worker else
+                         f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else "")
+                print(f"[{where}{count}/{total}] {', '.join(names)}: training", flush=True)
                 if config.model not in backbones:
                     backbones[config.model] = load_pretrained(config.model)
                 results = train_points(sweep, group, backbones[config.model], together)
             except guard.Busy as e:  # another process trains it: not a failure
-                print(f"    skipped: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                if worker is None:  # workers sharing a sweep meet each other's runs
+                    print(f"    skipped: {' '.join(str(e).split())}", file=sys.stderr,
+                          flush=True)
                 busy.update(names)
-                count -= len(group)
                 continue
             except StorageError:  # no other run could be kept either
                 raise
@@ -625,6 +639,7 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                     for p, _ in group:
                         record_failure(sweep, p, e)
                         failed.add(run_name(p))
+                    crashed += len(group)
                     if commit:
                         commit_results(sweep, [p for p, _ in group],
                                        f"Failed: {sweep.name}/{', '.join(names)}")
@@ -653,9 +668,21 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
     return 1 if failed else 0
 
 
+def cpu_shares(n: int) -> list[list[int]]:
+    """This process's CPUs dealt into ``n`` contiguous shares as equal as they can be."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if n > len(cpus):
+        raise UserError(f"--pin-cpus gives each worker CPUs of its own, but this process "
+                        f"may use {len(cpus)} CPUs for {n} workers; ask for at most "
+                        f"{len(cpus)} workers.")
+    return [[int(c) for c in share] for share in np.array_split(cpus, n)]
+
+
 def run_workers(args: argparse.Namespace) -> int:
     """Runs shard i/n in each of n child processes and waits for them all; a SIGTERM or
-    SIGINT is passed on to them (a killed run resumes at the next start)."""
+    SIGINT is passed on to them (a killed run resumes at the next start). With
+    ``--pin-cpus``, child i runs on its own share of the CPUs and takes the whole sweep
+    as worker i/n (:func:`run`)."""
     base = [sys.executable, str(Path(__file__).resolve()), args.sweep,
             "--together", args.together]
     for flag, value in (("--glue-dir", args.glue_dir), ("--out", args.out),
@@ -668,8 +695,15 @@ def run_workers(args: argparse.Namespace) -> int:
     # One accelerator shared by n processes: none may take most of its memory up front.
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
     n = args.workers
-    children = [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
-                for i in range(1, n + 1)]
+    if args.pin_cpus:
+        shares = cpu_shares(n)
+        children = [subprocess.Popen(base + ["--worker-of", f"{i}/{n}"], env=env,
+                                     preexec_fn=functools.partial(os.sched_setaffinity, 0,
+                                                                  shares[i - 1]))
+                    for i in range(1, n + 1)]
+    else:
+        children = [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
+                    for i in range(1, n + 1)]
 
     interrupted = []
 
@@ -710,6 +744,13 @@ def main(argv=None) -> int:
     parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="run the sweep as N shards in N processes on this machine")
+    parser.add_argument("--pin-cpus", action="store_true",
+                        help="with --workers on a machine without an accelerator: each "
+                        "worker runs on its own share of the CPUs (XLA's thread pool "
+                        "sizes itself to them) and takes the next run no other worker "
+                        "holds, in the sweep's order, instead of a shard of cells; fewer "
+                        "CPUs per run split its products differently, so its numbers "
+                        "differ in rounding (result.json records its cpus)")
     parser.add_argument("--together", nargs="?", const="on", default="auto",
                         choices=("auto", "on", "off"),
                         help="train the seeds of a cell as one vmapped program where their "
@@ -721,6 +762,7 @@ def main(argv=None) -> int:
                         help="git-commit each finished run's files as it arrives, with the "
                         "sweep's TABLE.md (and the README's excerpt of it) refreshed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-of", type=parse_shard, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         sweep = Sweep.load(args.sweep, args.glue_dir,
@@ -733,12 +775,16 @@ def main(argv=None) -> int:
         if args.workers < 1 or (args.workers > 1 and args.shard != (1, 1)):
             raise UserError("--workers takes a count of at least 1 and splits the whole "
                             "sweep; give either --workers or --shard, not both.")
+        if args.pin_cpus and args.workers < 2:
+            raise UserError("--pin-cpus shares the CPUs among workers; give it with "
+                            "--workers N, N at least 2.")
         if args.plan:
             plan(sweep, shard_of(sweep.points, args.shard))
             return 0
         if args.workers > 1:
             return run_workers(args)
-        return run(sweep, args.shard, together_wanted(args.together), args.commit)
+        return run(sweep, args.shard, together_wanted(args.together), args.commit,
+                   args.worker_of)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2

@@ -210,6 +210,56 @@ def test_workers_split_the_sweep_into_shard_processes(tmp_path, tiny_checkpoint,
         assert [ln.split("] ")[1].split("-")[0] for ln in lines] == [task] * 3, run.stdout
 
 
+def test_pinned_workers_get_disjoint_equal_shares_of_the_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7},
+                        raising=False)
+    assert sweep.cpu_shares(2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert sweep.cpu_shares(3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    with pytest.raises(UserError, match="at most 8 workers"):
+        sweep.cpu_shares(9)
+
+
+def test_pin_cpus_needs_several_workers(tmp_path, capsys):
+    assert sweep.main([str(spec(tmp_path)), "--out", str(tmp_path / "r"), "--work",
+                       str(tmp_path / "w"), "--pin-cpus"]) == 2
+    assert capsys.readouterr().err == ("error: --pin-cpus shares the CPUs among workers; "
+                                       "give it with --workers N, N at least 2.\n")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="two pinned workers need two CPUs")
+def test_pinned_workers_share_the_sweep_run_by_run_each_on_its_own_cpus(
+        tmp_path, tiny_checkpoint, fake_glue):
+    # One cell only: dealt by cells, a single shard would train all of it.
+    body = {"base": {"model": str(tiny_checkpoint), "train_size": 24, "epochs": 1,
+                     "batch_size": 8, "max_length": 32},
+            "grid": {"seed": [42, 92, 111], "task": ["rte"],
+                     "method": ["baseline", "aa", "aa_focused"]},
+            "methods": {"aa_focused": PAPER["methods"]["aa_focused"]}}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps({"roles": ROLES, **body}))
+    results, work = tmp_path / "results", tmp_path / "work"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", AA_JAX_ALLOCATOR="system")
+    run = subprocess.run(_sweep_cmd(path, fake_glue, results, work, "--workers", "2",
+                                    "--pin-cpus"), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    names = {f"rte-{m}-24-{s}" for s in (42, 92, 111) for m in ("baseline", "aa", "aa_focused")}
+    assert {f.parent.name for f in results.glob("*/result.json")} == names
+    # Each run trained once, by one of the two workers, and an AA-focused run on the
+    # layers of the finished AA run it is built on.
+    trained = [ln for ln in run.stdout.splitlines() if ln.endswith(": training")]
+    assert all(re.match(r"\[worker [12]/2: \d/9\] ", ln) for ln in trained), run.stdout
+    assert sorted(ln.split("] ")[1].split(":")[0] for ln in trained) == sorted(names)
+    for seed in (42, 92, 111):
+        aa, focused = (json.loads((results / f"rte-{m}-24-{seed}" / "result.json").read_text())
+                       for m in ("aa", "aa_focused"))
+        assert focused["selected_layers"] == aa["selected_layers"]
+    for f in results.glob("*/result.json"):
+        assert json.loads(f.read_text())["cpus"] == len(os.sched_getaffinity(0)) // 2
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_checkpoint,
                                                               fake_glue):
@@ -488,6 +538,16 @@ def test_a_cell_that_mixes_precisions_or_code_is_refused_unless_allowed(tmp_path
         "rte baseline 100: default on cpu, aa_jax 0.3.0 ×1, default on cpu, aa_jax 0.2.0 ×2",
         "rte aa 100: default on cpu, aa_jax 0.2.0 ×1, default on gpu, aa_jax 0.2.0 ×1, "
         "highest, aa_jax 0.2.0 ×1"]
+
+
+def test_the_status_line_counts_the_cpus_of_cpu_runs_where_they_were_recorded():
+    old = {"a": {"device": "cpu"}, "b": {}}
+    assert aggregate.where_run(old) == "Trained on cpu: 2 runs. "
+    mixed = {**old, "c": {"device": "cpu", "cpus": 1}, "d": {"device": "cpu", "cpus": 1},
+             "e": {"device": "cpu", "cpus": 2}, "f": {"device": "gpu: H100", "cpus": 16}}
+    assert aggregate.where_run(mixed) == (
+        "Trained on cpu: 5 runs (2 on 1 CPU, 1 on 2 CPUs, 2 before the CPUs were recorded), "
+        "gpu (H100): 1 runs. ")
 
 
 def test_a_table_entry_can_limit_its_rows_to_some_train_sizes(tmp_path):
