@@ -5,6 +5,9 @@ padding examples, degenerate inputs, and the task-to-metric mapping."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -203,3 +206,32 @@ def test_degenerate_inputs_give_zero_not_nan():
     assert not any(math.isnan(v) for v in flat.values())
     one = compute_metrics(GLUE_TASKS["stsb"], np.array([1.0]), np.array([2.0]))
     assert one == {"pearson": 0.0, "spearman": 0.0}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_accuracy_is_the_float_scikit_learn_returns(seed):
+    # Both count the matches exactly (0/1 summed in float64) and divide once by N, so the
+    # two floats are equal, not merely close.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 20000))
+    labels = rng.integers(0, 3, size=n)
+    predictions = np.where(rng.random(n) < rng.random(), labels, rng.integers(0, 3, size=n))
+    assert METRICS["accuracy"](predictions, labels) == float(accuracy_score(labels, predictions))
+
+
+def test_an_accuracy_run_imports_neither_scikit_learn_nor_scipy_s_stats_or_optimize():
+    code = ("import sys, numpy as np\n"
+            "import aa_jax.train, aa_jax.cli\n"
+            "from aa_jax.data import GLUE_TASKS, compute_metrics\n"
+            "from aa_jax.data.metrics import majority_class_scores\n"
+            "from aa_jax.rational import init_coefficients\n"
+            "y = np.array([0, 1, 1, 0])\n"
+            "compute_metrics(GLUE_TASKS['sst2'], np.array([0, 1, 0, 0]), y)\n"
+            "majority_class_scores(GLUE_TASKS['sst2'], y)\n"
+            "init_coefficients('one')\n"
+            "print(sorted(m for m in ('sklearn', 'scipy.stats', 'scipy.optimize', 'pandas')\n"
+            "             if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

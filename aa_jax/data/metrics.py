@@ -1,5 +1,9 @@
 """GLUE evaluation metrics from scikit-learn and scipy, with padding examples masked out.
 
+Accuracy is counted with NumPy (the count of matches over N, in float64: exact, and the
+float scikit-learn's ``accuracy_score`` returns), so that a run on an accuracy task never
+imports scikit-learn or scipy.stats; the other metrics import them when first called.
+
 Batches are padded to a fixed size with weight-0 examples (see
 :mod:`aa_jax.data.pipeline`), so every metric takes an optional ``weights[N]`` and keeps
 only the examples whose weight is non-zero. Values are fractions (0.75, not 75.0) returned
@@ -18,24 +22,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as sk
 
 from aa_jax.data.glue import Task
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Share of ``predictions[N]`` equal to ``labels[N]`` (class ids)."""
-    return float(sk.accuracy_score(labels, predictions))
+    return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
 def f1_binary(predictions: np.ndarray, labels: np.ndarray) -> float:
     """F1 of the positive class 1 (MRPC "equivalent", QQP "duplicate")."""
+    from sklearn import metrics as sk
+
     return float(sk.f1_score(labels == 1, predictions == 1, zero_division=0.0))
 
 
 def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation (multi-class form, equal to the usual one for two classes)."""
+    from sklearn import metrics as sk
+
     return float(sk.matthews_corrcoef(labels, predictions))
 
 
@@ -47,12 +53,16 @@ def _correlation(statistic, predictions: np.ndarray, labels: np.ndarray) -> floa
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Pearson correlation of two ``float[N]`` vectors; 0.0 if either is constant."""
+    from scipy import stats
+
     return _correlation(stats.pearsonr, predictions.astype(np.float64),
                         labels.astype(np.float64))
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Spearman correlation: Pearson of the ranks, ties sharing their average rank."""
+    from scipy import stats
+
     return _correlation(stats.spearmanr, predictions.astype(np.float64),
                         labels.astype(np.float64))
 

@@ -26,9 +26,7 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
 from scipy.special import erf, expit
-from threadpoolctl import threadpool_limits
 
 from aa_jax.errors import UserError
 from aa_jax.rational.function import (
@@ -173,6 +171,8 @@ def _starting_points(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str)
     if version == "A":
         design = np.hstack([vander, -y[:, None] * np.abs(powers)])
         lower = np.concatenate([np.full(m + 1, -np.inf), np.zeros(n)])
+        from scipy.optimize import lsq_linear  # here: the default init "one" fits nothing
+
         starts.append(lsq_linear(design, y, bounds=(lower, np.inf)).x)
     else:
         design = np.hstack([vander, -y[:, None] * powers])
@@ -191,6 +191,9 @@ def _least_squares(u: np.ndarray, y: np.ndarray, m: int, n: int, version: str) -
     and Q may share a factor, as in x = x Q / Q), so among the candidates whose cost is
     the lowest up to 0.1 % or rounding, the one with the smallest norm wins.
     """
+    from scipy.optimize import least_squares  # here: the default init "one" fits nothing
+    from threadpoolctl import threadpool_limits
+
     vander = u[:, None] ** np.arange(m + 1)
 
     def residuals(params):
