@@ -609,31 +609,31 @@ def where_run(done: dict) -> str:
     (results written before the device was recorded ran on a CPU, one seed at a time)."""
     if not done:
         return ""
-    devices: dict[str, int] = {}
+    devices: dict[str, list[dict]] = {}
     for r in done.values():
         backend, _, kind = r.get("device", "cpu").partition(": ")
         name = backend if kind in ("", backend) else f"{backend} ({kind})"
-        devices[name] = devices.get(name, 0) + 1
+        devices.setdefault(name, []).append(r)
     together = sum(len(r.get("seeds_together") or []) > 1 for r in done.values())
-    return ("Trained on " + ", ".join(f"{d}: {n} runs{cpu_counts(done) if d == 'cpu' else ''}"
-                                      for d, n in sorted(devices.items()))
+    return ("Trained on " + ", ".join(
+                f"{d}: {len(rs)} runs" + (cpu_counts(rs) if d.startswith("cpu") else "")
+                for d, rs in sorted(devices.items()))
             + (f" ({together} of them with other seeds as one vmapped program)"
                if together else "") + ". ")
 
 
-def cpu_counts(done: dict) -> str:
-    """How many CPUs the CPU runs could use, where any recorded it (``cpus``): a product
-    split among fewer threads rounds differently. Empty where none did."""
+def cpu_counts(runs: list[dict]) -> str:
+    """How many CPUs a device's runs could use, where any recorded it (``cpus``): on a CPU,
+    a product split among fewer threads rounds differently. Empty where none did."""
     cpus: dict[int | None, int] = {}
-    for r in done.values():
-        if r.get("device", "cpu").partition(": ")[0] == "cpu":
-            cpus[r.get("cpus")] = cpus.get(r.get("cpus"), 0) + 1
+    for r in runs:
+        cpus[r.get("cpus")] = cpus.get(r.get("cpus"), 0) + 1
     if not set(cpus) - {None}:
         return ""
     parts = [f"{n} on {c} CPU{'s' if c != 1 else ''}" for c, n in sorted(
         (c, n) for c, n in cpus.items() if c is not None)]
     if None in cpus:
-        parts.append(f"{cpus[None]} before the CPUs were recorded")
+        parts.append(f"{cpus[None]} with no CPU count recorded")
     return " (" + ", ".join(parts) + ")"
 
 

@@ -20,7 +20,7 @@ waiting. ``--workers n`` runs the n shards as n processes on this machine (for a
 accelerator that one small model leaves idle: compilation and input run on the host's
 cores). On a machine without one, ``--workers n --pin-cpus`` gives each process its own
 share of the CPUs and lets it take the next run no other process holds, in the sweep's
-order: small products keep one core busier than they keep two. ``--plan`` prints what is
+order: small products cannot keep two cores busy. ``--plan`` prints what is
 left and an estimate of its cost from the measured times of finished runs.
 ``--commit`` commits each finished run's files (or its failure record) to git as it
 arrives, with the sweep's ``TABLE.md`` regenerated to include it (``aggregate.py`` draws
@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import itertools
 import json
@@ -80,6 +79,7 @@ REPO = EXPERIMENTS.parent
 RESULTS = EXPERIMENTS / "results"
 SWEEPS = EXPERIMENTS / "sweeps"
 WORK = REPO / "runs" / "sweeps"
+PIN_ENV = "_AA_JAX_SWEEP_CPUS"  # the CPUs run_workers gives a pinned worker
 COPIED = ("config.json", "metrics.jsonl", "architecture.json", "result.json")  # result last
 TRANSFER_REFS = ("@transfer", "@transfer_size", "@transfer_left_out")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -554,11 +554,13 @@ def together_group(sweep: Sweep, first: Point, config: TrainConfig, todo: list[P
 
 
 def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
-        commit: bool = False, worker: tuple[int, int] | None = None) -> int:
+        commit: bool = False, worker: tuple[int, int] | None = None,
+        started: float | None = None) -> int:
     """Trains and publishes the shard's pending runs; returns 1 if any failed, else 0.
     ``worker=(i, n)`` (``--pin-cpus``) takes the whole sweep instead, as worker ``i`` of
-    ``n`` that share it run by run: each trains the next run that no other holds.
-    Raises :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
+    ``n`` that share it run by run: each trains the next run that no other holds, leaves
+    alone a run that another worker of the same start (``started``, a time.time()) has
+    recorded as failed, and waits while another still trains a run. Raises :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
     todo = shard_of(sweep.points, shard)
     # Before any training: a result that could not be kept is not worth computing.
     check_writable(sweep.results, "The results folder")
@@ -573,21 +575,35 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
         name, what = f".sweep.worker-{worker[0]}-of-{worker[1]}.lock", \
             f"Worker {worker[0]}/{worker[1]} of the sweep {sweep.name}"
     with guard.hold(sweep.work / name, what):
-        return _run_held(sweep, todo, shard, together, commit, worker)
+        return _run_held(sweep, todo, shard, together, commit, worker, started)
+
+
+WORKER_POLL = 10.0  # seconds a worker waits before it looks again at runs others hold
 
 
 def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together: bool,
-              commit: bool, worker: tuple[int, int] | None = None) -> int:
+              commit: bool, worker: tuple[int, int] | None = None,
+              started: float | None = None) -> int:
     """:func:`run`'s loop, in a sweep this process holds."""
     from aa_jax.models.loader import load_pretrained
 
     total, failed, busy, waiting, backbones = len(todo), set(), set(), {}, {}
-    crashed = 0  # runs that this process trained and that raised (counted as tried)
+    crashed: set[str] = set()  # runs this process trained and that raised (counted tried)
+
+    def failed_by_sibling(p: Point) -> bool:
+        """Recorded as failed by another worker of this start: the next start retries it."""
+        record = sweep.result_dir(p) / "failed.json"
+        return (worker is not None and started is not None and record.is_file()
+                and record.stat().st_mtime >= started)
+
     while True:
         nxt = None
         for p in todo:
             name = run_name(p)
             if name in failed or name in busy or sweep.done(p):
+                continue
+            if failed_by_sibling(p):
+                failed.add(name)
                 continue
             try:
                 nxt = (p, resolve(sweep, p))
@@ -595,13 +611,21 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
             except Waiting as w:
                 waiting[name] = str(w)
             except UserError as e:
-                print(f"{name}: {e}", file=sys.stderr)
                 with publishing(sweep):
-                    record_failure(sweep, p, e)
-                    if commit:
-                        commit_results(sweep, [p], f"Failed: {sweep.name}/{name}")
+                    if not failed_by_sibling(p):
+                        print(f"{name}: {e}", file=sys.stderr)
+                        record_failure(sweep, p, e)
+                        if commit:
+                            commit_results(sweep, [p], f"Failed: {sweep.name}/{name}")
                 failed.add(name)
         if nxt is None:
+            # A worker waits while another still holds a run: that run, or one waiting
+            # for it, may yet be its to train (or the holder may die and leave it).
+            if worker is not None and any(not sweep.done(p) for p in todo
+                                          if run_name(p) in busy - failed):
+                time.sleep(WORKER_POLL)
+                busy.clear()
+                continue
             break
         point, config = nxt
         group = together_group(sweep, point, config, todo, failed | busy) if together \
@@ -618,7 +642,8 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 # lock: it is done, not to be trained again.
                 if any(sweep.done(p) for p, _ in group):
                     continue
-                count = sum(sweep.done(p) for p in todo) + crashed + len(group)
+                finished = {run_name(p) for p in todo if sweep.done(p)}
+                count = len(finished) + len(crashed - finished) + len(group)
                 where = (f"worker {worker[0]}/{worker[1]}: " if worker else
                          f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else "")
                 print(f"[{where}{count}/{total}] {', '.join(names)}: training", flush=True)
@@ -639,7 +664,7 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                     for p, _ in group:
                         record_failure(sweep, p, e)
                         failed.add(run_name(p))
-                    crashed += len(group)
+                    crashed.update(names)
                     if commit:
                         commit_results(sweep, [p for p, _ in group],
                                        f"Failed: {sweep.name}/{', '.join(names)}")
@@ -670,6 +695,9 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
 
 def cpu_shares(n: int) -> list[list[int]]:
     """This process's CPUs dealt into ``n`` contiguous shares as equal as they can be."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise UserError("--pin-cpus pins each worker to CPUs of its own, which this system "
+                        "does not offer (Linux does); leave --pin-cpus out here.")
     cpus = sorted(os.sched_getaffinity(0))
     if n > len(cpus):
         raise UserError(f"--pin-cpus gives each worker CPUs of its own, but this process "
@@ -695,17 +723,7 @@ def run_workers(args: argparse.Namespace) -> int:
     # One accelerator shared by n processes: none may take most of its memory up front.
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
     n = args.workers
-    if args.pin_cpus:
-        shares = cpu_shares(n)
-        children = [subprocess.Popen(base + ["--worker-of", f"{i}/{n}"], env=env,
-                                     preexec_fn=functools.partial(os.sched_setaffinity, 0,
-                                                                  shares[i - 1]))
-                    for i in range(1, n + 1)]
-    else:
-        children = [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
-                    for i in range(1, n + 1)]
-
-    interrupted = []
+    interrupted, children = [], []
 
     def stop(signum, frame):
         interrupted.append(signum)
@@ -715,13 +733,31 @@ def run_workers(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if args.pin_cpus:
+            # Each child pins itself first thing (PIN_ENV), before it starts any thread.
+            shares, started = cpu_shares(n), f"{time.time():.6f}"
+            for i in range(1, n + 1):
+                children.append(subprocess.Popen(
+                    base + ["--worker-of", f"{i}/{n}", "--started", started],
+                    env={**env, PIN_ENV: ",".join(map(str, shares[i - 1]))}))
+        else:
+            children += [subprocess.Popen(base + ["--shard", f"{i}/{n}"], env=env)
+                         for i in range(1, n + 1)]
         codes = [child.wait() for child in children]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if signal.SIGINT in interrupted:
         raise KeyboardInterrupt
-    return max(codes)
+    # The first child that did not succeed says how the whole ended (killed: 128 + signal).
+    return next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
+
+
+def pin_from_environment() -> None:
+    """Pins this process to the CPUs :func:`run_workers` named for it, if it did."""
+    cpus = os.environ.pop(PIN_ENV, None)
+    if cpus:
+        os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
 
 
 def together_wanted(choice: str) -> bool:
@@ -743,7 +779,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override for quick checks")
     parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="run the sweep as N shards in N processes on this machine")
+                        help="run the sweep in N processes on this machine: N shards of "
+                        "cells, or with --pin-cpus N workers that share it run by run")
     parser.add_argument("--pin-cpus", action="store_true",
                         help="with --workers on a machine without an accelerator: each "
                         "worker runs on its own share of the CPUs (XLA's thread pool "
@@ -763,6 +800,7 @@ def main(argv=None) -> int:
                         "sweep's TABLE.md (and the README's excerpt of it) refreshed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-of", type=parse_shard, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         sweep = Sweep.load(args.sweep, args.glue_dir,
@@ -778,13 +816,18 @@ def main(argv=None) -> int:
         if args.pin_cpus and args.workers < 2:
             raise UserError("--pin-cpus shares the CPUs among workers; give it with "
                             "--workers N, N at least 2.")
+        if args.pin_cpus and args.together == "on":
+            raise UserError("--pin-cpus trains one run at a time in each worker; leave out "
+                            "--together, or leave out --pin-cpus to train seeds together.")
+        if args.pin_cpus:
+            args.together = "off"
         if args.plan:
             plan(sweep, shard_of(sweep.points, args.shard))
             return 0
         if args.workers > 1:
             return run_workers(args)
         return run(sweep, args.shard, together_wanted(args.together), args.commit,
-                   args.worker_of)
+                   args.worker_of, args.started)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
@@ -800,6 +843,7 @@ if __name__ == "__main__":
     from aa_jax.allocator import reexec_with_mimalloc
     from aa_jax.cache import enable_compilation_cache
 
+    pin_from_environment()
     reexec_with_mimalloc(sys.argv)
     enable_compilation_cache()
     # Whole lines, one write each: the shards of --workers share one terminal or pipe, and
