@@ -370,6 +370,21 @@ def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monk
     assert "2 runs have no measured training time" in out  # mrpc
     assert "set-up and test evaluation add to the 2 runs" in out
 
+    # Pinned workers: runs on a worker's CPUs come first, the others where none fits.
+    run = results / "old" / "rte-aa-100-one-cpu"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": 2}))
+    (run / "result.json").write_text(json.dumps(
+        {"task": "rte", "train_size": 100, "method": "aa", "train_seconds": 60.0, "cpus": 1,
+         "setup_and_test_seconds": 50.0}))
+    got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
+           for p, train, setup in sweep.estimate(s, s.points, cpus=1)}
+    assert got[("rte", 100)] == (120.0, 50.0)  # the one-CPU run alone
+    assert got[("cola", 300)] == (120.0, 15.0)  # no one-CPU run of cola: all runs
+    monkeypatch.setattr(sweep, "cpu_shares", lambda n: [[0], [1]])
+    sweep.plan(s, s.points, workers=2)
+    assert "with 2 pinned workers of 1 CPU each" in capsys.readouterr().out
+
 
 def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, monkeypatch):
     repo = tmp_path / "main"
