@@ -587,7 +587,8 @@ def run(sweep: Sweep, shard: tuple[int, int] = (1, 1), together: bool = False,
     ``worker=(i, n)`` (``--pin-cpus``) takes the whole sweep instead, as worker ``i`` of
     ``n`` that share it run by run: each trains the next run that no other holds, leaves
     alone a run that another worker of the same start (``started``, a time.time()) has
-    recorded as failed, and waits while another still trains a run. Raises :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
+    recorded as failed, and waits while another still trains a run. Raises
+    :class:`aa_jax.guard.Busy` when another process runs the same sweep (shard)."""
     todo = shard_of(sweep.points, shard)
     # Before any training: a result that could not be kept is not worth computing.
     check_writable(sweep.results, "The results folder")
