@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +168,21 @@ def test_fake_glue_files_load(fake_glue):
         load_split("cola", "test", fake_glue)
     unlabeled = load_split("stsb", "test", fake_glue, require_labels=False)
     assert np.all(unlabeled.labels == -1.0)
+
+
+def test_loading_a_glue_split_imports_neither_pandas_nor_pyarrow_s_dataset(fake_glue):
+    """GLUE's Parquet files are read with the file's own reader: ``pq.read_table`` would
+    import ``pyarrow.dataset`` and pandas, which take longer than reading the split."""
+    code = ("import sys\n"
+            "from aa_jax.data import load_split\n"
+            f"split = load_split('rte', 'train', {str(fake_glue)!r})\n"
+            "assert len(split) == 64\n"
+            "print(sorted(m for m in ('pandas', 'pyarrow.dataset', 'pyarrow.compute')\n"
+            "             if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_fake_glue_writes_mnli_with_its_own_split_names(tmp_path):

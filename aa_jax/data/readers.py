@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aa_jax.errors import UserError
 
@@ -23,13 +22,16 @@ def _read_parquet(path: Path, columns: Sequence[str], what: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        available = pq.ParquetFile(path).schema_arrow.names
+        parquet = pq.ParquetFile(path)
+        available = parquet.schema_arrow.names
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{what} is not a readable Parquet file ({_first_line(error)}); "
                         f"replace it with an intact copy.") from error
     _require_columns(available, columns, what)
     try:
-        table = pq.read_table(path, columns=list(columns))
+        # The file's own reader: pq.read_table goes through pyarrow.dataset, whose import
+        # (with pandas) costs more than reading a GLUE split.
+        table = parquet.read(columns=list(columns))
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{what} is corrupt or truncated ({_first_line(error)}); "
                         f"replace it with an intact copy.") from error
@@ -180,6 +182,8 @@ def _text_lists(table: pa.Table, text_columns: Sequence[str], what: str) -> tupl
             raise UserError(f"{what} has {column.null_count} missing value(s) in text column "
                             f"{name}; drop or fill those rows.")
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            import pyarrow.compute as pc
+
             try:
                 column = pc.cast(column, pa.string())
             except pa.ArrowException as error:
