@@ -106,11 +106,14 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
     Only what the backbone does not provide is initialised (adapters, switches,
     rationals, the head, and a pooler the checkpoint lacks): the jitted init returns just
     those leaves, so XLA never builds the random BERT that ``model.init`` describes.
+    They are drawn by the unrolled model and then stacked, so a seed starts from the same
+    weights whether the model runs scanned or unrolled (a scan splits the init key its own
+    way).
     """
+    unrolled = model.clone(scan=False)
     dummy = jnp.zeros((1, 8), jnp.int32)
-    shapes = flatten_dict(jax.eval_shape(lambda k: model.init(k, dummy), key)["params"])
+    shapes = flatten_dict(jax.eval_shape(lambda k: unrolled.init(k, dummy), key)["params"])
     groups = param_groups(unflatten_dict(shapes))
-    backbone = stack_layers(backbone, encoder_segments(model))
     given = {("bert",) + k: v for k, v in flatten_dict(backbone).items()}
     for k, v in given.items():
         if k not in shapes or shapes[k].shape != v.shape:
@@ -119,13 +122,15 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
     needed = {"/".join(k) for k, g in groups.items() if g != "frozen" or k not in given}
 
     def init(k):
-        flat = flatten_dict(model.init(k, dummy)["params"])
+        flat = flatten_dict(unrolled.init(k, dummy)["params"])
         return {"/".join(p): v for p, v in flat.items() if "/".join(p) in needed}
 
     made = {tuple(name.split("/")): v for name, v in jax.jit(init)(key).items()}
     trainable = {k: v for k, v in made.items() if groups[k] != "frozen"}
     frozen = {**given, **{k: v for k, v in made.items() if groups[k] == "frozen"}}
-    return unflatten_dict(trainable), unflatten_dict(frozen)
+    layout = encoder_segments(model)
+    return (stack_layers(unflatten_dict(trainable), layout),
+            stack_layers(unflatten_dict(frozen), layout))
 
 
 def setup(config: TrainConfig, pretrained=None, architecture: Architecture | None = None,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from aa_jax.experiment import init_params
 from aa_jax.methods import METHODS
 from aa_jax.models.bert import (BertForSequenceClassification, BertModel, encoder_segments,
                                 segments)
@@ -96,6 +97,33 @@ def test_scanned_and_unrolled_draw_the_same_noise_in_training(minilm, method, ad
             scale = max(1.0, float(np.max(np.abs(np.asarray(g)))))
             np.testing.assert_allclose(np.asarray(got_grad[path]), np.asarray(g), rtol=0,
                                        atol=TOL * scale, err_msg=str(path))
+
+
+@pytest.mark.parametrize("method, adapter", [("aa", "seq_bn"), ("last_n", "seq_bn"),
+                                             ("aa", "lora")])
+def test_a_seed_starts_from_the_same_weights_scanned_or_unrolled(minilm, method, adapter):
+    """init_params draws with the unrolled model and stacks, so the layout a run trains in
+    (scanned on accelerators, unrolled on the CPU) does not change its initial weights."""
+    depth = minilm.config.num_hidden_layers
+    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3,
+                                        adapter=adapter)
+    unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
+                                             pooling="pooler")
+    key = jax.random.key(42)
+    want = [flatten_dict(t) for t in init_params(unrolled, key, minilm.params)]
+    got = init_params(unrolled.clone(scan=True), key, minilm.params)
+    assert segments_of(got[1]) == segments(arch)  # the trainable tree: adapter layers only
+    assert set(segments_of(got[0])) <= set(segments(arch))
+    for want_tree, got_tree in zip(want, got):
+        got_flat = flatten_dict(unstack_layers(got_tree))
+        assert set(got_flat) == set(want_tree)
+        for path, value in want_tree.items():
+            np.testing.assert_array_equal(np.asarray(got_flat[path]), np.asarray(value),
+                                          err_msg=str(path))
+    # The draws are random: another key gives other adapter weights.
+    other = flatten_dict(init_params(unrolled, jax.random.key(43), minilm.params)[0])
+    adapters = [p for p in want[0] if "encoder" in p]
+    assert adapters and any(not np.array_equal(other[p], want[0][p]) for p in adapters)
 
 
 def test_the_layouts_convert_exactly_both_ways(minilm):
