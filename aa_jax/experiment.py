@@ -111,19 +111,19 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
     way).
     """
     unrolled = model.clone(scan=False)
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    shapes = flatten_dict(jax.eval_shape(lambda k: unrolled.init(k, dummy), key)["params"])
-    groups = param_groups(unflatten_dict(shapes))
     given = {("bert",) + k: v for k, v in flatten_dict(backbone).items()}
-    for k, v in given.items():
-        if k not in shapes or shapes[k].shape != v.shape:
-            raise ValueError(f"backbone parameter {'/'.join(k)} {v.shape} does not fit the "
-                             f"model {shapes[k].shape if k in shapes else '(absent)'}")
-    needed = {"/".join(k) for k, g in groups.items() if g != "frozen" or k not in given}
+    groups: dict = {}
 
-    def init(k):
-        flat = flatten_dict(unrolled.init(k, dummy)["params"])
-        return {"/".join(p): v for p, v in flat.items() if "/".join(p) in needed}
+    def init(k):  # traced once: the backbone's shapes are checked as it is traced
+        flat = flatten_dict(unrolled.init(k, jnp.zeros((1, 8), jnp.int32))["params"])
+        for path, v in given.items():
+            if path not in flat or flat[path].shape != v.shape:
+                raise ValueError(f"backbone parameter {'/'.join(path)} {v.shape} does not "
+                                 f"fit the model "
+                                 f"{flat[path].shape if path in flat else '(absent)'}")
+        groups.update(param_groups(unflatten_dict(flat)))
+        return {"/".join(p): v for p, v in flat.items()
+                if groups[p] != "frozen" or p not in given}
 
     made = {tuple(name.split("/")): v for name, v in jax.jit(init)(key).items()}
     trainable = {k: v for k, v in made.items() if groups[k] != "frozen"}

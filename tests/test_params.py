@@ -117,6 +117,21 @@ def test_init_params_adds_a_missing_pooler(tmp_path):
     assert "pooler" not in trainable.get("bert", {})
 
 
+def test_init_params_names_a_backbone_weight_that_does_not_fit(tiny):
+    model = _model(tiny, "aa")
+    flat = flatten_dict(tiny.params)
+    wrong = dict(flat)
+    wrong[("pooler", "dense", "kernel")] = np.zeros((32, 16), np.float32)
+    with pytest.raises(ValueError, match=r"pooler/dense/kernel \(32, 16\) does not fit the "
+                       r"model \(32, 32\)"):
+        init_params(model, jax.random.key(0), unflatten_dict(wrong))
+    extra = {**flat, ("encoder", "layer_9", "output", "dense", "kernel"):
+             np.zeros((4, 4), np.float32)}
+    with pytest.raises(ValueError, match=r"layer_9/output/dense/kernel \(4, 4\) does not "
+                       r"fit the model \(absent\)"):
+        init_params(model, jax.random.key(0), unflatten_dict(extra))
+
+
 # -- the head a checkpoint declares -----------------------------------------------------
 
 def test_minilm_declares_mean_pooling_and_auto_uses_it(minilm):
