@@ -340,6 +340,16 @@ def test_out_of_range_labels_are_user_errors(tmp_path, labels, message):
         load_split("rte", "train", tmp_path)
 
 
+def test_unsigned_labels_beyond_int64_are_a_user_error(tmp_path):
+    _write(_rte_file(tmp_path), {"sentence1": ["a"] * 3, "sentence2": ["b"] * 3,
+                                 "label": [0, 2 ** 63, 1]}, {"label": pa.uint64()})
+    with pytest.raises(UserError, match=r"has labels 9223372036854775808 outside rte's"):
+        load_split("rte", "train", tmp_path)
+    _write(_rte_file(tmp_path), {"sentence1": ["a"] * 2, "sentence2": ["b"] * 2,
+                                 "label": [1, 0]}, {"label": pa.uint8()})
+    assert load_split("rte", "train", tmp_path).labels.tolist() == [1, 0]
+
+
 def test_non_integer_class_labels_and_missing_text_are_user_errors(tmp_path):
     _write(_rte_file(tmp_path), {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0.5, 1.0]},
            {"label": pa.float64()})

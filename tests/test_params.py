@@ -117,6 +117,26 @@ def test_init_params_adds_a_missing_pooler(tmp_path):
     assert "pooler" not in trainable.get("bert", {})
 
 
+def test_init_params_draws_what_the_paper_v2_runs_drew(tiny):
+    """The unrolled draws are pinned: these values came from init_params before it drew
+    with the unrolled model in every layout (the code that trained paper_v2's CPU runs).
+    The tolerance allows for the last bits of the initializer's float32 functions, which
+    another CPU may vectorise differently; another draw differs in the first digit."""
+    trainable = flatten_dict(init_params(_model(tiny, "aa"), jax.random.key(0),
+                                         tiny.params)[0])
+    pinned = {
+        "bert/encoder/layer_0/output/slot/adapter/down/kernel":
+            [-0.01607111282646656, 0.018204854801297188, 0.011978937312960625],
+        "bert/encoder/layer_1/output/slot/adapter/up/kernel":
+            [0.005817599128931761, 0.006770619191229343, -0.01698385737836361],
+        "classifier/kernel": [-0.01371712051331997, -0.023231161758303642,
+                              0.012275492772459984],
+    }
+    for name, values in pinned.items():
+        got = np.asarray(trainable[tuple(name.split("/"))]).reshape(-1)[:3]
+        np.testing.assert_allclose(got, values, rtol=1e-6, err_msg=name)
+
+
 def test_init_params_names_a_backbone_weight_that_does_not_fit(tiny):
     model = _model(tiny, "aa")
     flat = flatten_dict(tiny.params)

@@ -11,7 +11,7 @@ from aa_jax.methods import METHODS
 from aa_jax.models.bert import (BertForSequenceClassification, BertModel, encoder_segments,
                                 segments)
 from aa_jax.models.loader import with_backbone
-from aa_jax.params import (layer_params, param_role, segments_of, stack_layers,
+from aa_jax.params import (layer_params, merge, param_role, segments_of, stack_layers,
                            unstack_layers)
 
 # Both compute the same float32 operations on the same values; XLA may order or fuse
@@ -99,8 +99,8 @@ def test_scanned_and_unrolled_draw_the_same_noise_in_training(minilm, method, ad
                                        atol=TOL * scale, err_msg=str(path))
 
 
-@pytest.mark.parametrize("method, adapter", [("aa", "seq_bn"), ("last_n", "seq_bn"),
-                                             ("aa", "lora")])
+@pytest.mark.parametrize("method, adapter", [(m, "seq_bn") for m in METHODS]
+                         + [("aa", "lora")])
 def test_a_seed_starts_from_the_same_weights_scanned_or_unrolled(minilm, method, adapter):
     """init_params draws with the unrolled model and stacks, so the layout a run trains in
     (scanned on accelerators, unrolled on the CPU) does not change its initial weights."""
@@ -109,17 +109,28 @@ def test_a_seed_starts_from_the_same_weights_scanned_or_unrolled(minilm, method,
                                         adapter=adapter)
     unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
                                              pooling="pooler")
+    scanned = unrolled.clone(scan=True)
     key = jax.random.key(42)
     want = [flatten_dict(t) for t in init_params(unrolled, key, minilm.params)]
-    got = init_params(unrolled.clone(scan=True), key, minilm.params)
-    assert segments_of(got[1]) == segments(arch)  # the trainable tree: adapter layers only
-    assert set(segments_of(got[0])) <= set(segments(arch))
+    got = init_params(scanned, key, minilm.params)
+    # Stacked as the scanned model lays its params out, leaf for leaf ...
+    ids, tt, mask = _inputs()
+    layout = jax.eval_shape(lambda k: scanned.init(k, ids), key)["params"]
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), merge(*got)) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), layout)
+    assert segments_of(got[1]) == segments(arch)
+    # ... with the unrolled draws, bit for bit ...
     for want_tree, got_tree in zip(want, got):
         got_flat = flatten_dict(unstack_layers(got_tree))
         assert set(got_flat) == set(want_tree)
         for path, value in want_tree.items():
             np.testing.assert_array_equal(np.asarray(got_flat[path]), np.asarray(value),
                                           err_msg=str(path))
+    # ... so both models compute the same logits from them.
+    np.testing.assert_allclose(
+        np.asarray(scanned.apply({"params": merge(*got)}, ids, tt, mask)[0]),
+        np.asarray(unrolled.apply({"params": merge(*[unflatten_dict(t) for t in want])},
+                                  ids, tt, mask)[0]), rtol=0, atol=TOL)
     # The draws are random: another key gives other adapter weights.
     other = flatten_dict(init_params(unrolled, jax.random.key(43), minilm.params)[0])
     adapters = [p for p in want[0] if "encoder" in p]

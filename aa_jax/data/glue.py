@@ -258,8 +258,9 @@ def _glue_labels(column: pa.ChunkedArray, task: Task, what: str,
                         f"numbers; use the numeric label ids of {HUB_DATASET}.")
     # Through Python numbers: pyarrow's conversion to NumPy imports pandas, which takes
     # longer than converting even MNLI's 393k labels this way.
-    values = np.array(column.to_pylist(),
-                      dtype=np.float64 if pa.types.is_floating(column.type) else np.int64)
+    kind = (np.float64 if pa.types.is_floating(column.type) else
+            np.uint64 if pa.types.is_unsigned_integer(column.type) else np.int64)
+    values = np.array(column.to_pylist(), dtype=kind)
     if task.is_regression:
         labels = values.astype(np.float32)
         if require_labels:
@@ -268,16 +269,15 @@ def _glue_labels(column: pa.ChunkedArray, task: Task, what: str,
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
         raise UserError(f"{what} has non-integer class labels; {task.name} needs class ids "
                         f"0..{task.num_labels - 1}.")
-    labels = values.astype(np.int64)
     if require_labels:
-        outside = np.unique(labels[(labels < 0) | (labels >= task.num_labels)])
+        outside = np.unique(values[(values < 0) | (values >= task.num_labels)])
         if outside.size:
-            shown = ", ".join(str(v) for v in outside[:5])
+            shown = ", ".join(str(int(v)) for v in outside[:5])
             raise UserError(f"{what} has labels {shown} outside {task.name}'s class ids "
                             f"0..{task.num_labels - 1} ({', '.join(task.label_names)}); use a "
                             f"labeled split (GLUE test splits are unlabeled, label -1) or fix "
                             f"the label column.")
-    return labels.astype(np.int32)
+    return values.astype(np.int32)
 
 
 def _check_targets(labels: np.ndarray, task: Task, what: str) -> None:

@@ -27,14 +27,15 @@ def _read_parquet(path: Path, columns: Sequence[str], what: str) -> pa.Table:
     except (pa.ArrowException, OSError) as error:
         raise UserError(f"{what} is not a readable Parquet file ({_first_line(error)}); "
                         f"replace it with an intact copy.") from error
-    _require_columns(available, columns, what)
-    try:
-        # The file's own reader: pq.read_table goes through pyarrow.dataset, whose import
-        # (with pandas) costs more than reading a GLUE split.
-        table = parquet.read(columns=list(columns))
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{what} is corrupt or truncated ({_first_line(error)}); "
-                        f"replace it with an intact copy.") from error
+    with parquet:
+        _require_columns(available, columns, what)
+        try:
+            # The file's own reader: pq.read_table goes through pyarrow.dataset, whose
+            # import (with pandas) costs more than reading a GLUE split.
+            table = parquet.read(columns=list(columns))
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{what} is corrupt or truncated ({_first_line(error)}); "
+                            f"replace it with an intact copy.") from error
     return _check_valid(table, what)
 
 
