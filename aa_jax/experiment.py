@@ -23,9 +23,9 @@ from aa_jax.config import DTYPES, LOCATION_FIELDS, TrainConfig
 from aa_jax.data import glue, pipeline
 from aa_jax.errors import UserError
 from aa_jax.methods import Method, get_method, read_learned, selected_layers_from
-from aa_jax.models.bert import BertForSequenceClassification, encoder_segments
+from aa_jax.models.bert import BertForSequenceClassification, in_layout
 from aa_jax.models.loader import declared_pooling, load_pretrained
-from aa_jax.params import param_groups, stack_layers
+from aa_jax.params import param_groups
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -128,9 +128,7 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
     made = {tuple(name.split("/")): v for name, v in jax.jit(init)(key).items()}
     trainable = {k: v for k, v in made.items() if groups[k] != "frozen"}
     frozen = {**given, **{k: v for k, v in made.items() if groups[k] == "frozen"}}
-    layout = encoder_segments(model)
-    return (stack_layers(unflatten_dict(trainable), layout),
-            stack_layers(unflatten_dict(frozen), layout))
+    return in_layout(unflatten_dict(trainable), model), in_layout(unflatten_dict(frozen), model)
 
 
 def setup(config: TrainConfig, pretrained=None, architecture: Architecture | None = None,
