@@ -45,8 +45,8 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
                                           pooling=exp.pooling, scan=False)
     params = merge(unstack_layers(params), unstack_layers(exp.frozen))
 
-    @jax.jit
-    def downs(batch):
+    @jax.jit  # the weights are arguments: as constants they made each run's program
+    def downs(params, batch):  # ~80 MB and compiled again for every run
         _, state = model.apply({"params": params}, batch["input_ids"],
                                batch["token_type_ids"], batch["attention_mask"],
                                deterministic=True,
@@ -66,7 +66,7 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
                                   exp.config.batch_size):
         mask = np.asarray(batch["attention_mask"], bool) & (
             np.asarray(batch["weights"])[:, None] != 0)
-        for layer, z in downs(batch).items():
+        for layer, z in downs(params, batch).items():
             values = np.asarray(z, np.float64)[mask].reshape(-1)
             counts[layer] = counts.get(layer, 0) + np.histogram(values, EDGES)[0]
             below, above = int((values < EDGES[0]).sum()), int((values > EDGES[-1]).sum())
