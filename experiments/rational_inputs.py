@@ -45,8 +45,10 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
                                           pooling=exp.pooling, scan=False)
     params = merge(unstack_layers(params), unstack_layers(exp.frozen))
 
-    @jax.jit  # the weights are arguments: as constants they made each run's program
-    def downs(params, batch):  # ~80 MB and compiled again for every run
+    # The weights are arguments, not constants: as constants every run compiled a program
+    # of its own (about 80 MB for MiniLM).
+    @jax.jit
+    def downs(params, batch):
         _, state = model.apply({"params": params}, batch["input_ids"],
                                batch["token_type_ids"], batch["attention_mask"],
                                deterministic=True,
