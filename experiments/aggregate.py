@@ -833,7 +833,7 @@ def readme_excerpt(table: str) -> str:
         c.strip() != "–" for c in r.strip("|").split("|")[2:-2])]
     claims = section(table, "The paper's claims")
     legend = lines[lines.index(claims[-1]) + 2]
-    return "\n".join([f"*{status}*", "", "Table 2 (rows with results so far):", "", head,
+    return "\n".join([f"*{status}*", "", "Table 2 (the rows with at least one result):", "", head,
                       *rows, "", "The paper's claims beside what was measured here (every "
                       "paired comparison is in TABLE.md):", "", *claims, "", legend])
 
