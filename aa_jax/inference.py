@@ -72,7 +72,9 @@ def predict(adapters: Adapters | str | Path, texts: Sequence[str] | str,
     columns = _columns(adapters, texts, text_pairs)
     encoded = pipeline.encode(adapters.tokenizer, columns, adapters.max_length)
     n = len(encoded)
-    batches: Iterable = pipeline.batches(encoded, np.zeros(n, np.int32), batch_size)
+    order = pipeline.length_order(encoded)  # short batches pad to short widths
+    batches: Iterable = pipeline.batches(encoded, np.zeros(n, np.int32), batch_size,
+                                         order=order)
     if progress:
         from tqdm.auto import tqdm
 
@@ -83,7 +85,9 @@ def predict(adapters: Adapters | str | Path, texts: Sequence[str] | str,
     for batch in batches:
         logits = np.asarray(logits_of(adapters.params, adapters.frozen, batch))
         out.append(logits[batch["weights"] != 0])
-    logits = np.concatenate(out) if out else np.zeros((0, adapters.task.num_labels))
+    logits = np.zeros((n, adapters.task.num_labels))
+    if out:
+        logits[order] = np.concatenate(out)
     return [_prediction(adapters.task, row) for row in logits]
 
 

@@ -254,10 +254,15 @@ def make_predict(model, regression: bool, drop_first: int = 0,
 
 
 def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> dict:
-    preds, gold, weights = [], [], []
-    for batch in pipeline.batches(encoded, labels, batch_size):
-        preds.append(np.asarray(predict(trainable, frozen, batch)))
-        gold.append(batch["labels"])
-        weights.append(batch["weights"])
-    return compute_metrics(task, np.concatenate(preds), np.concatenate(gold),
-                           np.concatenate(weights))
+    """``task``'s metrics of ``predict`` over one encoded split.
+
+    The split is batched from its shortest example to its longest
+    (:func:`aa_jax.data.pipeline.length_order`), so that most batches pad to a short
+    bucket, and the predictions are put back in dataset order before scoring.
+    """
+    order = pipeline.length_order(encoded)
+    preds = [np.asarray(predict(trainable, frozen, batch))
+             for batch in pipeline.batches(encoded, labels, batch_size, order=order)]
+    in_order = np.empty_like(preds[0], shape=(len(order), *preds[0].shape[1:]))
+    in_order[order] = np.concatenate(preds)[:len(order)]
+    return compute_metrics(task, in_order, np.asarray(labels))

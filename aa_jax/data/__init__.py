@@ -27,6 +27,7 @@ from aa_jax.data.pipeline import (
     bucket_length,
     default_buckets,
     encode,
+    length_order,
     num_batches,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "default_buckets",
     "encode",
     "get_task",
+    "length_order",
     "load_custom",
     "load_split",
     "make_splits",

@@ -107,9 +107,21 @@ def num_batches(num_examples: int, batch_size: int, drop_last: bool = False) -> 
     return full + (1 if rest and not drop_last else 0)
 
 
+def length_order(encoded: Encoded) -> np.ndarray:
+    """The examples' indices from the shortest to the longest (ties in dataset order).
+
+    Evaluation batches in this order (``batches(..., order=length_order(e))``) pad most
+    chunks to a short bucket instead of the longest example of a random chunk; a row's
+    prediction does not depend on the rows beside it, only (in its last bits of float32
+    rounding) on the width it was padded to.
+    """
+    return np.argsort(encoded.lengths, kind="stable")
+
+
 def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
             shuffle_seed: int | None = None, drop_last: bool = False,
-            buckets: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+            buckets: Sequence[int] | None = None,
+            order: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yield fixed-shape batches over one encoded split.
 
     Each batch is a dict of numpy arrays, ``B = batch_size`` and ``L`` the bucket of the
@@ -120,10 +132,12 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
     * ``weights``: ``float32[B]``, 1 for real examples and 0 for the filler rows of a
       short final batch.
 
-    ``shuffle_seed=None`` keeps dataset order (evaluation); an integer shuffles with
+    ``shuffle_seed=None`` keeps dataset order; an integer shuffles with
     ``np.random.default_rng(shuffle_seed)``, so a given seed always gives the same
-    order. ``drop_last`` skips a short final batch instead of filling it. ``buckets``
-    defaults to :func:`default_buckets` of ``encoded.max_length``.
+    order. ``order`` (a permutation of the examples, e.g. :func:`length_order`) gives the
+    order instead; it excludes ``shuffle_seed``. ``drop_last`` skips a short final batch
+    instead of filling it. ``buckets`` defaults to :func:`default_buckets` of
+    ``encoded.max_length``.
     """
     labels = np.asarray(labels)
     if labels.shape != (len(encoded),):
@@ -135,9 +149,16 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
     labels = labels.astype(label_dtype)
     lengths = encoded.lengths
 
-    order = np.arange(len(encoded))
-    if shuffle_seed is not None:
+    if order is not None:
+        if shuffle_seed is not None:
+            raise ValueError("give batches either an order or a shuffle_seed, not both")
+        order = np.asarray(order)
+        if not np.array_equal(np.sort(order), np.arange(len(encoded))):
+            raise ValueError(f"order must be a permutation of the {len(encoded)} examples")
+    elif shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(encoded))
+    else:
+        order = np.arange(len(encoded))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         real = len(chunk)
