@@ -260,9 +260,11 @@ def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> d
     (:func:`aa_jax.data.pipeline.length_order`), so that most batches pad to a short
     bucket, and the predictions are put back in dataset order before scoring.
     """
+    if len(encoded) == 0:
+        raise ValueError("no examples to score (the split is empty)")
     order = pipeline.length_order(encoded)
     preds = [np.asarray(predict(trainable, frozen, batch))
              for batch in pipeline.batches(encoded, labels, batch_size, order=order)]
     in_order = np.empty_like(preds[0], shape=(len(order), *preds[0].shape[1:]))
     in_order[order] = np.concatenate(preds)[:len(order)]
-    return compute_metrics(task, in_order, np.asarray(labels))
+    return compute_metrics(task, in_order, pipeline.batch_labels(labels))

@@ -571,15 +571,17 @@ def test_batches_have_fixed_shapes_bucket_lengths_and_masked_padding(tokenizer):
 
 
 def test_length_order_batches_the_short_examples_together():
-    lengths = [40, 3, 70, 3, 10, 33, 5, 64, 2, 31]
+    lengths = [40, 3, 70, 3, 10, 33, 5, 64, 2, 31, 20, 9]
     ids = [np.arange(1, n + 1, dtype=np.int32) for n in lengths]
     encoded = Encoded(input_ids=ids, token_type_ids=[np.zeros_like(x) for x in ids],
                       max_length=128)
     order = length_order(encoded)
-    assert order.tolist() == [8, 1, 3, 6, 4, 9, 5, 0, 7, 2]  # shortest first, ties in order
+    assert order.tolist() == [8, 1, 3, 6, 11, 4, 10, 9, 5, 0, 7, 2]  # shortest first, ties in order
     labels = np.arange(len(ids))
     out = list(batches(encoded, labels, batch_size=4, order=order))
-    assert [b["input_ids"].shape[1] for b in out] == [32, 64, 128]  # in dataset order: 64, 128, 64
+    assert [b["input_ids"].shape[1] for b in out] == [32, 32, 128]
+    assert [b["input_ids"].shape[1] for b in batches(encoded, labels, batch_size=4)] == [
+        128, 64, 32]  # in dataset order
     rows = np.concatenate([b["labels"][b["weights"] > 0] for b in out])
     assert rows.tolist() == order.tolist()
     for b in out:
@@ -587,35 +589,43 @@ def test_length_order_batches_the_short_examples_together():
             assert np.array_equal(b["input_ids"][row, :lengths[i]], ids[i])
     with pytest.raises(ValueError, match="not both"):
         next(batches(encoded, labels, batch_size=4, order=order, shuffle_seed=1))
-    with pytest.raises(ValueError, match="permutation of the 10 examples"):
-        next(batches(encoded, labels, batch_size=4, order=np.zeros(10, int)))
+    for bad in (np.zeros(12, int), order.astype(float), order[None]):
+        with pytest.raises(ValueError, match="permutation of the 12 examples"):
+            next(batches(encoded, labels, batch_size=4, order=bad))
 
 
-def test_evaluate_scores_in_dataset_order_what_it_batched_by_length():
+def test_evaluate_scores_in_dataset_order_what_it_batched_by_length(monkeypatch):
     """``evaluate`` batches by length and must put each prediction back on its example:
-    a predict that reads each row's own tokens (exactly, whatever the width) scores the
-    same as the same predictions in dataset order."""
-    from aa_jax.step import evaluate
+    a predict that reads each row's own tokens (exactly, whatever the width) gives each
+    example its own score, and the metrics see them in dataset order, beside float32
+    labels as the batches carry them."""
+    import aa_jax.step as step
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 100, size=37)
     ids = [rng.integers(1, 1000, size=n).astype(np.int32) for n in lengths]
     encoded = Encoded(input_ids=ids, token_type_ids=[np.zeros_like(x) for x in ids],
                       max_length=128)
-    labels = rng.integers(0, 2, size=37)
-    widths = []
+    labels = rng.uniform(0, 5, size=37)  # float64, as a GLUE split gives them
+    widths, seen = [], []
 
     def predict(trainable, frozen, batch):
         widths.append(batch["input_ids"].shape[1])
-        return (batch["input_ids"].sum(axis=1) + trainable) % 2
+        return batch["input_ids"].sum(axis=1).astype(np.float32) + trainable
 
-    task = get_task("mrpc")  # accuracy and F1, which depend on which example is which
-    got = evaluate(predict, 0, None, encoded, labels, task, batch_size=8)
+    def metrics(task, predictions, gold):
+        seen.append((predictions, gold))
+        return {}
+
+    monkeypatch.setattr(step, "compute_metrics", metrics)
+    step.evaluate(predict, 0.5, None, encoded, labels, get_task("stsb"), batch_size=8)
     assert widths == sorted(widths) and widths[0] < widths[-1]
-    want = np.array([(x.sum() + 0) % 2 for x in ids])
-    from aa_jax.data import compute_metrics
-    assert got == compute_metrics(task, want, labels)
-    assert got != compute_metrics(task, want[::-1], labels)  # the check can fail
+    (predictions, gold), = seen
+    assert np.array_equal(predictions, [x.sum() + 0.5 for x in ids])
+    assert gold.dtype == np.float32 and np.array_equal(gold, labels.astype(np.float32))
+    with pytest.raises(ValueError, match="split is empty"):
+        step.evaluate(predict, 0.5, None, Encoded([], [], 128), np.zeros(0),
+                      get_task("stsb"), batch_size=8)
 
 
 def test_batches_shuffle_deterministically_and_drop_last():

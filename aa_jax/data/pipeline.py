@@ -107,13 +107,20 @@ def num_batches(num_examples: int, batch_size: int, drop_last: bool = False) -> 
     return full + (1 if rest and not drop_last else 0)
 
 
+def batch_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as batches carry them: ``float32`` targets or ``int32`` class ids."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int32)
+
+
 def length_order(encoded: Encoded) -> np.ndarray:
     """The examples' indices from the shortest to the longest (ties in dataset order).
 
     Evaluation batches in this order (``batches(..., order=length_order(e))``) pad most
     chunks to a short bucket instead of the longest example of a random chunk; a row's
     prediction does not depend on the rows beside it, only (in its last bits of float32
-    rounding) on the width it was padded to.
+    rounding) on the width it was padded to. Each width is a program of its own, so a
+    split whose examples span several buckets compiles (or loads) one program per bucket.
     """
     return np.argsort(encoded.lengths, kind="stable")
 
@@ -145,15 +152,15 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(encoded.max_length)
-    label_dtype = np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int32
-    labels = labels.astype(label_dtype)
+    labels = batch_labels(labels)
     lengths = encoded.lengths
 
     if order is not None:
         if shuffle_seed is not None:
             raise ValueError("give batches either an order or a shuffle_seed, not both")
         order = np.asarray(order)
-        if not np.array_equal(np.sort(order), np.arange(len(encoded))):
+        if (order.ndim != 1 or not np.issubdtype(order.dtype, np.integer)
+                or not np.array_equal(np.sort(order), np.arange(len(encoded)))):
             raise ValueError(f"order must be a permutation of the {len(encoded)} examples")
     elif shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(encoded))
