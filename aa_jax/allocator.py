@@ -7,13 +7,23 @@ minor page faults and 0.7 s of system time. mimalloc, told to keep freed memory 
 before returning it (``MIMALLOC_PURGE_DELAY=10000``; a step reuses it well within that),
 takes a few hundred faults per step (the step 1.47 s -> 1.13 s); over a whole run it keeps
 more memory resident than glibc (about 6 GB against 2.6 GB for the README's main job).
-Keeping memory for ever (-1), a preallocated arena, or mimalloc without transparent huge
-pages each
-left some processes in a slow state (0.7-1 s of system time per step) in repeated
-trials; the 10 s delay did not. It installs with the project (the ``cmeel-mimalloc``
-wheel), and
+Keeping memory for ever (-1) or a preallocated arena left some processes in a slow state
+(0.7-1 s of system time per step) in repeated trials; the 10 s delay did not.
+
+mimalloc is also told not to ask for transparent huge pages (``MIMALLOC_ALLOW_THP=0``).
+Where the kernel gives huge pages on request (``enabled=madvise``, a common setting, and
+``defrag=madvise``, which lets such a request compact memory), each first touch of a 2 MB
+region waits until the kernel has found or assembled a free 2 MB page. On a machine whose
+memory had been in use for hours, the README's main job took 1,500-1,900 such faults and
+11-18 s of system time, against about 2.5 s with ordinary pages. Without them its user
+time was 3-5% higher (the TLB covers less), and a training step at 32 x 128 up to about
+10% slower: a smaller cost there (README, Speed), which may not be so where free huge
+pages are cheap to find.
+
+It installs with the project (the ``cmeel-mimalloc`` wheel), and
 :func:`reexec_with_mimalloc` restarts the process with it preloaded, before JAX is
-imported, so that users need not know any of this.
+imported, so that users need not know any of this. A setting already in the environment
+wins over these (``MIMALLOC_ALLOW_THP=1`` gives huge pages back).
 
 ``AA_JAX_ALLOCATOR=system`` keeps the C library's allocator. Nothing happens off Linux,
 inside an already-preloaded process, or when the library is missing.
@@ -29,7 +39,8 @@ ENV = "AA_JAX_ALLOCATOR"
 _RESTARTED = "_AA_JAX_ALLOCATOR_RESTARTED"  # set in the restarted process: never loop
 # Keep freed memory for 10 s: the next step's buffers reuse it instead of faulting in
 # fresh pages, and memory that is not reused still goes back to the OS.
-MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "10000"}
+# No transparent huge pages: their first touch can stall on the kernel's compaction.
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "10000", "MIMALLOC_ALLOW_THP": "0"}
 
 
 def mimalloc_library() -> Path | None:

@@ -106,6 +106,42 @@ def test_the_command_restarts_with_mimalloc_unless_told_not_to(tiny_checkpoint, 
     assert json.loads(out.stdout.splitlines()[-1])["allocator"] == want
 
 
+class _Restarted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("user_thp, want_thp", [(None, "0"), ("1", "1")])
+def test_the_restart_preloads_mimalloc_with_its_settings(monkeypatch, tmp_path, user_thp,
+                                                          want_thp):
+    """The restarted process gets mimalloc preloaded, freed memory kept for 10 s and no
+    transparent huge pages; a setting the user already made wins."""
+    from aa_jax import allocator
+
+    lib = tmp_path / "libmimalloc.so.2"
+    seen = {}
+
+    def execve(path, argv, env):
+        seen.update(path=path, argv=argv, env=env)
+        raise _Restarted
+
+    monkeypatch.setattr(allocator, "mimalloc_library", lambda: lib)
+    monkeypatch.setattr(allocator.os, "execve", execve)
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    for name in ("LD_PRELOAD", allocator.ENV, allocator._RESTARTED, "MIMALLOC_PURGE_DELAY",
+                 "MIMALLOC_ALLOW_THP"):
+        monkeypatch.delenv(name, raising=False)
+    if user_thp is not None:
+        monkeypatch.setenv("MIMALLOC_ALLOW_THP", user_thp)
+    with pytest.raises(_Restarted):
+        allocator.reexec_with_mimalloc(["-m", "aa_jax.cli", "train"])
+    env = seen["env"]
+    assert seen["argv"] == [sys.executable, "-m", "aa_jax.cli", "train"]
+    assert env["LD_PRELOAD"].split()[0] == str(lib)
+    assert env["MIMALLOC_PURGE_DELAY"] == "10000"
+    assert env["MIMALLOC_ALLOW_THP"] == want_thp
+    assert env[allocator._RESTARTED] == "1"
+
+
 @pytest.mark.parametrize("argv, want", [
     ([], (1e-4, 0.05, 0.01)),
     (["--protocol", "cpu"], (3e-3, 0.15, 0.03)),
