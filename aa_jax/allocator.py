@@ -16,9 +16,10 @@ Where the kernel gives huge pages on request (``enabled=madvise``, a common sett
 region waits until the kernel has found or assembled a free 2 MB page. On a machine whose
 memory had been in use for hours, the README's main job took 1,500-1,900 such faults and
 11-18 s of system time, against about 2.5 s with ordinary pages. Without them its user
-time was 3-5% higher (the TLB covers less), and a training step at 32 x 128 up to about
-10% slower: a smaller cost there (README, Speed), which may not be so where free huge
-pages are cheap to find.
+time was 3-5% higher (the TLB covers less); at 32 x 128, alternated in one session, a
+training step took 1-2% longer and inference 6-13% longer. A smaller cost there (README,
+Speed); where free huge pages are cheap to find, or a long job mostly predicts, it may
+not be.
 
 It installs with the project (the ``cmeel-mimalloc`` wheel), and
 :func:`reexec_with_mimalloc` restarts the process with it preloaded, before JAX is
