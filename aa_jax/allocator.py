@@ -10,16 +10,18 @@ more memory resident than glibc (about 6 GB against 2.6 GB for the README's main
 Keeping memory for ever (-1) or a preallocated arena left some processes in a slow state
 (0.7-1 s of system time per step) in repeated trials; the 10 s delay did not.
 
-mimalloc is also told not to ask for transparent huge pages (``MIMALLOC_ALLOW_THP=0``).
-Where the kernel gives huge pages on request (``enabled=madvise``, a common setting, and
-``defrag=madvise``, which lets such a request compact memory), each first touch of a 2 MB
-region waits until the kernel has found or assembled a free 2 MB page. On a machine whose
-memory had been in use for hours, the README's main job took 1,500-1,900 such faults and
-11-18 s of system time, against about 2.5 s with ordinary pages. Without them its user
-time was 3-5% higher (the TLB covers less); at 32 x 128, alternated in one session, a
-training step took 1-2% longer and inference 6-13% longer. A smaller cost there (README,
-Speed); where free huge pages are cheap to find, or a long job mostly predicts, it may
-not be.
+mimalloc is also told not to use transparent huge pages (``MIMALLOC_ALLOW_THP=0``; it
+then turns them off for the whole process with ``PR_SET_THP_DISABLE``, and for the
+processes it starts). Where the kernel gives huge pages on request (``enabled=madvise``,
+a common setting), each first touch of a 2 MB region waits while the kernel zeroes a
+2 MB page (and, with ``defrag=madvise``, possibly compacts memory to find one). On a
+machine whose memory had been in use for hours, the README's main job took 1,500-1,900
+such faults and 11-18 s of system time, against about 2.5 s with ordinary pages. Without
+them its user time was 3-5% higher (the TLB covers less); at 32 x 128 a training step
+took 1-2% longer and inference 6-13% longer, alternated in one sitting (about 15% longer
+in the medians of runs not alternated). On this machine that cost is far smaller than
+the stalls (README, Speed); where free huge pages are cheap to find, or a long job
+mostly predicts, it may not be.
 
 It installs with the project (the ``cmeel-mimalloc`` wheel), and
 :func:`reexec_with_mimalloc` restarts the process with it preloaded, before JAX is
@@ -40,7 +42,8 @@ ENV = "AA_JAX_ALLOCATOR"
 _RESTARTED = "_AA_JAX_ALLOCATOR_RESTARTED"  # set in the restarted process: never loop
 # Keep freed memory for 10 s: the next step's buffers reuse it instead of faulting in
 # fresh pages, and memory that is not reused still goes back to the OS.
-# No transparent huge pages: their first touch can stall on the kernel's compaction.
+# No transparent huge pages: each first touch of one made the kernel zero (and perhaps
+# compact memory for) 2 MB, which cost the main job 11-18 s of system time.
 MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "10000", "MIMALLOC_ALLOW_THP": "0"}
 
 
