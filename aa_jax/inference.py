@@ -85,9 +85,8 @@ def predict(adapters: Adapters | str | Path, texts: Sequence[str] | str,
     for batch in batches:
         logits = np.asarray(logits_of(adapters.params, adapters.frozen, batch))
         out.append(logits[batch["weights"] != 0])
-    logits = np.zeros((n, adapters.task.num_labels))
-    if out:
-        logits[order] = np.concatenate(out)
+    logits = (pipeline.in_dataset_order(order, np.concatenate(out)) if out
+              else np.zeros((0, adapters.task.num_labels)))
     return [_prediction(adapters.task, row) for row in logits]
 
 

@@ -263,8 +263,7 @@ def evaluate(predict, trainable, frozen, encoded, labels, task, batch_size) -> d
     if len(encoded) == 0:
         raise ValueError("no examples to score (the split is empty)")
     order = pipeline.length_order(encoded)
-    preds = [np.asarray(predict(trainable, frozen, batch))
+    preds = [np.asarray(predict(trainable, frozen, batch))[batch["weights"] != 0]
              for batch in pipeline.batches(encoded, labels, batch_size, order=order)]
-    in_order = np.empty_like(preds[0], shape=(len(order), *preds[0].shape[1:]))
-    in_order[order] = np.concatenate(preds)[:len(order)]
-    return compute_metrics(task, in_order, pipeline.batch_labels(labels))
+    return compute_metrics(task, pipeline.in_dataset_order(order, np.concatenate(preds)),
+                           pipeline.batch_labels(labels))

@@ -24,6 +24,7 @@ from aa_jax.data import (
     default_buckets,
     encode,
     get_task,
+    in_dataset_order,
     length_order,
     load_custom,
     load_split,
@@ -576,7 +577,8 @@ def test_length_order_batches_the_short_examples_together():
     encoded = Encoded(input_ids=ids, token_type_ids=[np.zeros_like(x) for x in ids],
                       max_length=128)
     order = length_order(encoded)
-    assert order.tolist() == [8, 1, 3, 6, 11, 4, 10, 9, 5, 0, 7, 2]  # shortest first, ties in order
+    # shortest first, ties in dataset order
+    assert order.tolist() == [8, 1, 3, 6, 11, 4, 10, 9, 5, 0, 7, 2]
     labels = np.arange(len(ids))
     out = list(batches(encoded, labels, batch_size=4, order=order))
     assert [b["input_ids"].shape[1] for b in out] == [32, 32, 128]
@@ -584,6 +586,9 @@ def test_length_order_batches_the_short_examples_together():
         128, 64, 32]  # in dataset order
     rows = np.concatenate([b["labels"][b["weights"] > 0] for b in out])
     assert rows.tolist() == order.tolist()
+    assert in_dataset_order(order, rows).tolist() == list(range(12))
+    with pytest.raises(ValueError, match="11 rows for 12 examples"):
+        in_dataset_order(order, rows[:-1])
     for b in out:
         for row, i in enumerate(b["labels"]):
             assert np.array_equal(b["input_ids"][row, :lengths[i]], ids[i])

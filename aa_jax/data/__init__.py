@@ -27,6 +27,7 @@ from aa_jax.data.pipeline import (
     bucket_length,
     default_buckets,
     encode,
+    in_dataset_order,
     length_order,
     num_batches,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "default_buckets",
     "encode",
     "get_task",
+    "in_dataset_order",
     "length_order",
     "load_custom",
     "load_split",

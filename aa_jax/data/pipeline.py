@@ -125,6 +125,17 @@ def length_order(encoded: Encoded) -> np.ndarray:
     return np.argsort(encoded.lengths, kind="stable")
 
 
+def in_dataset_order(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` computed for the examples in ``order`` (one per example, filler rows
+    dropped), put back in dataset order: example ``order[i]`` gets ``rows[i]``."""
+    rows = np.asarray(rows)
+    if len(rows) != len(order):
+        raise ValueError(f"{len(rows)} rows for {len(order)} examples")
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
 def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
             shuffle_seed: int | None = None, drop_last: bool = False,
             buckets: Sequence[int] | None = None,
