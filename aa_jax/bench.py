@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from aa_jax.export import static_architecture
 from aa_jax.methods import METHODS
-from aa_jax.models.bert import BertForSequenceClassification, scans
+from aa_jax.models.layers import scans
 from aa_jax.models.loader import load_pretrained, random_pretrained
 from aa_jax.params import unstack_layers
 from aa_jax.config import TrainConfig
@@ -53,7 +53,6 @@ def architecture(name: str, depth: int, upper: list[int], **options):
 
 def _bench_batch(b: int, n: int) -> dict:
     return {"input_ids": jnp.full((b, n), 1000, jnp.int32),
-            "token_type_ids": jnp.zeros((b, n), jnp.int32),
             "attention_mask": jnp.ones((b, n), jnp.int32),
             "labels": jnp.zeros((b,), jnp.int32), "weights": jnp.ones((b,), jnp.float32)}
 
@@ -112,7 +111,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     ``aa_export`` is an exported AA model whose switches chose those layers.
     ``on_compiled(method, seconds)`` is called once a method's programs are compiled,
     before they are timed (``compile_s`` in its record). ``scan``: the encoder's
-    (:func:`aa_jax.models.bert.scans`; the record's ``scan`` says which ran).
+    (:func:`aa_jax.models.layers.scans`; the record's ``scan`` says which ran).
     """
     pre = pretrained or load_pretrained(model, tokenizer=False)
     depth = pre.config.num_hidden_layers
@@ -123,8 +122,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
     for method in methods:
         arch = architecture(method, depth, upper)
-        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
-                                            dtype=jnp.dtype(dtype), scan=scan)
+        net = pre.family.classifier(pre.config, 2, arch, pooling="pooler",
+                                    dtype=jnp.dtype(dtype), scan=scan)
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         state = [init_state(trainable, tx)]
@@ -210,7 +209,8 @@ def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline",
     lowering, then XLA's compilation, of the jitted train step; ``predict_lower_s`` /
     ``predict_compile_s``: the same for inference. With ``random_weights`` the backbone is
     drawn on the host (:func:`aa_jax.models.loader.random_pretrained`; ``weights_s``),
-    so checkpoints that are not installed (``bert-large``) can be measured offline.
+    so checkpoints that are not installed (``bert-large``, ``roberta-large``) can be
+    measured offline.
     """
     started = time.perf_counter()
     pre = (random_pretrained(model) if random_weights
@@ -223,8 +223,8 @@ def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline",
     for method in methods:
         t = time.perf_counter()
         arch = architecture(method, depth, upper, adapter=adapter)
-        net = BertForSequenceClassification(pre.config, 2, arch, pooling="pooler",
-                                            dtype=jnp.dtype(dtype), scan=scan)
+        net = pre.family.classifier(pre.config, 2, arch, pooling="pooler",
+                                    dtype=jnp.dtype(dtype), scan=scan)
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
         tx = make_optimizer(TrainConfig(), 1000, trainable)
         state = init_state(trainable, tx)

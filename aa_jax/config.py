@@ -18,7 +18,7 @@ from aa_jax.adapters import ACTIVATIONS, KINDS
 from aa_jax.data import glue
 from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS
-from aa_jax.models.bert import POOLINGS
+from aa_jax.models.head import POOLINGS
 from aa_jax.rational import VERSIONS
 
 CONFIG_SCHEMA = "aa_jax.train_config/v1"

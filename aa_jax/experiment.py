@@ -23,7 +23,8 @@ from aa_jax.config import DTYPES, LOCATION_FIELDS, TrainConfig
 from aa_jax.data import glue, pipeline
 from aa_jax.errors import UserError
 from aa_jax.methods import Method, get_method, read_learned, selected_layers_from
-from aa_jax.models.bert import BertForSequenceClassification, in_layout
+from aa_jax.models.head import SequenceClassifier
+from aa_jax.models.layers import in_layout
 from aa_jax.models.loader import declared_pooling, load_pretrained
 from aa_jax.params import param_groups
 
@@ -42,7 +43,7 @@ class Experiment:
     task: glue.Task
     encoded: dict
     labels: dict
-    model: BertForSequenceClassification
+    model: SequenceClassifier
     method: Method
     architecture: Architecture
     trainable: dict
@@ -105,13 +106,13 @@ def init_params(model, key: jax.Array, backbone: dict) -> tuple[dict, dict]:
 
     Only what the backbone does not provide is initialised (adapters, switches,
     rationals, the head, and a pooler the checkpoint lacks): the jitted init returns just
-    those leaves, so XLA never builds the random BERT that ``model.init`` describes.
+    those leaves, so XLA never builds the random backbone that ``model.init`` describes.
     They are drawn by the unrolled model and then stacked, so a seed starts from the same
     weights whether the model runs scanned or unrolled (a scan splits the init key its own
     way).
     """
     unrolled = model.clone(scan=False)
-    given = {("bert",) + k: v for k, v in flatten_dict(backbone).items()}
+    given = {(model.backbone.prefix,) + k: v for k, v in flatten_dict(backbone).items()}
     groups: dict = {}
 
     def init(k):  # traced once: the backbone's shapes are checked as it is traced
@@ -141,10 +142,10 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
     config.validate()
     pretrained = pretrained or load_pretrained(config.model)
     c = pretrained.config
-    if config.max_length > c.max_position_embeddings:
-        raise UserError(f"--max-length {config.max_length} exceeds the model's "
-                        f"{c.max_position_embeddings} position embeddings; use at most "
-                        f"{c.max_position_embeddings}.")
+    most = pretrained.family.max_tokens(c)
+    if config.max_length > most:
+        raise UserError(f"--max-length {config.max_length} exceeds the model's {most} "
+                        f"positions; use at most {most}.")
     if architecture is None:
         architecture = build_architecture(config, c.num_hidden_layers)
     architecture.check_depth(c.num_hidden_layers)
@@ -156,8 +157,8 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
     pooling = pooling or resolve_pooling(config.pooling, pretrained)
-    model = BertForSequenceClassification(c, task.num_labels, architecture,
-                                          dtype=DTYPES[config.dtype], pooling=pooling)
+    model = pretrained.family.classifier(c, task.num_labels, architecture,
+                                         dtype=DTYPES[config.dtype], pooling=pooling)
     init_key = run_keys(config.seed)[0]
     trainable, frozen = init_params(model, init_key, pretrained.params)
     return Experiment(config, task, encoded, labels, model, method, architecture, trainable,

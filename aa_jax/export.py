@@ -9,7 +9,7 @@ without switches are saved as they are.
 :func:`save_adapters` (``aa-jax export RUN --out DIR``) writes one folder:
 
 * ``adapters.safetensors``: the trainable parameters (adapters, rationals, LoRA, head) in
-  the per-layer layout, named by their path (``bert/encoder/layer_3/adapter/down/kernel``);
+  the per-layer layout, named by their path (``bert/encoder/layer_3/adapter/down/kernel``, under the family's prefix);
 * ``adapter_config.json``: everything needed to rebuild the model without the training
   data: the static architecture, pooling, dtype, max length, the task (type, label names,
   metrics), the base model (name, hub id, revision, the SHA-256 of its weights and its
@@ -42,6 +42,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from aa_jax import checkpoint
 from aa_jax.adapters import KINDS, Architecture, LayerSpec
 from aa_jax.errors import UserError, check_writable, storage_error
+from aa_jax.models.registry import DEFAULT_MODEL_TYPE, HUB_IDS, family_of
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
 SCHEMA = "aa_jax.adapters/v1"
@@ -49,8 +50,7 @@ EXPORT_V1 = "aa_jax.export/v1"  # the earlier format: export.json and an orbax p
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
 # The Hub ids of the presets, for the model card and for loading elsewhere.
-HUB_BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2",
-                   "bert-base": "bert-base-uncased", "bert-large": "bert-large-uncased"}
+HUB_BASE_MODELS = HUB_IDS
 # The base model's sizes an adapter folder fits; another value of any is refused.
 BASE_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
               "vocab_size")
@@ -98,7 +98,7 @@ class Adapters:
     folder: Path
     record: dict
     task: Any  # aa_jax.data.Task
-    model: Any  # BertForSequenceClassification
+    model: Any  # the family's SequenceClassifier
     params: dict
     frozen: dict
     tokenizer: Any
@@ -148,7 +148,7 @@ def _weights_sha256(path: Path) -> str | None:
 def base_model_record(name: str, pretrained) -> dict:
     """Where the base model came from and what it is: its name as given, its Hub id and
     revision where known (a preset, a hub id, or a folder in the Hub's cache), the SHA-256
-    of its weights and its sizes."""
+    of its weights, its family (``model_type``) and its sizes."""
     path = Path(pretrained.path)
     hub_id = HUB_BASE_MODELS.get(name)
     if hub_id is None and not Path(name).expanduser().exists() and name.count("/") == 1:
@@ -159,7 +159,8 @@ def base_model_record(name: str, pretrained) -> dict:
         revision = parts[parts.index("snapshots") + 1]
     sizes = {k: int(getattr(pretrained.config, k)) for k in BASE_SIZES}
     return {"name": name, "hub_id": hub_id, "revision": revision,
-            "weights_sha256": _weights_sha256(path), "sizes": sizes}
+            "weights_sha256": _weights_sha256(path),
+            "model_type": pretrained.config.model_type, "sizes": sizes}
 
 
 def _reproduce_command(config) -> str:
@@ -326,6 +327,11 @@ def _adapter_folder(source: str | Path) -> Path:
 
 def _check_base(record: dict, pretrained, folder: Path) -> None:
     want, c = record["base_model"], pretrained.config
+    family = want.get("model_type", DEFAULT_MODEL_TYPE)
+    if family != c.model_type:
+        raise UserError(f"The adapters in {folder} were trained on a {family} model "
+                        f"({want['name']}), not {c.model_type}; load them into that base "
+                        f"model (base_model=... or --model).")
     got = {k: int(getattr(c, k)) for k in BASE_SIZES}
     if got != want["sizes"]:
         diff = ", ".join(f"{k} {want['sizes'][k]} (not {got[k]})" for k in BASE_SIZES
@@ -349,7 +355,6 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     """
     from aa_jax.config import DTYPES
     from aa_jax.experiment import init_params
-    from aa_jax.models.bert import BertForSequenceClassification
     from aa_jax.models.loader import load_pretrained
 
     folder = _adapter_folder(source)
@@ -367,9 +372,9 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     _check_base(record, pretrained, folder)
     task = _task_from_record(record["task"])
     architecture = Architecture.from_dict(record["architecture"])
-    model = BertForSequenceClassification(pretrained.config, task.num_labels, architecture,
-                                          dtype=DTYPES[record["dtype"]],
-                                          pooling=record["pooling"])
+    model = family_of(pretrained.config).classifier(
+        pretrained.config, task.num_labels, architecture, dtype=DTYPES[record["dtype"]],
+        pooling=record["pooling"])
     template, frozen = init_params(model, jax.random.key(0), pretrained.params)
     want = {"/".join(k): v.shape for k, v in flatten_dict(unstack_layers(template)).items()}
     try:

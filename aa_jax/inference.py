@@ -19,6 +19,7 @@ import numpy as np
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
 from aa_jax.export import Adapters, load_adapters
+from aa_jax.models.head import model_inputs
 from aa_jax.params import merge
 
 
@@ -27,8 +28,7 @@ def _logits_fn(adapters: Adapters):
 
     @jax.jit
     def logits(params, frozen, batch):
-        out, _ = model.apply({"params": merge(params, frozen)}, batch["input_ids"],
-                             batch["token_type_ids"], batch["attention_mask"],
+        out, _ = model.apply({"params": merge(params, frozen)}, **model_inputs(model, batch),
                              deterministic=True, adapter_drop=drop or None)
         return out.astype(jnp.float32)
 

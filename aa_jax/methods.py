@@ -42,7 +42,7 @@ from flax.traverse_util import flatten_dict
 
 from aa_jax.adapters import NO_ADAPTER, Architecture, LayerSpec, validate_layer_indices
 from aa_jax.errors import UserError
-from aa_jax.params import layer_params, param_role
+from aa_jax.params import layer_group, layer_params
 from aa_jax.switch import is_selected, switch_probabilities
 
 # v2: switch logits and probabilities in the released branch order (identity, adapter);
@@ -194,7 +194,7 @@ def learned_architecture(params: dict, architecture: Architecture,
     """The learned architecture of a trained model, as a JSON-ready dict.
 
     Args:
-      params: the model's params (``bert/encoder/layer_{i}/...``); only adapter, switch
+      params: the model's params (``<backbone>/encoder/layer_{i}/...``); only adapter, switch
         and rational leaves are read, so trainable params alone suffice.
       architecture: the architecture that was trained.
       source: where it came from (model, task, train_size, seed, method).
@@ -204,7 +204,7 @@ def learned_architecture(params: dict, architecture: Architecture,
     for i, spec in enumerate(architecture.layers):
         by_group: dict[str, list] = {}
         for path, value in flatten_dict(per_layer.get(i, {})).items():
-            group = param_role(("bert", "encoder", f"layer_{i}") + path).group
+            group = layer_group(path)
             by_group.setdefault(group, []).append((path, np.asarray(value, np.float64)))
 
         def leaf(group, name, _found=by_group):

@@ -16,7 +16,7 @@ such a run directory, and ``train`` resumes it.
 A step's batches must share one shape, so each seed's batch is padded to the widest
 sequence bucket among that step's batches (:func:`aa_jax.data.pipeline.widen`). The
 padding is masked out of attention and pooling, and a token's dropout mask depends on its
-position, not on the padded width (:func:`aa_jax.models.bert.dropout_keep_mask`), so each
+position, not on the padded width (:func:`aa_jax.models.layers.dropout_keep_mask`), so each
 seed computes its sequential run up to the rounding of batched kernels
 (``tests/test_seeds.py`` checks it to 1e-10 in float64, widened steps and dropout
 included, and on MiniLM in float32).

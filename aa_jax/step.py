@@ -9,8 +9,9 @@ rate groups (:class:`aa_jax.methods.Method`). Randomness is explicit: the step f
 own step number into the run's training key before splitting it into the ``dropout`` and
 ``gumbel`` streams (and AdapterDrop's draw).
 
-A batch is a dict of host arrays: ``input_ids``, ``token_type_ids``, ``attention_mask``
-(<int32>[batch, length]), ``labels`` (<int32>[batch], or <float32>[batch] for
+A batch is a dict of host arrays: ``input_ids``, ``attention_mask`` and the tokenizer's
+other per-token outputs (<int32>[batch, length]; the model takes those its family names,
+:func:`aa_jax.models.head.model_inputs`), ``labels`` (<int32>[batch], or <float32>[batch] for
 regression) and ``weights`` (<float32>[batch]: 1 for a real example, 0 for the padding
 that fills the last batch), as :func:`aa_jax.data.pipeline.batches` yields them.
 """
@@ -33,6 +34,7 @@ from aa_jax.data.metrics import compute_metrics
 from aa_jax.distributed import multi_process
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNING_RATES
+from aa_jax.models.head import model_inputs
 from aa_jax.params import merge, param_groups
 
 
@@ -163,9 +165,9 @@ def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callabl
 
         def compute_loss(trainable):
             logits, _ = model.apply(
-                {"params": merge(trainable, frozen)}, batch["input_ids"],
-                batch["token_type_ids"], batch["attention_mask"], deterministic=False,
-                adapter_drop=drop, rngs={"dropout": dropout_key, "gumbel": gumbel_key})
+                {"params": merge(trainable, frozen)}, **model_inputs(model, batch),
+                deterministic=False, adapter_drop=drop,
+                rngs={"dropout": dropout_key, "gumbel": gumbel_key})
             return loss_fn(logits, batch, regression)
 
         loss, grads = jax.value_and_grad(compute_loss)(state.trainable)
@@ -182,8 +184,9 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
                     mesh: Mesh | None = None) -> Callable:
     """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
 
-    ``batch`` holds ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels`` and
-    ``weights`` (see the module docstring).
+    ``batch`` holds the model's inputs (``input_ids``, ``attention_mask`` and what else its
+    family takes, see ``model.inputs``), ``labels`` and ``weights`` (see the module
+    docstring).
 
     With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
     is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
@@ -245,9 +248,8 @@ def make_predict(model, regression: bool, drop_first: int = 0,
     """
     def predict(trainable, frozen, batch):
         logits, _ = model.apply(
-            {"params": merge(trainable, frozen)}, batch["input_ids"],
-            batch["token_type_ids"], batch["attention_mask"], deterministic=True,
-            adapter_drop=int(drop_first) if drop_first else None)
+            {"params": merge(trainable, frozen)}, **model_inputs(model, batch),
+            deterministic=True, adapter_drop=int(drop_first) if drop_first else None)
         return logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
 
     return _across_processes(jax.jit(predict, **_shardings(mesh, 2, 3)), mesh, 2)

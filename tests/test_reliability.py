@@ -398,7 +398,7 @@ def test_cli_flags_and_model_errors(capsys, base, tmp_path, monkeypatch):
     _refused(capsys, _with(args, glue_dir=tmp_path / "no-glue"),
              r"GLUE folder .*no-glue does not exist; pass --glue-dir pointing at", out)
     _refused(capsys, _with(args, max_length=256),
-             r"--max-length 256 exceeds the model's 128 position embeddings", out)
+             r"--max-length 256 exceeds the model's 128 positions", out)
     for size, match in (("1000", r"--train-size 1000 is larger than rte's training split "
                                  r"\(48 examples\)"),
                         ("0", r"--train-size 0 is too small"),

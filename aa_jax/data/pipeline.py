@@ -16,7 +16,7 @@ chunks, and pads each chunk to a few fixed shapes:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,14 +28,16 @@ DEFAULT_MAX_LENGTH = 128
 class Encoded:
     """Token ids of one split, unpadded.
 
-    ``input_ids[i]`` and ``token_type_ids[i]`` are ``int32[len_i]`` with
-    ``len_i <= max_length``; token type 0 marks segment A (with ``[CLS]`` and its
-    ``[SEP]``), 1 segment B. ``pad_id`` fills the sequence axis when batching.
+    ``input_ids[i]`` is ``int32[len_i]`` with ``len_i <= max_length``; ``extra`` holds the
+    tokenizer's other per-token outputs by name, each a list like ``input_ids`` (a BERT
+    tokenizer's segment ids, 0 for the first text and 1 for the second; none for
+    RoBERTa's or MPNet's). ``pad_id`` fills ``input_ids``' sequence axis when batching,
+    0 the others'.
     """
 
     input_ids: list[np.ndarray]
-    token_type_ids: list[np.ndarray]
-    max_length: int
+    extra: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    max_length: int = DEFAULT_MAX_LENGTH
     pad_id: int = 0
 
     def __len__(self) -> int:
@@ -54,7 +56,8 @@ def encode(tokenizer, texts: Sequence[Sequence[str]] | Sequence[str],
 
     ``texts`` is one or two columns of ``N`` strings (``Examples.texts``), or a single
     list of strings. Two columns are passed to the tokenizer as a pair, so the second
-    one gets token type 1; pairs are truncated longest-first to ``max_length`` tokens.
+    one is marked as the second segment the way the tokenizer's model expects; pairs are
+    truncated longest-first to ``max_length`` tokens.
     """
     if isinstance(texts, str):
         raise TypeError("encode expects columns of strings, not one string")
@@ -67,16 +70,16 @@ def encode(tokenizer, texts: Sequence[Sequence[str]] | Sequence[str],
     if second is not None and len(second) != len(first):
         raise ValueError("the two text columns have different lengths")
     if not first:
-        return Encoded(input_ids=[], token_type_ids=[], max_length=max_length,
-                       pad_id=_pad_id(tokenizer))
+        return Encoded(input_ids=[], max_length=max_length, pad_id=_pad_id(tokenizer))
     out = tokenizer(first, second, truncation=True, max_length=max_length, padding=False,
-                    return_token_type_ids=True, return_attention_mask=False)
-    return Encoded(
-        input_ids=[np.asarray(ids, dtype=np.int32) for ids in out["input_ids"]],
-        token_type_ids=[np.asarray(ids, dtype=np.int32) for ids in out["token_type_ids"]],
-        max_length=max_length,
-        pad_id=_pad_id(tokenizer),
-    )
+                    return_attention_mask=False)
+
+    def arrays(rows):
+        return [np.asarray(ids, dtype=np.int32) for ids in rows]
+
+    return Encoded(input_ids=arrays(out["input_ids"]),
+                   extra={k: arrays(v) for k, v in out.items() if k != "input_ids"},
+                   max_length=max_length, pad_id=_pad_id(tokenizer))
 
 
 def _pad_id(tokenizer) -> int:
@@ -145,7 +148,7 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
     Each batch is a dict of numpy arrays, ``B = batch_size`` and ``L`` the bucket of the
     longest example in the batch:
 
-    * ``input_ids``, ``token_type_ids``, ``attention_mask``: ``int32[B, L]``;
+    * ``input_ids``, ``attention_mask`` and each of ``encoded.extra``: ``int32[B, L]``;
     * ``labels``: ``int32[B]`` class ids, or ``float32[B]`` when ``labels`` is floating;
     * ``weights``: ``float32[B]``, 1 for real examples and 0 for the filler rows of a
       short final batch.
@@ -186,38 +189,39 @@ def batches(encoded: Encoded, labels: np.ndarray, batch_size: int = 32,
             chunk = np.concatenate([chunk, np.full(batch_size - real, chunk[0])])
         width = bucket_length(int(lengths[chunk].max()), buckets)
         input_ids = np.full((batch_size, width), encoded.pad_id, dtype=np.int32)
-        token_type_ids = np.zeros((batch_size, width), dtype=np.int32)
+        extra = {k: np.zeros((batch_size, width), dtype=np.int32) for k in encoded.extra}
         attention_mask = np.zeros((batch_size, width), dtype=np.int32)
         for row, i in enumerate(chunk):
             n = lengths[i]
             input_ids[row, :n] = encoded.input_ids[i]
-            token_type_ids[row, :n] = encoded.token_type_ids[i]
+            for k, rows in encoded.extra.items():
+                extra[k][row, :n] = rows[i]
             attention_mask[row, :n] = 1
         weights = np.zeros(batch_size, dtype=np.float32)
         weights[:real] = 1.0
-        yield {
-            "input_ids": input_ids,
-            "token_type_ids": token_type_ids,
-            "attention_mask": attention_mask,
-            "labels": labels[chunk],
-            "weights": weights,
-        }
+        yield {"input_ids": input_ids, **extra, "attention_mask": attention_mask,
+               "labels": labels[chunk], "weights": weights}
 
 
 def widen(batch: dict[str, np.ndarray], width: int,
           pad_id: int = 0) -> dict[str, np.ndarray]:
     """``batch`` with its sequence axis padded to ``width`` tokens (at least its own width).
 
-    The new positions are padding like :func:`batches` writes it (``pad_id``, token type
-    0, attention mask 0), so the model masks them out of attention and pooling. Used to
-    give several runs' batches of one step one shape.
+    The new positions are padding like :func:`batches` writes it (``pad_id`` in
+    ``input_ids``, 0 in the other per-token arrays, so attention mask 0), so the model
+    masks them out of attention and pooling. Used to give several runs' batches of one
+    step one shape.
     """
-    extra = width - batch["input_ids"].shape[1]
+    own = batch["input_ids"].shape[1]
+    extra = width - own
     if extra < 0:
         raise ValueError(f"cannot narrow a batch of width {batch['input_ids'].shape[1]} "
                          f"to {width}")
     if extra == 0:
         return batch
-    fill = {"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}
-    return {k: (np.pad(v, ((0, 0), (0, extra)), constant_values=fill[k]) if k in fill else v)
-            for k, v in batch.items()}
+    def pad(k, v):  # the per-token arrays: [batch, own width]
+        if v.ndim != 2 or v.shape[1] != own:
+            return v
+        return np.pad(v, ((0, 0), (0, extra)), constant_values=pad_id if k == "input_ids" else 0)
+
+    return {k: pad(k, v) for k, v in batch.items()}

