@@ -103,7 +103,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         pretrained=None, selected_layers: list[int] | None = None,
         dtype: str = "float32", peak: float | None = None,
         on_compiled: Callable[[str, float], None] | None = None,
-        scan: bool | None = None) -> list[dict[str, Any]]:
+        scan: bool | None = None, adapter: str = "seq_bn",
+        random_weights: bool = False) -> list[dict[str, Any]]:
     """One record per method: times, examples/s, achieved GFLOP/s and peak fraction.
 
     ``last_n`` puts adapters in the upper half of the layers (3 of 6 for MiniLM);
@@ -112,8 +113,12 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     ``on_compiled(method, seconds)`` is called once a method's programs are compiled,
     before they are timed (``compile_s`` in its record). ``scan``: the encoder's
     (:func:`aa_jax.models.layers.scans`; the record's ``scan`` says which ran).
+    ``adapter``: the adapter kind; ``random_weights``: a backbone of the model's shapes
+    with random weights (:func:`aa_jax.models.loader.random_pretrained`), for checkpoints
+    that are not installed.
     """
-    pre = pretrained or load_pretrained(model, tokenizer=False)
+    pre = pretrained or (random_pretrained(model) if random_weights
+                         else load_pretrained(model, tokenizer=False))
     depth = pre.config.num_hidden_layers
     b, n = batch_size, length
     batch = _bench_batch(b, n)
@@ -121,7 +126,7 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
     records = []
     upper = list(selected_layers) if selected_layers else list(range(depth // 2, depth))
     for method in methods:
-        arch = architecture(method, depth, upper)
+        arch = architecture(method, depth, upper, adapter=adapter)
         net = pre.family.classifier(pre.config, 2, arch, pooling="pooler",
                                     dtype=jnp.dtype(dtype), scan=scan)
         trainable, frozen = init_params(net, jax.random.key(0), pre.params)
@@ -157,7 +162,8 @@ def run(model: str = "minilm", batch_size: int = 32, length: int = 128,
         train_gflops = train_flops / train_s / 1e9 if train_flops else None
         predict_gflops = predict_flops / predict_s / 1e9 if predict_flops else None
         records.append({
-            "method": method, "model": model, "dtype": dtype,
+            "method": method, "model": model, "family": pre.family.model_type,
+            "adapter": adapter, "random_weights": random_weights, "dtype": dtype,
             "adapter_layers": list(arch.adapter_layers),
             "trainable_params": sum(x.size for x in jax.tree.leaves(trainable)), "batch_size": b, "length": n,
             "device": device_name(), "scan": scans(scan),

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "seconds: init_s, lower_s, compile_s, predict_lower_s, predict_compile_s")
     b.add_argument("--random-weights", action="store_true",
                    help="random backbone weights of the model's shapes (for checkpoints "
-                   "that are not installed, e.g. --model bert-large)")
+                   "that are not installed, e.g. --model bert-large or roberta-base)")
     b.add_argument("--adapter", default="seq_bn", choices=tuple(KINDS),
                    help="the adapter kind")
     b.add_argument("--scan", default="auto", choices=("auto", "on", "off"),
@@ -356,11 +356,9 @@ def cmd_bench(args) -> int:
                   f"{r['lower_s']:6.2f} s, compile {r['compile_s']:6.2f} s  inference: lower "
                   f"{r['predict_lower_s']:6.2f} s, compile {r['predict_compile_s']:6.2f} s")
         return 0
-    if args.random_weights or args.adapter != "seq_bn":
-        raise UserError("--random-weights and --adapter go with --compile; the timed "
-                        "benchmark uses the installed checkpoint and seq_bn adapters.")
     records = bench.run(args.model, args.batch_size, args.length, methods, args.repeats,
-                        dtype=args.dtype, scan=scan)
+                        dtype=args.dtype, scan=scan, adapter=args.adapter,
+                        random_weights=args.random_weights)
     for r in records:
         r["allocator"] = allocator.active()
     if args.json:

@@ -20,12 +20,13 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from aa_jax import checkpoint
 from aa_jax.adapters import Architecture
 from aa_jax.config import DTYPES, LOCATION_FIELDS, TrainConfig
-from aa_jax.data import glue, pipeline
+from aa_jax.data import custom, glue, pipeline
 from aa_jax.errors import UserError
 from aa_jax.methods import Method, get_method, read_learned, selected_layers_from
 from aa_jax.models.head import SequenceClassifier
 from aa_jax.models.layers import in_layout
-from aa_jax.models.loader import declared_pooling, load_pretrained
+from aa_jax.models.head import declared_pooling
+from aa_jax.models.loader import load_pretrained
 from aa_jax.params import param_groups
 
 
@@ -81,7 +82,7 @@ def load_data(config: TrainConfig):
     """(task, splits) of a run: its GLUE task's low-data splits, or the user's data; the
     task reports and selects by ``--metric`` where one is given."""
     if config.data:
-        task, splits = glue.load_custom(
+        task, splits = custom.load_custom(
             config.data, config.text_columns, config.label_column,
             train_size=config.train_size, seed=config.seed, data_config=config.data_config,
             splits={"train": config.split_train, "test": config.split_test,
@@ -172,7 +173,7 @@ def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
     if get_method(config.method).reads_learned_layers and config.architecture:
         resolved["selected_layers"] = sorted(
             read_learned(config.architecture)["selected_layers"])
-    if config.data and glue.is_dataset_name(config.data):
+    if config.data and custom.is_dataset_name(config.data):
         resolved["data_source"] = str(config.data[0])
     elif config.data:
         hashes = []

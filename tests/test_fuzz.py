@@ -3,7 +3,7 @@ UserError, never any other exception.
 
 Covers architecture JSON (``Architecture.from_json``), learned architectures
 (``methods.read_learned`` / ``selected_layers_from``), run configs
-(``TrainConfig.from_dict``) and data files (``glue.load_custom`` and ``glue.load_split``):
+(``TrainConfig.from_dict``) and data files (``custom.load_custom`` and ``glue.load_split``):
 hypothesis-generated values and structure-aware mutations of valid inputs, plus seeded
 random byte corruption of valid files.
 """
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aa_jax.adapters import Architecture
-from aa_jax.data import glue
+from aa_jax.data import custom, glue
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNED_SCHEMA, read_learned, selected_layers_from
 from aa_jax.config import TrainConfig
@@ -233,7 +233,7 @@ def _write_csv(path: Path, rows, delimiter=","):
 
 
 def _load_custom(train: Path, test: Path, columns=("text",), label="label"):
-    result = accepts_or_user_error(glue.load_custom, [train, test], list(columns), label,
+    result = accepts_or_user_error(custom.load_custom, [train, test], list(columns), label,
                                    train_size=None, seed=0)
     if result is not None:
         task, splits = result

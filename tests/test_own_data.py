@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from aa_jax import cli
-from aa_jax.data.glue import load_custom, with_metric, get_task
+from aa_jax.data.custom import load_custom
+from aa_jax.data.glue import get_task, with_metric
 from aa_jax.errors import UserError
 
 WORDS = ["good", "bad", "film", "plot", "great", "awful", "cast", "long"]

@@ -1,7 +1,8 @@
 """Data for GLUE-style tasks: registry and loading, tokenised batches, and metrics.
 
-* :mod:`aa_jax.data.glue` -- :class:`Task`, :class:`Examples`, GLUE and user datasets, and
-  the low-data train/dev/test protocol;
+* :mod:`aa_jax.data.glue` -- :class:`Task`, :class:`Examples`, GLUE tasks and the
+  low-data train/dev/test protocol;
+* :mod:`aa_jax.data.custom` -- the user's own data as a task and splits;
 * :mod:`aa_jax.data.readers` -- CSV, TSV, JSON-lines and Parquet files read as Arrow
   tables, with one-sentence errors;
 * :mod:`aa_jax.data.pipeline` -- tokenisation and fixed-shape, length-bucketed batches;
@@ -14,12 +15,12 @@ from aa_jax.data.glue import (
     Examples,
     Task,
     get_task,
-    load_custom,
     load_split,
     make_splits,
     resolve_glue_dir,
     split_train_dev,
 )
+from aa_jax.data.custom import load_custom
 from aa_jax.data.metrics import METRICS, compute_metrics
 from aa_jax.data.pipeline import (
     Encoded,

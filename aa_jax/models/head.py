@@ -10,6 +10,8 @@ it from a config. The backbone's parameters sit under the family's prefix (``ber
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -21,6 +23,42 @@ from aa_jax.models.layers import Dropout
 
 # "auto" is resolved to one of the others before a model is built (resolve_pooling).
 POOLINGS = ("auto", "pooler", "mean", "cls", "max")
+
+
+# sentence-transformers pooling modes aa_jax implements, by the key that switches them on.
+_ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                     "pooling_mode_max_tokens": "max"}
+
+
+def declared_pooling(path: str | Path) -> str | None:
+    """The pooling a sentence-transformers checkpoint declares, or None if it declares none.
+
+    Reads ``modules.json`` and the config of its Pooling module (``1_Pooling/config.json``
+    in sentence-transformers' layout): ``"mean"``, ``"cls"`` or ``"max"``. Modules after the
+    pooling (such as Normalize) are not part of a classification head and are ignored.
+    """
+    path = Path(path)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+        pooling = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+        if not pooling:
+            return None
+        config = json.loads((path / pooling[0].get("path", "") / "config.json").read_text())
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise UserError(f"The sentence-transformers files in {path} (modules.json and its "
+                        f"Pooling config) could not be read; fix them or pass --pooling "
+                        f"explicitly.") from None
+    if not isinstance(config, dict):
+        raise UserError(f"The Pooling config in {path} is not a JSON object; fix it or pass "
+                        f"--pooling explicitly.")
+    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode") and v is True)
+    if len(on) == 1 and on[0] in _ST_POOLING_MODES:
+        return _ST_POOLING_MODES[on[0]]
+    raise UserError(f"{path} declares the pooling {', '.join(on) or 'none'}, which aa_jax "
+                    f"does not implement; pass --pooling pooler, mean, cls or max.")
 
 
 def model_inputs(model, batch) -> dict:
@@ -68,8 +106,6 @@ class SequenceClassifier(nn.Module):
         its family's classifier, its config, and ``pooling="auto"`` resolved to what the
         checkpoint declares (``"mean"`` for MiniLM and MPNet), else the paper's
         ``"pooler"``."""
-        from aa_jax.models.loader import declared_pooling
-
         if pooling == "auto":
             pooling = declared_pooling(pretrained.path) or "pooler"
         classifier = pretrained.family.classifier

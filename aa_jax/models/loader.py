@@ -34,6 +34,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax.errors import UserError
 from aa_jax.layout import stack_layers_like
+from aa_jax.models.head import declared_pooling  # noqa: F401  (where it used to be)
 from aa_jax.models.family import Family
 from aa_jax.models.registry import FAMILIES, PRESETS, backbone_prefix, family_of
 
@@ -114,42 +115,6 @@ def resolve(name_or_path: str | Path) -> Path:
             f"Could not get checkpoint {repo_id!r} from the Hugging Face hub "
             f"({type(e).__name__}); download it to a local folder and pass that, or use "
             f"--model minilm offline (or --model mpnet with its extra installed).") from None
-
-
-# sentence-transformers pooling modes aa_jax implements, by the key that switches them on.
-_ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-                     "pooling_mode_max_tokens": "max"}
-
-
-def declared_pooling(path: str | Path) -> str | None:
-    """The pooling a sentence-transformers checkpoint declares, or None if it declares none.
-
-    Reads ``modules.json`` and the config of its Pooling module (``1_Pooling/config.json``
-    in sentence-transformers' layout): ``"mean"``, ``"cls"`` or ``"max"``. Modules after the
-    pooling (such as Normalize) are not part of a classification head and are ignored.
-    """
-    path = Path(path)
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return None
-    try:
-        modules = json.loads(modules_file.read_text())
-        pooling = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
-        if not pooling:
-            return None
-        config = json.loads((path / pooling[0].get("path", "") / "config.json").read_text())
-    except (OSError, ValueError, AttributeError, TypeError):
-        raise UserError(f"The sentence-transformers files in {path} (modules.json and its "
-                        f"Pooling config) could not be read; fix them or pass --pooling "
-                        f"explicitly.") from None
-    if not isinstance(config, dict):
-        raise UserError(f"The Pooling config in {path} is not a JSON object; fix it or pass "
-                        f"--pooling explicitly.")
-    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode") and v is True)
-    if len(on) == 1 and on[0] in _ST_POOLING_MODES:
-        return _ST_POOLING_MODES[on[0]]
-    raise UserError(f"{path} declares the pooling {', '.join(on) or 'none'}, which aa_jax "
-                    f"does not implement; pass --pooling pooler, mean, cls or max.")
 
 
 def load_config(name_or_path: str | Path):
