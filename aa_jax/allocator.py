@@ -69,6 +69,10 @@ def reexec_with_mimalloc(argv: list[str]) -> None:
     Call it first thing in an entry point, before anything imports JAX. ``argv`` is what
     the new process runs after the interpreter (e.g. ``["-m", "aa_jax.cli", *args]``).
     Returns only when no restart is needed or possible.
+
+    A module (``-m``) runs with ``-P``: the restarted interpreter does not put the
+    working directory first on the import path, so a ``json.py`` in the folder the user
+    runs ``aa-jax`` in (an adapter folder someone handed them, say) is never imported.
     """
     if (sys.platform != "linux" or os.environ.get(ENV, "mimalloc") == "system"
             or active() == "mimalloc" or os.environ.get(_RESTARTED)):
@@ -84,6 +88,7 @@ def reexec_with_mimalloc(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, *argv], env)
+        safe = ["-P", *argv] if argv[:1] == ["-m"] else list(argv)
+        os.execve(sys.executable, [sys.executable, *safe], env)
     except OSError:
         return  # could not restart: run on with the system allocator

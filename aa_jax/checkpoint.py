@@ -138,12 +138,28 @@ def is_complete(run_dir: str | Path) -> bool:
     return isinstance(result, dict) and "test" in result
 
 
+def refuse_links(directory: str | Path) -> None:
+    """Refuses, in one sentence, a checkpoint folder that is a symbolic link or holds one
+    (an epoch, or an unfinished save): orbax would read through it, and delete what it
+    points to when the epoch ages out."""
+    directory = Path(directory)
+    found = [directory] if directory.is_symlink() else []
+    if not found and directory.is_dir():
+        found = sorted(p for p in directory.iterdir() if p.is_symlink())
+    if found:
+        raise UserError(f"{found[0]} is a symbolic link, which aa_jax does not follow in a "
+                        f"run's checkpoints; remove it (the run resumes from its other "
+                        f"checkpoints or starts again).")
+
+
 def manager(directory: str | Path, max_to_keep: int = 2,
             read_only: bool = False) -> ocp.CheckpointManager:
     """An orbax CheckpointManager over ``directory`` keeping the last ``max_to_keep`` epochs.
 
-    ``read_only`` (evaluation) never creates the directory or writes anything.
+    ``read_only`` (evaluation) never creates the directory or writes anything. A folder
+    that is or holds a symbolic link is refused (:func:`refuse_links`).
     """
+    refuse_links(directory)
     if read_only:  # (save_interval_steps=0 is what read_only means; said, orbax says nothing)
         options = ocp.CheckpointManagerOptions(create=False, read_only=True,
                                                save_interval_steps=0,
@@ -295,6 +311,7 @@ def abandoned_coroutines_ignored() -> Iterator[None]:
 def remove_unfinished_saves(directory: str | Path) -> None:
     """Deletes orbax's temporary folders of saves that never completed (a completed save
     is renamed to its epoch's number). Only for the one process that writes here."""
+    refuse_links(directory)
     for tmp in Path(directory).glob("*.orbax-checkpoint-tmp*"):
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a run's best epoch (or an export) on dev "
                        "and test")
     e.add_argument("run_dir")
+    _moved_data_flags(e)
     _debug_flag(e)
 
     x = sub.add_parser("export", help="save a finished run's adapters as a folder to share "
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "model card)")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True, help="a new directory for the adapters")
+    _moved_data_flags(x)
     _debug_flag(x)
 
     pr = sub.add_parser("predict", help="predict labels (or scores) of new text with an "
@@ -262,10 +265,19 @@ def _train_seeds(args, config) -> int:
     return 0
 
 
+def _moved_data_flags(p) -> None:
+    p.add_argument("--glue-dir", default=None,
+                   help="the GLUE folder, where it is no longer where the run found it")
+    p.add_argument("--data", type=_csv, default=None,
+                   help="the run's own data files, comma-separated, where they moved "
+                   "(checked against the SHA-256 the run recorded)")
+
+
 def cmd_eval(args) -> int:
     from aa_jax.train import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir), indent=2))
+    print(json.dumps(evaluate_run(args.run_dir, glue_dir=args.glue_dir, data=args.data),
+                     indent=2))
     return 0
 
 
@@ -297,7 +309,7 @@ def cmd_architecture(args) -> int:
 def cmd_export(args) -> int:
     from aa_jax.export import save_adapters
 
-    record = save_adapters(args.out, args.run_dir)
+    record = save_adapters(args.out, args.run_dir, glue_dir=args.glue_dir, data=args.data)
     depth = len(record["architecture"]["layers"])
     kept = ("all layers" if record["selected_layers"] is None else
             f"layers {record['selected_layers']} of {depth}, no switches")
@@ -315,9 +327,13 @@ def cmd_predict(args) -> int:
     if args.file is not None and args.text_pair is not None:
         raise UserError("--text-pair goes with --text; a --file gives the second sentences "
                         "in its second text column.")
-    if args.out is not None:
-        check_writable(Path(args.out).parent, "The folder of --out")
+    if args.out is not None and (Path(args.out).is_dir() or args.out.endswith(os.sep)
+                                 or os.path.basename(args.out) in ("", ".", "..")):
+        raise UserError(f"--out {args.out} is a folder; give the file to write the "
+                        f"predictions to, e.g. {Path(args.out) / 'predictions.jsonl'}.")
     adapters = load_adapters(args.adapters, base_model=args.model)
+    if args.out is not None:  # after the folder is checked, so that a refusal creates nothing
+        check_writable(Path(args.out).parent, "The folder of --out")
     if args.file is not None:
         texts, pairs = read_texts(args.file, adapters)
     else:
@@ -329,7 +345,7 @@ def cmd_predict(args) -> int:
         print(f"wrote {len(predictions)} predictions to {args.out}")
     else:
         for p in predictions:
-            print(json.dumps(p))
+            print(json.dumps(p, allow_nan=False))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,10 @@ def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
     """What the location settings point at, as far as it changes results: the layers of
     an AA-focused run's architecture and the content of a user's data files."""
     resolved: dict[str, Any] = {}
+    if config.glue_dir:  # where the data was, whatever folder the command ran in
+        resolved["glue_dir_abs"] = str(Path(config.glue_dir).expanduser().resolve())
+    if config.data and not custom.is_dataset_name(config.data):
+        resolved["data_abs"] = [str(Path(p).expanduser().resolve()) for p in config.data]
     if get_method(config.method).reads_learned_layers and config.architecture:
         resolved["selected_layers"] = sorted(
             read_learned(config.architecture)["selected_layers"])
@@ -219,10 +224,53 @@ def check_same_run(out: Path, config: TrainConfig, resolved: dict[str, Any]) -> 
                         f"use a new --out directory or the same settings to resume.")
 
 
-def load_run(run_dir: str | Path, pretrained=None) -> tuple[Experiment, dict, dict]:
-    """Rebuilds a finished or interrupted run: (experiment, best trainable params, meta)."""
+def relocate(config: TrainConfig, resolved: dict, glue_dir: str | None = None,
+             data: list[str] | None = None) -> TrainConfig:
+    """``config`` with its data found again, for evaluating or exporting a run from
+    another folder or after its data moved.
+
+    ``glue_dir`` / ``data`` (the user's ``--glue-dir`` / ``--data``) win. Else a recorded
+    path that does not exist from here is replaced by the absolute one the run recorded
+    (``resolved``), and a GLUE folder neither names by ``$AA_JAX_GLUE_DIR``. Data files
+    other than the run's are refused where the run recorded their SHA-256.
+    """
+    changes: dict[str, Any] = {}
+    if glue_dir is not None:
+        changes["glue_dir"] = glue_dir
+    elif config.glue_dir and not Path(config.glue_dir).expanduser().is_dir():
+        recorded = resolved.get("glue_dir_abs")
+        if isinstance(recorded, str) and Path(recorded).is_dir():
+            changes["glue_dir"] = recorded
+        elif os.environ.get(glue.GLUE_DIR_ENV):
+            changes["glue_dir"] = None  # the environment's folder
+    if data is not None:
+        changes["data"] = list(data)
+    elif config.data and not custom.is_dataset_name(config.data) and \
+            not all(Path(p).expanduser().is_file() for p in config.data):
+        recorded = resolved.get("data_abs")
+        if isinstance(recorded, list) and recorded and \
+                all(isinstance(p, str) and Path(p).is_file() for p in recorded):
+            changes["data"] = recorded
+    moved = dataclasses.replace(config, **changes)
+    want = resolved.get("data_sha256")
+    if moved.data != config.data and isinstance(want, list):
+        got = resolve_inputs(dataclasses.replace(moved, method="baseline")).get("data_sha256")
+        if got != want:
+            raise UserError(f"The data files {', '.join(map(str, moved.data))} are not the "
+                            f"ones the run trained on (their SHA-256 differ); give the run's "
+                            f"own files with --data.")
+    return moved
+
+
+def load_run(run_dir: str | Path, pretrained=None, glue_dir: str | None = None,
+             data: list[str] | None = None) -> tuple[Experiment, dict, dict]:
+    """Rebuilds a finished or interrupted run: (experiment, best trainable params, meta).
+    ``glue_dir`` / ``data`` point at its data where it moved (:func:`relocate`)."""
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json", "run config"))
-    exp = setup(config, pretrained)
+    raw = checkpoint.read_json(run_dir / "config.json", "run config")
+    config = TrainConfig.from_dict(raw)
+    resolved = raw.get("resolved") if isinstance(raw, dict) else None
+    exp = setup(relocate(config, resolved if isinstance(resolved, dict) else {}, glue_dir,
+                         data), pretrained)
     params, meta = checkpoint.restore_params(run_dir / "checkpoints", exp.trainable)
     return exp, params, meta

@@ -27,9 +27,12 @@ evaluated by :func:`load_export`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from aa_jax import checkpoint
 from aa_jax.adapters import KINDS, Architecture, LayerSpec
 from aa_jax.errors import UserError, check_writable, storage_error
+from aa_jax.model_card import model_card, reproduce_command
 from aa_jax.models.registry import DEFAULT_MODEL_TYPE, HUB_IDS, family_of
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
@@ -122,12 +126,71 @@ def _task_record(task) -> dict:
             for k, v in dataclasses.asdict(task).items()}
 
 
-def _task_from_record(d: dict):
+def _task_from_record(d: dict, where: Path | str = CONFIG_FILE):
     from aa_jax.data.glue import Task
 
     fields = {f.name for f in dataclasses.fields(Task)}
-    return Task(**{k: (tuple(v) if isinstance(v, list) else v)
-                   for k, v in d.items() if k in fields})
+    try:
+        return Task(**{k: (tuple(v) if isinstance(v, list) else v)
+                       for k, v in d.items() if k in fields})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"The task in {where} is not valid ({e}); export the run "
+                        f"again.") from None
+
+
+def _is_int(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _strings(value, allow_none: bool = False) -> bool:
+    return (allow_none and value is None) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def check_adapter_record(record: Any, where: Path | str) -> dict:
+    """``adapter_config.json``'s fields with the types and values ``load_adapters`` uses,
+    or one sentence naming the first field that is not (a folder from elsewhere may have
+    been edited by hand or by someone else)."""
+    from aa_jax.config import DTYPES
+    from aa_jax.models.head import POOLINGS
+
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise UserError(f"{where} is not an aa_jax adapter config (schema {SCHEMA!r}); write "
+                        f"the folder again with 'aa-jax export'.")
+    task, base = record.get("task"), record.get("base_model")
+    sizes = base.get("sizes") if isinstance(base, dict) else None
+    checks = {
+        "method": isinstance(record.get("method"), str),
+        "architecture": isinstance(record.get("architecture"), dict),
+        "selected_layers": record.get("selected_layers") is None or (
+            isinstance(record["selected_layers"], list)
+            and all(_is_int(i) for i in record["selected_layers"])),
+        "pooling": isinstance(record.get("pooling"), str) and record["pooling"] in POOLINGS[1:],
+        "dtype": isinstance(record.get("dtype"), str) and record["dtype"] in DTYPES,
+        "max_length": _is_int(record.get("max_length"), 1),
+        "drop_first": _is_int(record.get("drop_first", 0)),
+        "command": isinstance(record.get("command", ""), str),
+        "config": isinstance(record.get("config", {}), dict),
+        "task": isinstance(task, dict),
+        "task.name": isinstance(task, dict) and isinstance(task.get("name"), str),
+        "task.text_columns": isinstance(task, dict) and _strings(task.get("text_columns")),
+        "task.label_names": isinstance(task, dict) and _strings(task.get("label_names"), True),
+        "task.is_regression": isinstance(task, dict) and isinstance(task.get("is_regression"),
+                                                                    bool),
+        "base_model": isinstance(base, dict),
+        "base_model.name": isinstance(base, dict) and isinstance(base.get("name"), str),
+        "base_model.hub_id": isinstance(base, dict) and (
+            base.get("hub_id") is None or isinstance(base.get("hub_id"), str)),
+        "base_model.model_type": isinstance(base, dict) and isinstance(
+            base.get("model_type", ""), str),
+        "base_model.sizes": isinstance(sizes, dict) and set(sizes) == set(BASE_SIZES) and all(
+            _is_int(v, 1) for v in sizes.values()),
+    }
+    bad = next((name for name, ok in checks.items() if not ok), None)
+    if bad is not None:
+        raise UserError(f"{where} has a missing or invalid {bad}; get the folder again or "
+                        f"export the run again.")
+    return record
 
 
 def _weights_sha256(path: Path) -> str | None:
@@ -163,74 +226,12 @@ def base_model_record(name: str, pretrained) -> dict:
             "model_type": pretrained.config.model_type, "sizes": sizes}
 
 
-def _reproduce_command(config) -> str:
-    """The ``aa-jax train`` command of a run's config: its model, data, method, size and
-    seed, and every other setting that is not the default."""
-    from aa_jax.config import TrainConfig
-
-    default, always = TrainConfig(), ("model", "task", "method", "train_size", "seed")
-    words = ["aa-jax", "train"]
-    for field in dataclasses.fields(TrainConfig):
-        value, meta = getattr(config, field.name), field.metadata
-        if not meta.get("cli", True) or field.name == "glue_dir" or (
-                field.name == "task" and config.data):
-            continue
-        if value == getattr(default, field.name) and field.name not in always:
-            continue
-        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif value is None:
-            words += [flag, "full"] if field.name == "train_size" else []
-        elif isinstance(value, (list, tuple)):
-            words += [flag, ",".join(str(v) for v in value)]
-        else:
-            words += [flag, str(value)]
-    return " ".join(words)
-
-
-def model_card(record: dict) -> str:
-    """README.md of an adapter folder: the Hub's metadata block, then what it is."""
-    task, base = record["task"], record["base_model"]
-    config = record["config"]
-    glue_task = not config.get("data")
-    meta = {"library_name": "aa_jax",
-            "base_model": base["hub_id"] or base["name"],
-            "pipeline_tag": "text-classification",
-            "tags": ["adapters", "adaptable-adapters", "aa_jax",
-                     "jax", "flax", record["architecture"]["adapter"]],
-            "metrics": list(task["metric_names"])}
-    if glue_task:
-        meta["datasets"] = ["nyu-mll/glue"]
-    scores = record.get("scores") or {}
-    selected = record.get("selected_layers")
-    depth = len(record["architecture"]["layers"])
-    # JSON values are YAML: the block needs no YAML writer.
-    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in meta.items()), "---", "",
-             f"# {record['method']} adapters for {task['name']} on {base['name']}", "",
-             f"Adapters trained with aa_jax {record['aa_jax_version']} (Adaptable Adapters, "
-             f"Moosavi et al., NAACL 2022) on a frozen `{base['hub_id'] or base['name']}`"
-             f"{' (GLUE ' + task['name'] + ')' if glue_task else ''}, "
-             f"{config.get('train_size') or 'all'} training examples, seed {config['seed']}.",
-             ""]
-    if selected is not None:
-        lines += [f"- Selected layers: {selected} of {depth} (the switches' choices; the "
-                  f"other layers compute the identity branch)."]
-    lines += [f"- Pooling: {record['pooling']}; max length {record['max_length']} tokens; "
-              f"{'regression' if task['is_regression'] else 'labels ' + ', '.join(task['label_names'])}."]
-    for split in ("dev", "test"):
-        if split in scores:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores[split].items())
-            lines.append(f"- {split}: {shown}")
-    lines += ["", "Made by:", "", "```", record["command"], "```", "", "Use:", "", "```python",
-              "import aa_jax", "", f"adapters = aa_jax.load_adapters(\"THIS_REPO_OR_FOLDER\")",
-              "print(aa_jax.predict(adapters, [\"a sentence\"]))", "```", ""]
-    return "\n".join(lines)
-
-
-def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None) -> dict[str, Any]:
+def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None,
+                  glue_dir: str | None = None, data: list[str] | None = None
+                  ) -> dict[str, Any]:
     """Writes the learned adapters of the finished run ``run_dir`` to the new folder
     ``out_dir`` (see the module's docstring); returns its ``adapter_config.json``.
+    ``glue_dir`` / ``data`` point at the run's data where it moved.
 
     Switches are resolved: selected layers keep their adapter, the others none.
     """
@@ -241,10 +242,10 @@ def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None) -> 
     run_dir, out = Path(run_dir), Path(out_dir)
     if not checkpoint.is_complete(run_dir):
         raise UserError(f"{run_dir} is not a finished run; train it to the end, then export.")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise UserError(f"{out} already exists; choose a new --out directory for the export.")
     check_writable(out.parent, "The folder of --out")
-    exp, params, _ = load_run(run_dir, pretrained)
+    exp, params, _ = load_run(run_dir, pretrained, glue_dir, data)
     learned, selected, static = None, None, exp.architecture
     if exp.architecture.switched_layers:
         learned = read_learned(run_dir)
@@ -261,22 +262,36 @@ def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None) -> 
               "pooling": exp.pooling, "dtype": c.dtype, "max_length": c.max_length,
               "drop_first": exp.drop_first, "task": _task_record(exp.task),
               "base_model": base_model_record(c.model, exp.pretrained),
-              "config": c.to_dict(), "command": _reproduce_command(c),
+              "config": c.to_dict(), "command": reproduce_command(c),
               "scores": {k: result[k] for k in ("dev", "test") if k in result},
               "source": {**(learned or {}).get("source", {}), "run": run_dir.name}}
     flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = None
     try:
-        tmp.mkdir(parents=True)
+        # A folder of this process's own beside the target (another export to the same
+        # folder has its own), renamed into place whole.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~checkpoint._umask())  # mkdtemp makes it private
         _write_weights(tmp / WEIGHTS_FILE, flat)
         if learned is not None:
             checkpoint.write_json_atomic(tmp / "architecture.json", learned)
         checkpoint.write_json_atomic(tmp / CONFIG_FILE, record)
         checkpoint.write_text_atomic(tmp / "README.md", model_card(record))
-        tmp.rename(out)  # the folder appears whole or not at all
+        try:
+            tmp.rename(out)  # the folder appears whole or not at all
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR) or \
+                    out.exists() or out.is_symlink():
+                raise UserError(f"{out} appeared while this export was being written "
+                                f"(another export to the same folder?); it was left as it "
+                                f"is: choose a new --out directory.") from None
+            raise
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, UserError):
+            raise
         error = storage_error(out, e)  # named after the folder, not its temporary sibling
         if error is not None:
             raise error from None
@@ -358,10 +373,8 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     from aa_jax.models.loader import load_pretrained
 
     folder = _adapter_folder(source)
-    record = checkpoint.read_json(folder / CONFIG_FILE, "adapter config")
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise UserError(f"{folder / CONFIG_FILE} is not an aa_jax adapter config (schema "
-                        f"{SCHEMA!r}); write the folder again with 'aa-jax export'.")
+    record = check_adapter_record(
+        checkpoint.read_json(folder / CONFIG_FILE, "adapter config"), folder / CONFIG_FILE)
     if pretrained is None:
         base = record["base_model"]
         name = base_model or base["name"]
@@ -370,7 +383,7 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
             name = base["hub_id"]  # trained on a local folder that is not on this machine
         pretrained = load_pretrained(name)
     _check_base(record, pretrained, folder)
-    task = _task_from_record(record["task"])
+    task = _task_from_record(record["task"], folder / CONFIG_FILE)
     architecture = Architecture.from_dict(record["architecture"])
     model = family_of(pretrained.config).classifier(
         pretrained.config, task.num_labels, architecture, dtype=DTYPES[record["dtype"]],
@@ -384,6 +397,11 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     except Exception as e:
         raise UserError(f"{folder / WEIGHTS_FILE} could not be read ({type(e).__name__}); "
                         f"get the folder again or export the run again.") from None
+    broken = sorted(k for k, v in stored.items()
+                    if not np.issubdtype(v.dtype, np.floating) or not np.isfinite(v).all())
+    if broken:
+        raise UserError(f"{folder / WEIGHTS_FILE} holds weights that are not finite numbers "
+                        f"({broken[0]}); get the folder again or export the run again.")
     got = {k: tuple(v.shape) for k, v in stored.items()}
     if got != {k: tuple(v) for k, v in want.items()}:
         odd = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != tuple(want[k]))

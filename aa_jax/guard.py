@@ -11,9 +11,11 @@ a dead process is simply taken over: no stale-lock cleanup, no PID guessing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -54,12 +56,7 @@ def hold(path: str | Path, what: str) -> Iterator[None]:
         finally:
             _held[path][1] -= 1
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as e:
-        raise storage_error(path, e) or UserError(
-            f"Cannot create the lock file {path} ({e.strerror or e}); check the folder's "
-            f"permissions.") from None
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,6 +73,27 @@ def hold(path: str | Path, what: str) -> Iterator[None]:
         if _held.get(path, [fd])[0] == fd:
             _held.pop(path, None)
         os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, created where missing. A symbolic link (to a file the
+    user cares about, which the PID would overwrite) or anything but a plain file is
+    refused in one sentence; nothing is followed or written."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"The lock file {path} is a symbolic link, which aa_jax does not "
+                            f"follow; remove it, then run the same command again.") from None
+        raise storage_error(path, e) or UserError(
+            f"Cannot create the lock file {path} ({e.strerror or e}); check the folder's "
+            f"permissions.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"The lock file {path} is not a plain file; remove it, then run the "
+                        f"same command again.")
+    return fd
 
 
 def _holder(fd: int) -> int | None:

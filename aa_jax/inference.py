@@ -87,6 +87,11 @@ def predict(adapters: Adapters | str | Path, texts: Sequence[str] | str,
         out.append(logits[batch["weights"] != 0])
     logits = (pipeline.in_dataset_order(order, np.concatenate(out)) if out
               else np.zeros((0, adapters.task.num_labels)))
+    if not np.isfinite(logits).all():  # never print NaN as if it were a prediction
+        bad = int(np.flatnonzero(~np.isfinite(logits).all(axis=1))[0])
+        raise UserError(f"The adapters in {adapters.folder} give no finite prediction for "
+                        f"text {bad + 1}; their weights or base model are broken: get or "
+                        f"export them again.")
     return [_prediction(adapters.task, row) for row in logits]
 
 
@@ -115,4 +120,6 @@ def read_texts(path: str | Path, adapters: Adapters) -> tuple[list[str], list[st
 def write_predictions(path: str | Path, predictions: list[dict]) -> None:
     from aa_jax.checkpoint import write_text_atomic
 
-    write_text_atomic(path, "".join(json.dumps(p) + "\n" for p in predictions))
+    # allow_nan=False: every line is valid JSON, or nothing is written.
+    write_text_atomic(path, "".join(json.dumps(p, allow_nan=False) + "\n"
+                                    for p in predictions))

@@ -33,7 +33,7 @@ from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
 from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_writable, storage_error
-from aa_jax.experiment import (Experiment, check_same_run, load_data, load_run,
+from aa_jax.experiment import (Experiment, check_same_run, load_data, load_run, relocate,
                                resolve_inputs, run_keys, setup)
 from aa_jax.methods import layers_run, learned_architecture
 from aa_jax.params import count_params
@@ -424,15 +424,18 @@ def _write_history(out: Path, history: list[dict]) -> None:
                                  "".join(json.dumps(r) + "\n" for r in history))
 
 
-def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
+def evaluate_run(run_dir: str | Path, pretrained=None, glue_dir: str | None = None,
+                 data: list[str] | None = None) -> dict:
     """Dev and test metrics of a run's best epoch, recomputed from its checkpoint, or of
-    an adapter folder (:mod:`aa_jax.export`) on the data of the run it came from."""
+    an adapter folder (:mod:`aa_jax.export`) on the data of the run it came from;
+    ``glue_dir`` / ``data`` point at that data where it moved
+    (:func:`aa_jax.experiment.relocate`)."""
     from aa_jax.export import CONFIG_FILE, is_export, load_adapters, load_export
 
     mesh = data_mesh()
     if (Path(run_dir) / CONFIG_FILE).is_file():
         adapters = load_adapters(run_dir, pretrained=pretrained)
-        c = TrainConfig.from_dict(adapters.record["config"])
+        c = relocate(TrainConfig.from_dict(adapters.record["config"]), {}, glue_dir, data)
         task, splits = load_data(c)
         encoded = {split: pipeline.encode(adapters.tokenizer, splits[split].texts,
                                           c.max_length) for split in ("dev", "test")}
@@ -443,7 +446,7 @@ def evaluate_run(run_dir: str | Path, pretrained=None) -> dict:
         if is_export(run_dir):
             exp, params = load_export(run_dir, pretrained)
         else:
-            exp, params, _ = load_run(run_dir, pretrained)
+            exp, params, _ = load_run(run_dir, pretrained, glue_dir, data)
         c, task, encoded, labels = exp.config, exp.task, exp.encoded, exp.labels
         model, drop_first, frozen = exp.model, exp.drop_first, exp.frozen
     check_batch_size(c.batch_size, mesh)

@@ -53,8 +53,9 @@ def _json_lines(command: list[str]) -> list[dict]:
 def pairs(args, mpnet_folder: str) -> dict[str, tuple[list[str], list[str]]]:
     common = ["--batch-size", str(args.batch_size), "--length", str(args.length),
               "--repeats", str(args.repeats)]
-    aa = [sys.executable, "-m", "aa_jax.cli", "bench", "--json", "--methods", "baseline",
-          *common]
+    # The console command, as users run it: it restarts itself with its allocator.
+    aa = [sys.executable, "-c", "from aa_jax.cli import entry; entry()", "bench", "--json",
+          "--methods", "baseline", *common]
     return {
         "mpnet-lora": ([*aa, "--model", "mpnet", "--adapter", "lora"],
                        [args.peft_python, str(HERE / "peer_peft.py"), mpnet_folder, *common]),

@@ -59,6 +59,7 @@ import os
 import shutil
 import signal
 import statistics
+import re
 import subprocess
 import sys
 import time
@@ -176,11 +177,34 @@ def expand(spec: dict, glue_dir: str | None, epochs: int | None, name: str) -> l
                                 f"setting; see TrainConfig in aa_jax/train.py.")
             cell = {k: v for k, v in zip(keys, values) if k != "method"}
             point = Point(label, settings, len(points), cell)
+            check_run_name(point, name)
             earlier = points.setdefault(run_name(point), point)
             if earlier.settings != settings:
                 raise UserError(f"Sweep {name}: two different points would share the run "
                                 f"directory {run_name(point)}; give them different labels.")
     return list(points.values())
+
+
+# A run's folder name: one plain path component (no separator, no "..", no NUL, no
+# leading dot), whatever a sweep file says its task, label or seed is.
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=,-]*")
+
+
+def check_run_name(point: Point, sweep: str) -> None:
+    """Refuses, before anything is created, a point whose run name would not be one plain
+    folder name (a task or label such as ``x/../../ESC`` would write outside the sweep's
+    folders)."""
+    if not isinstance(point.label, str):
+        raise UserError(f"Sweep {sweep}: the method label {point.label!r} is not a string.")
+    try:
+        name = run_name(point)
+    except (TypeError, ValueError):
+        name = None
+    if name is None or not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"Sweep {sweep}: the run name {name!r} (task "
+                        f"{point.settings.get('task')!r}, label {point.label!r}) is not one "
+                        f"plain folder name; use letters, digits, '.', '_', '+' and '-' in "
+                        f"tasks and labels.")
 
 
 def run_name(point: Point) -> str:
@@ -228,8 +252,12 @@ def transfer_source(sweep: Sweep) -> Path:
     entry = sweep.spec.get("transfer")
     if not isinstance(entry, dict):
         raise UserError(f"Sweep {sweep.name} uses @transfer but has no 'transfer' entry.")
-    source = sweep if entry.get("sweep", sweep.name) == sweep.name else Sweep.load(
-        SWEEPS / f"{entry['sweep']}.json", results=RESULTS / entry["sweep"])
+    other = entry.get("sweep", sweep.name)
+    if not isinstance(other, str) or not _RUN_NAME.fullmatch(other) or ".." in other:
+        raise UserError(f"Sweep {sweep.name}: the transfer entry's sweep {other!r} is not the "
+                        f"name of a sweep file in {SWEEPS}.")
+    source = sweep if other == sweep.name else Sweep.load(
+        SWEEPS / f"{other}.json", results=RESULTS / other)
     learned_label = source.role("learned")
     candidates = [p for p in source.points if p.label == learned_label
                   and p.settings.get("train_size") == entry.get("train_size", 100)

@@ -135,7 +135,7 @@ def test_the_restart_preloads_mimalloc_with_its_settings(monkeypatch, tmp_path, 
     with pytest.raises(_Restarted):
         allocator.reexec_with_mimalloc(["-m", "aa_jax.cli", "train"])
     env = seen["env"]
-    assert seen["argv"] == [sys.executable, "-m", "aa_jax.cli", "train"]
+    assert seen["argv"] == [sys.executable, "-P", "-m", "aa_jax.cli", "train"]
     assert env["LD_PRELOAD"].split()[0] == str(lib)
     assert env["MIMALLOC_PURGE_DELAY"] == "10000"
     assert env["MIMALLOC_ALLOW_THP"] == want_thp

@@ -105,8 +105,10 @@ def test_pairs_are_joined_as_the_tokenizer_joins_them_without_token_types(family
 
 
 @pytest.mark.parametrize("family", TINY)
-@pytest.mark.parametrize("method, adapter", [("aa", "seq_bn"), ("aa", "lora"),
-                                             ("adapterdrop", "seq_bn"), ("last_n", "lora")])
+@pytest.mark.parametrize("method, adapter", [
+    ("aa", "seq_bn"), ("aa", "lora"),  # the scan's other cases on BERT are in test_scan.py
+    pytest.param("adapterdrop", "seq_bn", marks=pytest.mark.slow),
+    pytest.param("last_n", "lora", marks=pytest.mark.slow)])
 def test_scanned_equals_unrolled_in_training(family, method, adapter):
     """The training forward pass and its gradient, noise included, in both layouts."""
     pre = load_pretrained(str(REFERENCE / f"tiny-{family}"))

@@ -26,7 +26,6 @@ SCRIPT = """
 import dataclasses, json, sys
 import jax, jax.numpy as jnp, numpy as np
 from aa_jax.data import pipeline
-from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
 from aa_jax.experiment import setup
@@ -38,8 +37,8 @@ f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
 runs = []
 for seed in seeds:
     exp = setup(dataclasses.replace(base, seed=seed), pre)
-    model = BertForSequenceClassification(pre.config, exp.task.num_labels, exp.architecture,
-                                          dtype=jnp.float64, pooling=exp.pooling)
+    model = pre.family.classifier(pre.config, exp.task.num_labels, exp.architecture,
+                                  dtype=jnp.float64, pooling=exp.pooling)
     runs.append((exp, model, f64(exp.trainable)))
 exp0, model, _ = runs[0]
 frozen = f64(exp0.frozen)
@@ -74,8 +73,12 @@ print(json.dumps({"sequential": sequential, "together": [list(x) for x in zip(*l
 
 
 @pytest.mark.slow
-def test_seeds_together_equal_their_sequential_runs_in_float64(tiny_checkpoint, fake_glue):
-    config = {"task": "stsb", "method": "aa", "model": str(tiny_checkpoint), "train_size": 32,
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet"])
+def test_seeds_together_equal_their_sequential_runs_in_float64(family, tiny_checkpoint,
+                                                                fake_glue):
+    model = (tiny_checkpoint if family == "bert"
+             else Path(__file__).parent / "reference" / f"tiny-{family}")
+    config = {"task": "stsb", "method": "aa", "model": str(model), "train_size": 32,
               "batch_size": 8, "max_length": 32, "learning_rate": 1e-2,
               "glue_dir": str(fake_glue)}
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")

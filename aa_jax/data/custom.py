@@ -81,6 +81,7 @@ def load_custom(sources: Sequence[str | os.PathLike], text_columns: Sequence[str
         task = Task(name=task_name, text_columns=text_columns, label_column=label_column,
                     label_names=tuple(str(name) for name in class_names), is_regression=False,
                     metric_names=("accuracy",), select_metric="accuracy")
+        _check_label_kinds(raw, whats)
         labels = {name: _class_ids(raw[name], ids, whats[name]) for name in names}
 
     examples = {name: Examples(texts=_text_lists(tables[name], text_columns, whats[name]),
@@ -196,6 +197,27 @@ def _sorted_classes(values: list, what: str) -> list:
         raise UserError(f"{what} has only one distinct label ({names[0]!r}); a classification "
                         f"task needs at least two.")
     return names
+
+
+def _label_kind(values: list) -> str | None:
+    if all(isinstance(v, str) for v in values):
+        return "text"
+    if all(_is_number(v) or isinstance(v, bool) for v in values):
+        return "numbers"
+    return None  # mixed: _sorted_classes and _class_ids say what is wrong
+
+
+def _check_label_kinds(raw: dict[str, list], whats: dict[str, str]) -> None:
+    """Classification labels written as numbers in one file and as text in another (``1``
+    against ``"1"``) are named as such, not as labels that never occur in training."""
+    train = _label_kind(raw["train"])
+    for name, values in raw.items():
+        kind = _label_kind(values)
+        if name != "train" and values and None not in (train, kind) and kind != train:
+            first, other = (w if w.startswith("the ") else f"the {w}"
+                            for w in (whats["train"], whats[name]))
+            raise UserError(f"{first[0].upper()}{first[1:]} stores its labels as {train} but "
+                            f"{other} as {kind}; write them the same way in every file.")
 
 
 def _class_ids(values: list, ids: Mapping, what: str) -> np.ndarray:

@@ -122,6 +122,11 @@ class SequenceClassifier(nn.Module):
         if self.pooling not in POOLINGS:
             raise UserError(f"Unknown pooling {self.pooling!r}; choose one of: "
                             f"{', '.join(p for p in POOLINGS if p != 'auto')}.")
+        model_type = getattr(c, "model_type", None)
+        if model_type not in (None, self.backbone.prefix):
+            raise UserError(f"{type(self).__name__} runs {self.backbone.prefix} configs, not "
+                            f"{model_type}; build the model with "
+                            f"aa_jax.classifier_for(config) or from_pretrained.")
         if len(args) > len(self.inputs):
             raise TypeError(f"{type(self).__name__} takes at most {len(self.inputs)} "
                             f"positional inputs ({', '.join(self.inputs)})")

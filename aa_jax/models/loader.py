@@ -41,7 +41,7 @@ from aa_jax.models.registry import FAMILIES, PRESETS, backbone_prefix, family_of
 _SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "max_position_embeddings", "type_vocab_size")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
 @dataclasses.dataclass
@@ -106,7 +106,8 @@ def resolve(name_or_path: str | Path) -> Path:
         return Path(snapshot_download(
             repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
                                      "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                                     "special_tokens_map.json", "modules.json",
+                                     "vocab.json", "merges.txt", "special_tokens_map.json",
+                                     "modules.json",
                                      "*_Pooling/config.json"]))
     except Exception as e:  # network, auth, missing repo: all one answer for the user
         if missing is not None:  # a preset that installs offline: say how
