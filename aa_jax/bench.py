@@ -24,7 +24,7 @@ from aa_jax.models.layers import scans
 from aa_jax.models.loader import load_pretrained, random_pretrained
 from aa_jax.params import unstack_layers
 from aa_jax.config import TrainConfig
-from aa_jax.experiment import init_params
+from aa_jax.run_setup import init_params
 from aa_jax.step import init_state, make_optimizer, make_predict, make_train_step
 from aa_jax.train import device_name
 
@@ -48,7 +48,7 @@ def architecture(name: str, depth: int, upper: list[int], **options):
     if name in EXTRA_METHODS:
         return EXTRA_METHODS[name](depth, upper)
     return METHODS[name].architecture(depth, last_n=depth - depth // 2,
-                                      selected_layers=upper, **options)
+                                      selected_layers=upper, top_k=len(upper), **options)
 
 
 def _bench_batch(b: int, n: int) -> dict:
@@ -211,7 +211,7 @@ def compile_times(model: str = "minilm", methods: tuple[str, ...] = ("baseline",
     """Per method, the seconds to set up and to compile, without running anything.
 
     ``init_s``: the method's trainable params and the backbone in its layout
-    (:func:`aa_jax.experiment.init_params`); ``lower_s`` / ``compile_s``: tracing and
+    (:func:`aa_jax.run_setup.init_params`); ``lower_s`` / ``compile_s``: tracing and
     lowering, then XLA's compilation, of the jitted train step; ``predict_lower_s`` /
     ``predict_compile_s``: the same for inference. With ``random_weights`` the backbone is
     drawn on the host (:func:`aa_jax.models.loader.random_pretrained`; ``weights_s``),

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from aa_jax.errors import UserError, storage_errno, storage_error
 from aa_jax.params import segments_of, stack_layers, unstack_layers
+from aa_jax.selection import from_v1_switch_layout, is_v1_switch, v1_switch_layout
 
 ITEMS = ("params", "opt_state", "best_params", "architecture", "meta")
 # Every temporary file's name carries its writer's host and PID (.<name>.w-<host>-<pid>_
@@ -184,7 +185,7 @@ def manager(directory: str | Path, max_to_keep: int = 2,
 @contextlib.contextmanager
 def closing(managers: list[ocp.CheckpointManager]) -> Iterator[None]:
     """Closes ``managers`` however the block ends (an error, Ctrl-C, SIGTERM raised by
-    :func:`aa_jax.guard.sigterm_raises`), each after its saves have finished, so that no
+    :func:`aa_jax.run_lock.sigterm_raises`), each after its saves have finished, so that no
     orbax thread outlives the run. When the block failed, a failure to close is not
     allowed to hide its error; otherwise the first one is raised, after all are closed."""
     try:
@@ -380,6 +381,11 @@ def restore(mgr: ocp.CheckpointManager, params_like, opt_state_like,
     damaged: list[tuple[int, Exception]] = []
     out = None
     for candidate in epochs:
+        if _v1_switches(mgr, candidate, "params"):
+            raise UserError(f"The checkpoint in {mgr.directory} was written by aa_jax 0.3, "
+                            f"whose switches lived in their layers; it cannot resume "
+                            f"training, but 'aa-jax eval' and 'aa-jax export' read it "
+                            f"(converted), or finish the run with aa_jax 0.3.")
         _check_fits(mgr, candidate, expected)
         quiet_background_failures()
         try:
@@ -424,14 +430,28 @@ def restore_params(directory: str | Path, params_like, which: str = "best_params
         if epoch is None:
             raise UserError(f"{directory} holds no checkpoint; train first or pass a complete "
                             f"run directory.")
-        _check_fits(mgr, epoch, {which: params_like})
+        v1 = _v1_switches(mgr, epoch, which)
+        target = v1_switch_layout(params_like, v1) if v1 else params_like
+        _check_fits(mgr, epoch, {which: target})
         try:
             with abandoned_coroutines_ignored():
                 out = mgr.restore(epoch, args=ocp.args.Composite(
-                    **{which: ocp.args.StandardRestore(params_like)},
+                    **{which: ocp.args.StandardRestore(target)},
                     meta=ocp.args.JsonRestore()))
         except Exception as e:
             raise _restore_failed(directory, epoch, e) from None
     finally:
         mgr.close()
-    return stack_layers(out[which], segments), out["meta"]
+    params = from_v1_switch_layout(out[which], params_like) if v1 else out[which]
+    return stack_layers(params, segments), out["meta"]
+
+
+def _v1_switches(mgr, epoch: int, which: str) -> list[tuple[str, ...]]:
+    """The per-layer switch logits of a checkpoint written by aa_jax 0.3 (before the
+    selection held them all), or [] (a current checkpoint, or unreadable metadata)."""
+    try:
+        leaves = jax.tree_util.tree_flatten_with_path(mgr.item_metadata(epoch)[which])[0]
+    except Exception:
+        return []
+    paths = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+    return [p for p in paths if is_v1_switch(p)]

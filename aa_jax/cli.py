@@ -92,6 +92,35 @@ def add_config_flags(parser, groups: dict | None = None) -> None:
         add(flag, type=_flag_type(field), default=default, **kwargs)
 
 
+def add_kind_flags(parser) -> None:
+    """Each adapter kind's options as flags (e.g. ``--lora-rank``), from the kind's
+    options dataclass: its help, flag and type; a flag left out keeps the kind's default."""
+    from aa_jax.adapters import KINDS
+
+    for kind in KINDS.values():
+        for flag, field in kind.flags():
+            parser.add_argument(flag, dest=f"kind:{kind.name}:{field.name}",
+                                type=_flag_type(field), default=None,
+                                metavar=field.name.upper(),
+                                help=f"{field.metadata.get('help')} (default: {field.default})")
+
+
+def _kind_options(args) -> dict | None:
+    """The options of ``--adapter``'s kind given by its flags; a flag of another kind is
+    refused."""
+    chosen, options = getattr(args, "adapter", None), {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("kind:") or value is None:
+            continue
+        _, kind, name = dest.split(":")
+        if kind != chosen:
+            raise UserError(f"--{kind.replace('_', '-')}-{name.replace('_', '-')} is an "
+                            f"option of the adapter kind {kind}; add --adapter {kind} or "
+                            f"leave it out.")
+        options[name] = value
+    return options or None
+
+
 def _debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks")
@@ -114,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     seeds = t.add_mutually_exclusive_group()
     add_config_flags(t, {"seed": seeds})
+    add_kind_flags(t)
     seeds.add_argument("--seeds", default=None,
                    help="several seeds trained together as one program, e.g. 42,92,111: "
                    "one run directory per seed (with --out DIR: DIR/seed-<seed>)")
@@ -196,6 +226,7 @@ def _config_from_args(args):
     for name, value in PROTOCOLS[getattr(args, "protocol", "released")].items():
         if settings.get(name) is None:
             settings[name] = value
+    settings["adapter_options"] = _kind_options(args)
     return TrainConfig(**settings)
 
 
@@ -249,7 +280,7 @@ def cmd_train(args) -> int:
 def _train_seeds(args, config) -> int:
     import dataclasses
 
-    from aa_jax.seeds import train_seeds
+    from aa_jax.multi_seed import train_seeds
 
     configs = [dataclasses.replace(config, seed=seed) for seed in _seed_list(args.seeds)]
     outs = [Path(args.out) / f"seed-{c.seed}" if args.out else _default_out(c)
@@ -282,7 +313,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_architecture(args) -> int:
-    from aa_jax.methods import read_learned
+    from aa_jax.learned import read_learned
     from aa_jax.plots import plot_architecture
     from aa_jax.switch import ADAPTER
 
@@ -418,7 +449,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as e:
         print("aa-jax: interrupted; run the same command again to resume.", file=sys.stderr)
-        from aa_jax.guard import Terminated
+        from aa_jax.run_lock import Terminated
 
         return 143 if isinstance(e, Terminated) else 130  # 128 + SIGTERM or SIGINT
 

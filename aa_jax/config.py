@@ -16,10 +16,12 @@ import jax.numpy as jnp
 
 from aa_jax.adapters import ACTIVATIONS, KINDS
 from aa_jax.data import glue
+from aa_jax.data.metrics import METRICS
 from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS
 from aa_jax.models.head import POOLINGS
 from aa_jax.rational import VERSIONS
+from aa_jax.switch import check_temperature
 
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -37,9 +39,9 @@ PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                         "rational_learning_rate": 0.3}}
 # Settings that say where things are (or how often they are saved), not what is computed:
 # a run moved to another machine or folder is the same run (see
-# aa_jax.experiment.run_identity).
+# aa_jax.run_setup.run_identity).
 MATMUL_PRECISIONS = ("default", "highest")
-METRIC_CHOICES = ("accuracy", "f1", "mcc", "pearson", "spearman")
+METRIC_CHOICES = tuple(METRICS)
 LOCATION_FIELDS = ("glue_dir", "architecture", "data", "checkpoints_to_keep", "checkpoint_every",
                    "log_dir")
 
@@ -85,8 +87,12 @@ class TrainConfig:
                              choices=ACTIVATIONS)
     adapter: str = _field("seq_bn", "adapter kind: " + "; ".join(
         f"{k.name}: {k.description}" for k in KINDS.values()), choices=tuple(KINDS))
-    lora_rank: int = _field(8, "lora: the rank r of each update")
-    lora_alpha: float = _field(16.0, "lora: the update is scaled by alpha / r")
+    adapter_options: dict | None = _field(
+        None, "the adapter kind's options, by name (the command line sets them with the "
+        "kind's flags, e.g. --lora-rank); validate() fills in the kind's defaults", cli=False)
+    top_k: int | None = _field(None, "aa_topk: how many layers keep their adapter (default: "
+                               "as many as the AA run --architecture names selected)",
+                               flag="--top-k")
     rational_version: str = _field("A", "the rational's denominator form (PAU versions)",
                                    choices=VERSIONS)
     temperature: float = _field(0.1, "the switches' Gumbel-softmax temperature tau")
@@ -107,8 +113,8 @@ class TrainConfig:
     split_dev: str | None = _field(None, "own dataset: a dev split to use as it is (default: "
                                    "a quarter of the training sample)")
     metric: str | None = _field(None, "the metric that selects the best epoch (reported "
-                                "too): accuracy, f1, mcc (classification), pearson, spearman "
-                                "(regression); default: the task's", choices=METRIC_CHOICES)
+                                "too; it must fit the task); default: the task's",
+                                choices=METRIC_CHOICES)
     text_columns: list[str] | None = _field(None, "own dataset: one or two text columns")
     label_column: str = _field("label", "own dataset: the label column")
     checkpoints_to_keep: int = _field(2, "checkpoints kept in the run directory", cli=False)
@@ -135,7 +141,7 @@ class TrainConfig:
         """The :class:`~aa_jax.adapters.Architecture` settings this config chooses."""
         return {"rational_version": self.rational_version, "hard_switch": self.hard_switch,
                 "temperature": self.temperature, "adapter": self.adapter,
-                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha}
+                "options": self.adapter_options, "top_k": self.top_k}
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
@@ -146,6 +152,10 @@ class TrainConfig:
             d = {k: v for k, v in d.items() if k != "resolved"}  # written by train(), not a setting
             if d.get("adapter_skip") is False:  # aa_jax 0.1's default; the variant is gone
                 d.pop("adapter_skip")
+            if "lora_rank" in d or "lora_alpha" in d:  # aa_jax 0.3: flat LoRA options
+                rank, alpha = d.pop("lora_rank", 8), d.pop("lora_alpha", 16.0)
+                if d.get("adapter") == "lora" and "adapter_options" not in d:
+                    d["adapter_options"] = {"rank": rank, "alpha": alpha}
         d = check_record(d, CONFIG_SCHEMA, [f.name for f in dataclasses.fields(cls)],
                          "run config")
         config = cls(**d)
@@ -239,12 +249,15 @@ class TrainConfig:
         need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
         need(isinstance(self.adapter, str) and self.adapter in KINDS,
              f"Unknown --adapter {self.adapter!r}; choose one of: {', '.join(KINDS)}.")
-        need(is_int(self.lora_rank) and self.lora_rank >= 1,
-             "--lora-rank must be a positive integer.")
-        for name in ("lora_alpha", "temperature"):
-            need(is_num(getattr(self, name)) and getattr(self, name) > 0,
-                 f"--{name.replace('_', '-')} must be a positive finite number, got "
-                 f"{_short(getattr(self, name))}.")
+        need(self.adapter_options is None or isinstance(self.adapter_options, dict),
+             "adapter_options must be an object of the adapter kind's options.")
+        # The kind's own options declare their rules; stored complete, so that a run's
+        # identity does not depend on which defaults were spelled out.
+        self.adapter_options = dataclasses.asdict(
+            KINDS[self.adapter].make_options(self.adapter_options))
+        check_temperature(self.temperature)
+        need(self.top_k is None or (is_int(self.top_k) and self.top_k >= 1),
+             f"--top-k must be a positive integer, got {_short(self.top_k)}.")
         need(isinstance(self.dtype, str) and self.dtype in DTYPES,
              f"Unknown --dtype {self.dtype!r}; choose one of: "
              f"{', '.join(DTYPES)}.")

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax import checkpoint
-from aa_jax.adapters import KINDS, Architecture, LayerSpec
+from aa_jax.adapters import Architecture, LayerSpec
 from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.model_card import model_card, reproduce_command
 from aa_jax.models.registry import DEFAULT_MODEL_TYPE, HUB_IDS, family_of
@@ -63,7 +63,7 @@ BASE_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "interm
 def static_architecture(architecture: Architecture, selected: list[int]) -> Architecture:
     """``architecture`` with every switch resolved: selected layers keep their adapter
     (without switch), the other switched layers become identity branches."""
-    identity = LayerSpec(identity_branch=KINDS[architecture.adapter].identity_branch)
+    identity = LayerSpec(identity_branch=architecture.kind.identity_branch)
     layers = []
     for i, spec in enumerate(architecture.layers):
         if not spec.switch:
@@ -72,7 +72,8 @@ def static_architecture(architecture: Architecture, selected: list[int]) -> Arch
             layers.append(LayerSpec(True, spec.activation))
         else:
             layers.append(identity)
-    return dataclasses.replace(architecture, layers=tuple(layers))
+    return dataclasses.replace(architecture, layers=tuple(layers), selector="gumbel",
+                               top_k=None)
 
 
 def static_params(trainable: dict, architecture: Architecture, selected: list[int]) -> dict:
@@ -236,8 +237,8 @@ def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None,
     Switches are resolved: selected layers keep their adapter, the others none.
     """
     from aa_jax import __version__
-    from aa_jax.experiment import load_run
-    from aa_jax.methods import read_learned
+    from aa_jax.run_setup import load_run
+    from aa_jax.learned import read_learned
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if not checkpoint.is_complete(run_dir):
@@ -369,7 +370,7 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     folder that is not here). A base model of other sizes is refused.
     """
     from aa_jax.config import DTYPES
-    from aa_jax.experiment import init_params
+    from aa_jax.run_setup import init_params
     from aa_jax.models.loader import load_pretrained
 
     folder = _adapter_folder(source)
@@ -418,7 +419,7 @@ def load_export(export_dir: str | Path, pretrained=None):
     """(experiment, params) of a folder of the earlier export format (``export.json``
     with an orbax ``params/``); it rebuilds the run's data, so the data must be there."""
     from aa_jax.config import TrainConfig
-    from aa_jax.experiment import setup
+    from aa_jax.run_setup import setup
 
     export_dir = Path(export_dir)
     record = checkpoint.read_json(export_dir / "export.json", "export")

@@ -7,7 +7,7 @@ learning-rate groups, the export, the learned architecture and the weight counts
 this module, and no other code parses a parameter path. The rules come from their owners:
 each model family names its own weights (:attr:`aa_jax.models.Family.rules`), the shared
 transformer layer its (:data:`aa_jax.models.layers.LAYER_RULES`), each adapter kind its
-(``AdapterKind.param_rules``). The two layouts of the layers (per layer and stacked) are
+(``AdapterKind.param_rules``), the selection its (:data:`aa_jax.selection.SELECTION_RULES`). The two layouts of the layers (per layer and stacked) are
 :mod:`aa_jax.layout`'s, re-exported here.
 """
 
@@ -26,6 +26,7 @@ from aa_jax.layout import (LAYER, layer_params, layer_span, segments_of,  # noqa
                            stack_layers, stack_layers_like, stack_name, unstack_layers)
 from aa_jax.models.registry import FAMILIES
 from aa_jax.models.layers import LAYER_RULES
+from aa_jax.selection import SELECTION_RULES
 
 # Every parameter's group, by its path ("bert/encoder/layer_3/output/slot/adapter/down/
 # kernel"). Each path must match exactly one rule (big_vision's _split_frozen habit): a
@@ -54,6 +55,7 @@ def param_rules() -> tuple[tuple[str, str], ...]:
     prefixes = "|".join(sorted({f.prefix for f in FAMILIES.values()}))
     rules += [(rf"^(?:{prefixes})/encoder/{LAYER}/{pattern}$", group)
               for pattern, group in layer_rules()]
+    rules += [(rf"^(?:{prefixes})/{pattern}$", group) for pattern, group in SELECTION_RULES]
     return tuple(rules) + HEAD_RULES
 
 

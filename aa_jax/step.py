@@ -34,6 +34,7 @@ from aa_jax.data.metrics import compute_metrics
 from aa_jax.distributed import multi_process
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNING_RATES
+from aa_jax.selection import draw_adapter_drop
 from aa_jax.models.head import model_inputs
 from aa_jax.params import merge, param_groups
 
@@ -160,8 +161,7 @@ def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callabl
     def step(state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
-        drop = (jax.random.randint(drop_key, (), 0, adapterdrop_max + 1)
-                if adapterdrop_max > 0 else None)
+        drop = draw_adapter_drop(drop_key, adapterdrop_max)
 
         def compute_loss(trainable):
             logits, _ = model.apply(

@@ -65,6 +65,43 @@ def is_selected(logits: jax.Array, adapter_index: int = ADAPTER) -> jax.Array:
     return jnp.argmax(logits, axis=-1) == adapter_index
 
 
+def check_temperature(value) -> None:
+    """The one rule of the switches' temperature, wherever it is set (the command line,
+    :class:`~aa_jax.config.TrainConfig`, :class:`~aa_jax.adapters.Architecture`,
+    :class:`GumbelSwitch`): a positive finite number, not a bool."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    try:
+        ok = ok and 0 < float(value) < math.inf
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise UserError(f"The switch temperature must be a positive finite number, got "
+                        f"{value!r}; the paper uses 0.1.")
+
+
+def relaxed_one_hot(logits: jax.Array, noise: jax.Array, temperature: float,
+                    hard: bool = False) -> jax.Array:
+    """The Gumbel-softmax sample of every switch: ``softmax((logits + noise) / tau)``.
+
+    Args:
+      logits: <float32>[..., num_choices]; noise: Gumbel(0, 1) noise broadcastable to it
+        (one draw per example).
+      hard: straight-through: the forward value is the exact one-hot of the sample's
+        argmax and the gradient is that of the soft sample.
+
+    Returns:
+      <float32>[..., num_choices], each row summing to 1.
+    """
+    soft = jax.nn.softmax((logits + noise) / temperature, axis=-1)
+    if not hard:
+        return soft
+    one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), soft.shape[-1], dtype=jnp.float32)
+    # soft - stop_gradient(soft) is exactly 0 in the forward pass, so the values are
+    # exactly 0/1 (one_hot - stop_gradient(soft) + soft could round 1 - y + y), while
+    # the gradient is that of the soft sample.
+    return one_hot + (soft - jax.lax.stop_gradient(soft))
+
+
 class GumbelSwitch(nn.Module):
     """Per-example relaxed one-hot over ``num_choices`` branches.
 
@@ -110,14 +147,7 @@ class GumbelSwitch(nn.Module):
         noise = jax.random.gumbel(
             self.make_rng("gumbel") if key is None else key, (batch_size, self.num_choices),
             jnp.float32)
-        soft = jax.nn.softmax((logits + noise) / self.temperature, axis=-1)
-        if not self.hard:
-            return soft
-        one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), self.num_choices, dtype=jnp.float32)
-        # soft - stop_gradient(soft) is exactly 0 in the forward pass, so the values are
-        # exactly 0/1 (one_hot - stop_gradient(soft) + soft could round 1 - y + y), while
-        # the gradient is that of the soft sample.
-        return one_hot + (soft - jax.lax.stop_gradient(soft))
+        return relaxed_one_hot(logits, noise, self.temperature, self.hard)
 
     def _check(self, batch_size: int) -> None:
         if (
@@ -129,14 +159,7 @@ class GumbelSwitch(nn.Module):
                 "GumbelSwitch num_choices must be an integer of at least 2, "
                 f"got {self.num_choices!r}."
             )
-        if (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, numbers.Real)
-            or not 0 < self.temperature < math.inf
-        ):
-            raise UserError(
-                f"Switch temperature must be a positive finite number, got {self.temperature!r}."
-            )
+        check_temperature(self.temperature)
         if (
             isinstance(batch_size, bool)
             or not isinstance(batch_size, numbers.Integral)

@@ -6,10 +6,10 @@ test evaluation, checkpoints (every ``checkpoint_every`` seconds and after the l
 resumable), ``metrics.jsonl``, ``architecture.json`` and ``result.json``. A :class:`Run`
 carries one run's context (its experiment, directory, checkpoint manager, predict function
 and log) and does its bookkeeping; :func:`epoch_loop` trains one run, or several seeds
-stacked as one program (:mod:`aa_jax.seeds`), through the same loop.
+stacked as one program (:mod:`aa_jax.multi_seed`), through the same loop.
 
 The pieces live in their own modules: the configuration in :mod:`aa_jax.config`, the
-set-up in :mod:`aa_jax.experiment`, the jitted step in :mod:`aa_jax.step`.
+set-up in :mod:`aa_jax.run_setup`, the jitted step in :mod:`aa_jax.step`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aa_jax import __version__, checkpoint, guard
+from aa_jax import __version__, checkpoint, run_lock
 from aa_jax.adapters import adapter_weight_count
 from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
 from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_writable, storage_error
-from aa_jax.experiment import (Experiment, check_same_run, load_data, load_run, relocate,
+from aa_jax.run_setup import (Experiment, check_same_run, load_data, load_run, relocate,
                                resolve_inputs, run_keys, setup)
-from aa_jax.methods import layers_run, learned_architecture
+from aa_jax.learned import learned_architecture
+from aa_jax.methods import layers_run
 from aa_jax.params import count_params
 from aa_jax.step import (TrainState, check_batch_size, copy_tree, data_mesh, evaluate,
                          init_state, make_optimizer, make_predict, make_train_step, replicate)
@@ -122,7 +123,7 @@ class Run:
     """One run's context: what its epochs' bookkeeping and its end need.
 
     Attributes:
-      exp: the experiment (:func:`aa_jax.experiment.setup`).
+      exp: the experiment (:func:`aa_jax.run_setup.setup`).
       out: the run directory.
       mgr: its checkpoint manager (open while training).
       predict: the jitted prediction function (:func:`aa_jax.step.make_predict`).
@@ -218,7 +219,8 @@ class Run:
         setup_and_test = setup_seconds + time.perf_counter() - started
         learned = learned_architecture(best["params"], exp.architecture, exp.source)
         weights, biases = adapter_weight_count(exp.pretrained.config.hidden_size,
-                                               exp.architecture)
+                                               exp.architecture,
+                                               exp.pretrained.config.intermediate_size)
         result = {
             "task": task.name, "method": c.method, "model": c.model,
             "train_size": c.train_size, "seed": c.seed,
@@ -352,7 +354,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     mesh = data_mesh()
     check_batch_size(config.batch_size, mesh)
     prepare_run_dir(out)
-    with guard.hold_run(out), guard.sigterm_raises(), precision_scope(config):
+    with run_lock.hold_run(out), run_lock.sigterm_raises(), precision_scope(config):
         if checkpoint.is_complete(out):  # another process finished it in the meantime
             return checkpoint.read_json(out / "result.json", "run result")
         return _train_locked(exp, out, mesh, resolved, progress, started)
@@ -429,7 +431,7 @@ def evaluate_run(run_dir: str | Path, pretrained=None, glue_dir: str | None = No
     """Dev and test metrics of a run's best epoch, recomputed from its checkpoint, or of
     an adapter folder (:mod:`aa_jax.export`) on the data of the run it came from;
     ``glue_dir`` / ``data`` point at that data where it moved
-    (:func:`aa_jax.experiment.relocate`)."""
+    (:func:`aa_jax.run_setup.relocate`)."""
     from aa_jax.export import CONFIG_FILE, is_export, load_adapters, load_export
 
     mesh = data_mesh()

@@ -25,9 +25,9 @@ import numpy as np
 from aa_jax.checkpoint import write_json_atomic
 from aa_jax.data import pipeline
 from aa_jax.export import static_architecture, static_params
-from aa_jax.methods import read_learned
+from aa_jax.learned import read_learned
 from aa_jax.models.bert import BertForSequenceClassification
-from aa_jax.experiment import load_run
+from aa_jax.run_setup import load_run
 from aa_jax.params import layer_span, merge, unstack_layers
 
 EDGES = np.linspace(-4.0, 4.0, 161)  # the figure shows [-3, 3]; the rest is counted apart

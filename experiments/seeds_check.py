@@ -5,13 +5,13 @@
 
 Trains the paper's five seeds (42, 92, 111, 245, 651) of one task / method / size twice
 in the same process: one after another with ``aa_jax.train.train`` into OUT/sequential,
-and as one vmapped program with ``aa_jax.seeds.train_seeds`` into OUT/together. Both are
+and as one vmapped program with ``aa_jax.multi_seed.train_seeds`` into OUT/together. Both are
 timed end to end (data, setup, compilation, training, evaluation, files) after a
 warm-up of one epoch of each kind, with the persistent compilation cache on as the
 command line has it. Prints per seed: the difference of the first epoch's mean training
 loss, the final dev and test scores of both runs, whether they selected the same layers,
 and how many of the seed's steps were padded to a wider bucket (at those steps dropout
-draws other masks than in the sequential run; see ``aa_jax.seeds``); then the
+draws other masks than in the sequential run; see ``aa_jax.multi_seed``); then the
 end-to-end speedup. The numbers also go to OUT/seeds_check.json.
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 from aa_jax.cache import enable_compilation_cache
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
-from aa_jax.seeds import train_seeds
+from aa_jax.multi_seed import train_seeds
 from aa_jax.config import PROTOCOLS, TrainConfig
-from aa_jax.experiment import load_data
+from aa_jax.run_setup import load_data
 from aa_jax.train import shuffle_seed, train
 
 SEEDS = (42, 92, 111, 245, 651)

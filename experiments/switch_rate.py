@@ -20,14 +20,10 @@ import math
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from aa_jax.checkpoint import write_text_atomic
+from experiments.grid import SWEEPS, Sweep
 
-from sweep import Sweep, run_name  # noqa: E402
-
-from aa_jax.checkpoint import write_text_atomic  # noqa: E402
-
-SPEC = HERE / "sweeps" / "pilot" / "switch_rate.json"
+SPEC = SWEEPS / "pilot" / "switch_rate.json"
 COMMITTED = (0.01, 0.99)
 MOST_COMMITTED = 0.5
 

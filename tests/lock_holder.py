@@ -1,4 +1,4 @@
-"""A process that holds a lock file (:func:`aa_jax.guard.hold`) until it is killed, for the
+"""A process that holds a lock file (:func:`aa_jax.run_lock.hold`) until it is killed, for the
 tests of what a second process on the same run or sweep does."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
-from aa_jax import guard
-with guard.hold(sys.argv[1], "the test's lock"):
+from aa_jax import run_lock
+with run_lock.hold(sys.argv[1], "the test's lock"):
     print("held", flush=True)
     time.sleep(600)
 """

@@ -2,6 +2,7 @@
 switched (AA) layer's training and inference formulas checked literally."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -12,6 +13,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from aa_jax.adapters import AdapterSlot, Architecture, LayerSpec
 from aa_jax.models.bert import BertModel, in_layout
+from aa_jax.selection import Selection
 from aa_jax.switch import ADAPTER, IDENTITY
 
 REFERENCE = Path(__file__).parent / "reference" / "minilm_adapterhub_seq_bn_reference.npz"
@@ -28,10 +30,9 @@ def _with_reference_adapters(pre, ref, switch_logits=None):
             layer, proj, leaf = name.split("/")[1:]
             flat[("encoder", layer, "output", "slot", "adapter", proj, leaf)] = \
                 jnp.asarray(ref[name])
-    if switch_logits is not None:
-        for i in range(pre.config.num_hidden_layers):
-            flat[("encoder", f"layer_{i}", "output", "slot", "switch", "logits")] = \
-                jnp.float32(switch_logits)
+    if switch_logits is not None:  # every layer's switch, in the encoder's selection
+        flat[("encoder", "selection", "logits")] = jnp.tile(
+            jnp.float32(switch_logits), (pre.config.num_hidden_layers, 1))
     return unflatten_dict(flat)
 
 
@@ -78,15 +79,19 @@ HIDDEN = 8
 
 
 class _Slot(nn.Module):
-    """One layer end: a LayerNorm and an adapter slot, as BertOutputBlock wires them."""
+    """One layer end: a LayerNorm and an adapter slot, as the shared OutputBlock wires
+    them, gated by the selection as the encoder gates it."""
 
     spec: LayerSpec
 
     @nn.compact
     def __call__(self, h, inp, deterministic=True):
         arch = Architecture(layers=(self.spec,))
+        gates = Selection(arch, name="selection")(h.shape[0], deterministic)
         ln = nn.LayerNorm(epsilon=1e-12, name="LayerNorm")
-        return AdapterSlot(self.spec, arch, HIDDEN, name="slot")(h, inp, ln, deterministic)
+        slot = AdapterSlot(self.spec, arch.options, arch, SimpleNamespace(hidden_size=HIDDEN),
+                           name="slot")
+        return slot(h, inp, ln, None if gates is None else gates[0], None, deterministic)
 
 
 def _np_layer_norm(v, scale, bias, eps=1e-12):
@@ -109,7 +114,7 @@ def _layer(logits):
               ("slot", "adapter", "down", "bias"): rng.normal(0, 0.5, r),
               ("slot", "adapter", "up", "kernel"): rng.normal(0, 0.5, (r, HIDDEN)),
               ("slot", "adapter", "up", "bias"): rng.normal(0, 0.5, HIDDEN),
-              ("slot", "switch", "logits"): np.asarray(logits)}
+              ("selection", "logits"): np.asarray([logits])}
     assert set(values) == set(params)
     params = unflatten_dict({k: jnp.float32(v) for k, v in values.items()})
 
@@ -167,7 +172,7 @@ def test_inference_formula(logits, branch):
 def test_pfeiffer_layer_formula():
     module, params, h, inp, (ln, x, a) = _layer(np.float32([0.0, 0.0]))
     plain = _Slot(LayerSpec(True, "relu"))
-    flat = {k: v for k, v in flatten_dict(params).items() if "switch" not in k}
+    flat = {k: v for k, v in flatten_dict(params).items() if "selection" not in k}
     out = plain.apply({"params": unflatten_dict(flat)}, h, inp)
     np.testing.assert_allclose(np.asarray(out), ln(a + h + inp.astype(np.float64)),
                                atol=LITERAL_TOL, rtol=0)

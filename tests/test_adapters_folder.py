@@ -13,7 +13,7 @@ import pytest
 from aa_jax import cli
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
-from aa_jax.experiment import load_run
+from aa_jax.run_setup import load_run
 from aa_jax.export import load_adapters, save_adapters
 from aa_jax.inference import predict
 from aa_jax.step import make_predict

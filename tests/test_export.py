@@ -13,7 +13,7 @@ from aa_jax.export import static_architecture, static_params
 from aa_jax.models.bert import BertForSequenceClassification, BertModel, in_layout
 from aa_jax.models.loader import load_pretrained
 from aa_jax.switch import ADAPTER, IDENTITY
-from aa_jax.experiment import init_params
+from aa_jax.run_setup import init_params
 from aa_jax.params import merge, stack_layers_like, unstack_layers
 
 
@@ -31,11 +31,10 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
     # branches differ from the pretrained layer.
     flat = flatten_dict(unstack_layers(trainable))  # per layer, to set each layer's switch
     for path, value in flat.items():
-        if path[-1] == "logits":
-            layer = path[path.index("encoder") + 1]
-            logits = [0.0, 0.0]
-            logits[ADAPTER if layer == "layer_0" else IDENTITY] = 1.0
-            flat[path] = jnp.float32(logits)
+        if path[-1] == "logits":  # the selection's, one row per layer
+            logits = np.zeros((2, 2), np.float32)
+            logits[0, ADAPTER] = logits[1, IDENTITY] = 1.0
+            flat[path] = jnp.asarray(logits)
         elif "adapter" in path and "rational" not in path:
             flat[path] = value + 0.05 * jax.random.normal(jax.random.key(len(path)), value.shape)
     trainable = stack_layers_like(unflatten_dict(flat), trainable)
@@ -47,7 +46,7 @@ def test_static_model_predicts_what_the_switched_model_predicts(tiny_checkpoint)
     assert [s.describe() for s in static.layers] == ["rational", "x"]
     kept = static_params(trainable, arch, [0])
     names = {"/".join(k) for k in flatten_dict(kept)}
-    assert not any("switch" in n for n in names)
+    assert not any("selection" in n for n in names)
     assert any("layer_0/output/slot/adapter" in n for n in names)
     assert not any("layer_1/output/slot/adapter" in n for n in names)
     exported = BertForSequenceClassification(pre.config, 3, static)

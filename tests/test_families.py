@@ -78,8 +78,8 @@ def test_lora_matches_peft_on_mpnet(mpnet):
             for w in ("a", "b"):
                 flat[("encoder", f"layer_{i}", "attention", "self", "lora", proj, w)] = \
                     jnp.asarray(ref[f"layer_{i}/{proj}/{w}"])
-    arch = METHODS["baseline"].architecture(depth, adapter="lora", lora_rank=int(ref["rank"]),
-                                            lora_alpha=float(ref["alpha"]))
+    arch = METHODS["baseline"].architecture(
+        depth, adapter="lora", options={"rank": int(ref["rank"]), "alpha": float(ref["alpha"])})
     _check(mpnet, ref, arch, unflatten_dict(flat))
     real = ref["attention_mask"].astype(bool)
     assert np.max(np.abs(ref["last_hidden_state"] - ref["plain_last_hidden_state"])[real]) > 0.05
@@ -211,7 +211,7 @@ def _export_and_predict(run, folder, family):
 
 def _method_args(method, aa_run):
     return {"aa_focused": ["--architecture", str(aa_run)], "given_layers": ["--layers", "0,2"],
-            "last_n": ["--last-n", "2"]}.get(method, [])
+            "last_n": ["--last-n", "2"], "aa_topk": ["--top-k", "2"]}.get(method, [])
 
 
 @pytest.mark.parametrize("family", TINY)

@@ -2,7 +2,7 @@
 UserError, never any other exception.
 
 Covers architecture JSON (``Architecture.from_json``), learned architectures
-(``methods.read_learned`` / ``selected_layers_from``), run configs
+(``learned.read_learned`` / ``selected_layers_from``), run configs
 (``TrainConfig.from_dict``) and data files (``custom.load_custom`` and ``glue.load_split``):
 hypothesis-generated values and structure-aware mutations of valid inputs, plus seeded
 random byte corruption of valid files.
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from aa_jax.adapters import Architecture
 from aa_jax.data import custom, glue
 from aa_jax.errors import UserError
-from aa_jax.methods import LEARNED_SCHEMA, read_learned, selected_layers_from
+from aa_jax.learned import LEARNED_SCHEMA, read_learned, selected_layers_from
 from aa_jax.config import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa_jax import checkpoint, cli, guard
+from aa_jax import checkpoint, cli, run_lock
 from aa_jax.config import TrainConfig
 from aa_jax.errors import UserError
 from aa_jax.export import load_adapters, save_adapters
@@ -44,17 +44,17 @@ def test_a_symlinked_lock_is_refused_and_its_target_kept(tmp_path):
     victim.write_text("keep me\n")
     run = tmp_path / "run"
     run.mkdir()
-    (run / guard.RUN_LOCK).symlink_to(victim)
+    (run / run_lock.RUN_LOCK).symlink_to(victim)
     with pytest.raises(UserError, match="is a symbolic link"):
-        with guard.hold_run(run):
+        with run_lock.hold_run(run):
             pass
     assert victim.read_text() == "keep me\n"
 
 
 def test_a_lock_that_is_not_a_plain_file_is_refused(tmp_path):
-    os.mkfifo(tmp_path / guard.RUN_LOCK)
+    os.mkfifo(tmp_path / run_lock.RUN_LOCK)
     with pytest.raises(UserError, match="not a plain file"):
-        with guard.hold_run(tmp_path):
+        with run_lock.hold_run(tmp_path):
             pass
 
 
@@ -161,31 +161,30 @@ def test_an_export_whose_folder_appears_meanwhile_leaves_it_whole(aa_run, tmp_pa
 ])
 def test_sweep_names_that_would_leave_their_folders_are_refused_first(tmp_path, grid,
                                                                        methods, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import sweep
+    from experiments import sweep
+    from experiments.grid import Sweep
 
     path = tmp_path / "sweeps" / "evil.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"base": {"train_size": 24}, "grid": grid,
                                 **({"methods": methods} if methods else {})}))
     with pytest.raises(UserError, match="is not one plain folder name"):
-        sweep.Sweep.load(path)
+        Sweep.load(path)
     work, out = tmp_path / "deep" / "work", tmp_path / "deep" / "out"
     assert sweep.main([str(path), "--work", str(work), "--out", str(out)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweeps"]  # nothing written
 
 
 def test_a_transfer_entry_naming_a_sweep_outside_the_sweeps_folder_is_refused(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import sweep
+    from experiments import grid
 
     path = tmp_path / "sweeps" / "evil.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"base": {"train_size": 24}, "grid": {"method": ["aa"]},
                                 "transfer": {"sweep": "../../../tmp/other"}}))
     with pytest.raises(UserError, match="is not the name of a sweep file"):
-        sweep.transfer_source(sweep.Sweep.load(path, results=tmp_path / "r",
-                                               work=tmp_path / "w"))
+        grid.transfer_source(grid.Sweep.load(path, results=tmp_path / "r",
+                                             work=tmp_path / "w"))
 
 
 def test_labels_written_as_numbers_in_one_file_and_text_in_another_are_named(tmp_path):
@@ -259,20 +258,19 @@ def _one_sentence_in(err: str) -> None:
 @given(label=HOSTILE_TEXT, task=HOSTILE_TEXT, seed=st.integers(0, 99) | HOSTILE_TEXT)
 def test_any_sweep_entry_loads_plain_run_names_or_is_refused(tmp_path_factory, label, task,
                                                              seed):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import sweep
+    from experiments import grid
 
     root = tmp_path_factory.mktemp("sweep")
     path = root / "evil.json"
     path.write_text(json.dumps({"base": {"train_size": 24}, "methods": {label: {"method": "aa"}},
                                 "grid": {"method": [label], "task": [task], "seed": [seed]}}))
     try:
-        loaded = sweep.Sweep.load(path, results=root / "out", work=root / "work")
+        loaded = grid.Sweep.load(path, results=root / "out", work=root / "work")
     except UserError as e:
         assert "\n" not in str(e).strip() or "Traceback" not in str(e)
     else:
         for point in loaded.points:
-            name = sweep.run_name(point)
+            name = grid.run_name(point)
             assert "/" not in name and "\x00" not in name and ".." not in name
             assert loaded.result_dir(point).parent == root / "out"
     assert _files(root) == {"evil.json"}

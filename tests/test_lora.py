@@ -22,8 +22,8 @@ TOL = 1e-4
 
 
 def _lora_architecture(depth, rank, alpha, **kw):
-    return Architecture.uniform(depth, "relu", adapter="lora", lora_rank=rank,
-                                lora_alpha=alpha, **kw)
+    return Architecture.uniform(depth, "relu", adapter="lora",
+                                options={"rank": rank, "alpha": alpha}, **kw)
 
 
 def test_lora_matches_peft_on_minilm(minilm):
@@ -51,7 +51,7 @@ def test_lora_matches_peft_on_minilm(minilm):
 
 def test_lora_parameters_have_roles_and_counts(minilm):
     depth, hidden = minilm.config.num_hidden_layers, minilm.config.hidden_size
-    arch = METHODS["aa"].architecture(depth, adapter="lora", lora_rank=4)
+    arch = METHODS["aa"].architecture(depth, adapter="lora", options={"rank": 4})
     model = BertModel(minilm.config, arch)
     params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     groups = param_groups({"bert": params})
@@ -59,7 +59,8 @@ def test_lora_parameters_have_roles_and_counts(minilm):
     for path, group in groups.items():
         by_group.setdefault(group, []).append("/".join(path))
     assert sorted(by_group) == ["adapter", "frozen", "switch"]  # no rational, no bottleneck
-    assert all("/attention/self/lora/" in p for p in by_group["adapter"] + by_group["switch"])
+    assert all("/attention/self/lora/" in p for p in by_group["adapter"])
+    assert by_group["switch"] == ["bert/encoder/selection/logits"]  # the selection's
     lora_weights = sum(np.prod(flatten_dict(params)[tuple(p.split("/")[1:])].shape)
                        for p in by_group["adapter"])
     assert adapter_weight_count(hidden, arch) == (lora_weights, 0) == (depth * 4 * hidden * 4, 0)
@@ -91,5 +92,6 @@ def test_aa_with_lora_trains_selects_layers_and_exports(tiny_checkpoint, fake_gl
                                     if not METHODS[m].reads_learned_layers])
 def test_every_method_builds_with_lora(method):
     layers = [1, 3] if METHODS[method].reads_given_layers else None
-    arch = METHODS[method].architecture(4, last_n=2, adapter="lora", selected_layers=layers)
+    arch = METHODS[method].architecture(4, last_n=2, adapter="lora", selected_layers=layers,
+                                        top_k=2)
     assert arch.adapter == "lora" and arch.adapter_layers

@@ -79,7 +79,7 @@ def test_metric_selects_and_is_checked_against_the_task():
     assert f1.select_metric == "f1" and f1.metric_names == ("accuracy", "f1")
     assert with_metric(rte, None) is rte
     with pytest.raises(UserError, match="--metric pearson does not fit rte, a 2-class "
-                                        "classification task; choose accuracy, mcc, f1"):
+                                        "classification task; choose accuracy, f1, mcc"):
         with_metric(rte, "pearson")
     with pytest.raises(UserError, match="choose accuracy, mcc[.]"):
         with_metric(get_task("mnli"), "f1")

@@ -19,7 +19,7 @@ import jax, numpy as np
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
-from aa_jax.experiment import setup
+from aa_jax.run_setup import setup
 from aa_jax.step import (data_mesh, init_state, make_optimizer, make_predict, make_train_step, replicate)
 config = TrainConfig(**json.loads(sys.argv[1]))
 exp = setup(config, load_pretrained(config.model))

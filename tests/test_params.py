@@ -15,7 +15,7 @@ from aa_jax.methods import METHODS, architecture_for
 from aa_jax.models.bert import BertForSequenceClassification, BertModel
 from aa_jax.models.loader import declared_pooling, load_pretrained, minilm_path
 from aa_jax.config import TrainConfig
-from aa_jax.experiment import init_params, resolve_pooling
+from aa_jax.run_setup import init_params, resolve_pooling
 from aa_jax.params import merge, param_groups, unstack_layers
 from aa_jax.step import make_optimizer, make_predict
 
@@ -26,7 +26,8 @@ def tiny(tiny_checkpoint):
 
 
 def _model(pre, method, pooling="pooler", num_labels=2):
-    arch = architecture_for(method, pre.config.num_hidden_layers, selected_layers=[1], last_n=1)
+    arch = architecture_for(method, pre.config.num_hidden_layers, selected_layers=[1], last_n=1,
+                            top_k=1)
     return BertForSequenceClassification(pre.config, num_labels, arch, pooling=pooling)
 
 
@@ -42,11 +43,11 @@ def test_every_parameter_has_exactly_one_role(tiny, method):
         by_group.setdefault(group, set()).add("/".join(path))
     assert all(p.startswith("bert/") for p in by_group["frozen"])
     assert by_group["head"] == {"classifier/kernel", "classifier/bias"}
-    assert all("/slot/switch/" in p for p in by_group.get("switch", ()))
+    assert by_group.get("switch", set()) <= {"bert/encoder/selection/logits"}
     assert all("/slot/adapter/rational/" in p for p in by_group.get("rational", ()))
     assert all("/slot/adapter/" in p and "rational" not in p
                for p in by_group.get("adapter", ()))
-    has_switch = method in ("aa", "switch_only")
+    has_switch = method in ("aa", "switch_only", "aa_topk")
     assert ("switch" in by_group) == has_switch
 
 
@@ -71,8 +72,8 @@ def _adam_first_moment_norm(opt_state) -> float:
 def test_global_gradient_norm_clipping(max_grad_norm, want):
     # One Adam step stores mu = (1 - b1) g = 0.1 g, so |mu| shows the gradient Adam saw.
     trainable = {"classifier": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)},
-                 "bert": {"encoder": {"layer_0": {"output": {"slot": {
-                     "switch": {"logits": jnp.zeros(2)},
+                 "bert": {"encoder": {"selection": {"logits": jnp.zeros((1, 2))},
+                                      "layer_0": {"output": {"slot": {
                      "adapter": {"rational": {"numerator": jnp.zeros(6)}}}}}}}}
     grads = jax.tree.map(lambda x: jnp.ones_like(x), trainable)
     grads = jax.tree.map(lambda g: g * 10.0 / optax.tree.norm(grads), grads)  # |g| = 10

@@ -38,7 +38,7 @@ from aa_jax import checkpoint, cli
 from aa_jax.adapters import Architecture
 from aa_jax.data import glue
 from aa_jax.errors import UserError
-from aa_jax.methods import LEARNED_SCHEMA, read_learned
+from aa_jax.learned import LEARNED_SCHEMA, read_learned
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
 from aa_jax.train import train
@@ -753,10 +753,16 @@ def test_train_config_from_dict_validates(change, match):
     ({"layers": [{"adapter": True, "colour": 1}]}, r"Layer 0 of the architecture must be"),
     ({"layers": [{"adapter": True, "activation": "sine"}]}, r"Unknown adapter activation"),
     ({"layers": [{"adapter": False, "switch": True}]}, r"cannot have a switch"),
-    ({"reduction_factor": 0}, r"reduction_factor must be a positive integer"),
-    ({"reduction_factor": 16.0}, r"'reduction_factor' must be a int"),
-    ({"temperature": "hot"}, r"'temperature' must be a number"),
-    ({"temperature": float("nan")}, r"temperature must be a positive number"),
+    ({"options": {"reduction_factor": 0}},
+     r"reduction_factor \(--reduction-factor\) must be a positive integer, got 0"),
+    ({"options": {"reduction_factor": 16.0}},
+     r"reduction_factor \(--reduction-factor\) must be a positive integer, got 16.0"),
+    ({"options": {"rank": 4}}, r"Unknown option\(s\) 'rank' of the adapter kind seq_bn"),
+    ({"options": [16]}, r"'options' must be an object"),
+    ({"reduction_factor": 16}, r"Unknown architecture field\(s\) 'reduction_factor'"),
+    ({"temperature": "hot"}, r"The switch temperature must be a positive finite number"),
+    ({"temperature": float("nan")}, r"The switch temperature must be a positive finite number"),
+    ({"selector": "best"}, r"Unknown selector 'best'"),
     ({"rational_degrees": [5]}, r"'rational_degrees' must be two integers"),
     ({"rational_version": "Z"}, r"Unknown rational version 'Z'"),
     ({"colour": 1}, r"Unknown architecture field\(s\) 'colour'"),
@@ -900,7 +906,7 @@ def test_export_into_a_full_or_read_only_folder_leaves_nothing(capsys, aa_run, t
     out = dest / "static"
     with monkeypatch.context() as m:  # a folder that takes no file: refused up front
         m.setattr(tempfile, "TemporaryFile", _refusing_folder(code, dest))
-        m.setattr("aa_jax.experiment.load_run", lambda *a: pytest.fail("loaded the run"))
+        m.setattr("aa_jax.run_setup.load_run", lambda *a: pytest.fail("loaded the run"))
         line = _storage_line(capsys, ["export", str(aa_run), "--out", str(out)])
     assert line.startswith(f"aa-jax: error: The folder of --out {dest} is not writable "
                            f"({STORAGE_REASONS[code]}); ")
@@ -973,17 +979,17 @@ def test_a_locked_run_directory_stops_a_second_train_and_a_killed_holders_lock_i
 
 
 def test_a_run_directory_lock_is_reentrant_in_its_process_and_released_after(tmp_path):
-    from aa_jax import guard
+    from aa_jax import run_lock
 
     lock = tmp_path / ".lock"
-    with guard.hold(lock, "The thing"):
-        with guard.hold(lock, "The thing"):
+    with run_lock.hold(lock, "The thing"):
+        with run_lock.hold(lock, "The thing"):
             pass
         # Still held after the inner block: another process is refused.
         probe = subprocess.run([sys.executable, "-c", lock_holder.HOLDER, str(lock)],
                                cwd=REPO, capture_output=True, text=True, timeout=120)
         assert probe.returncode != 0 and probe.stdout == ""
-        assert (f"aa_jax.guard.Busy: the test's lock is in use by process {os.getpid()} (it "
+        assert (f"aa_jax.run_lock.Busy: the test's lock is in use by process {os.getpid()} (it "
                 f"holds {lock})" in probe.stderr), probe.stderr
     holder = lock_holder.hold_in_subprocess(lock)  # released when the outer block ended
     lock_holder.stop(holder)

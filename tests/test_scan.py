@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from aa_jax.experiment import init_params
+from aa_jax.run_setup import init_params
 from aa_jax.methods import METHODS
 from aa_jax.models.bert import (BertForSequenceClassification, BertModel, encoder_segments,
                                 segments)
@@ -20,7 +20,7 @@ TOL = 1e-5
 
 
 def _architecture(name, depth):
-    return METHODS[name].architecture(depth, selected_layers=[1, 3, 4], last_n=3)
+    return METHODS[name].architecture(depth, selected_layers=[1, 3, 4], last_n=3, top_k=2)
 
 
 def _inputs():
@@ -68,7 +68,7 @@ def test_scanned_and_unrolled_draw_the_same_noise_in_training(minilm, method, ad
     """Dropout masks and Gumbel noise come from per-layer keys (layer_keys), so a training
     forward pass and its gradient agree between the layouts, noise included."""
     depth = minilm.config.num_hidden_layers
-    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3,
+    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3, top_k=2,
                                         adapter=adapter)
     ids, tt, mask = _inputs()
     unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
@@ -105,7 +105,7 @@ def test_a_seed_starts_from_the_same_weights_scanned_or_unrolled(minilm, method,
     """init_params draws with the unrolled model and stacks, so the layout a run trains in
     (scanned on accelerators, unrolled on the CPU) does not change its initial weights."""
     depth = minilm.config.num_hidden_layers
-    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3,
+    arch = METHODS[method].architecture(depth, selected_layers=[1, 3, 4], last_n=3, top_k=2,
                                         adapter=adapter)
     unrolled = BertForSequenceClassification(minilm.config, 2, arch, scan=False,
                                              pooling="pooler")
@@ -151,7 +151,9 @@ def test_the_layouts_convert_exactly_both_ways(minilm):
 @pytest.mark.parametrize("path, group, layers, stacked", [
     ("bert/encoder/layers_0_5/output/slot/adapter/down/kernel", "adapter", range(6), True),
     ("bert/encoder/layer_3/output/slot/adapter/rational/numerator", "rational", [3], False),
-    ("bert/encoder/layers_2_4/output/slot/switch/logits", "switch", range(2, 5), True),
+    ("bert/encoder/layers_2_4/output/slot/adapter/rational/numerator", "rational",
+     range(2, 5), True),
+    ("roberta/encoder/selection/logits", "switch", [], False),
     ("bert/encoder/layer_1/attention/self/query/kernel", "frozen", [1], False),
     ("classifier/bias", "head", [], False),
 ])

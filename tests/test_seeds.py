@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from aa_jax import checkpoint, cli
-from aa_jax import seeds as seeds_module
+from aa_jax import multi_seed as seeds_module
 from aa_jax import train as train_module
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
-from aa_jax.seeds import train_seeds
+from aa_jax.multi_seed import train_seeds
 from aa_jax.config import TrainConfig
 from aa_jax.train import train
 
@@ -28,7 +28,7 @@ import jax, jax.numpy as jnp, numpy as np
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
-from aa_jax.experiment import setup
+from aa_jax.run_setup import setup
 from aa_jax.step import (init_state, make_optimizer, make_seeds_train_step, make_train_step, stack_runs)
 base = TrainConfig(**json.loads(sys.argv[1]))
 pre = load_pretrained(base.model)
@@ -99,19 +99,19 @@ def test_seeds_together_equal_their_sequential_runs_in_float64(family, tiny_chec
 
 # TrainConfig offers float32 and bfloat16 only, so the script swaps a float64 model and
 # float64 params into the Experiment that setup() returns; train() and train_seeds() both
-# build their runs through aa_jax.experiment.setup, so both run in float64. It records every
+# build their runs through aa_jax.run_setup.setup, so both run in float64. It records every
 # step's losses, and for the seeds-together steps how many batches were widened.
 RUNS_SCRIPT = """
 import copy, dataclasses, json, sys
 from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
-from aa_jax import seeds as seeds_module
+from aa_jax import multi_seed as seeds_module
 from aa_jax import train as training
 from aa_jax.config import TrainConfig
 from aa_jax.data import pipeline
 from aa_jax.models.bert import BertForSequenceClassification
 from aa_jax.models.loader import load_pretrained
-from aa_jax.seeds import train_seeds
+from aa_jax.multi_seed import train_seeds
 
 base = TrainConfig(**json.loads(sys.argv[1]))
 case, root = sys.argv[2], Path(sys.argv[3])
@@ -324,7 +324,7 @@ def reference(tmp_path_factory, base_config, tiny):
 
 def _predictions(run_dir: Path, pretrained) -> dict[str, np.ndarray]:
     """The dev and test predictions of a run's best epoch, padding left out."""
-    from aa_jax.experiment import load_run
+    from aa_jax.run_setup import load_run
     from aa_jax.step import make_predict
 
     exp, params, _ = load_run(run_dir, pretrained)
@@ -582,7 +582,7 @@ def test_cli_seed_and_seeds_exclude_each_other(capsys):
 def test_seeds_stop_before_training_when_one_run_directory_is_in_use(base_config, tiny,
                                                                      tmp_path, monkeypatch):
     import lock_holder
-    from aa_jax import guard
+    from aa_jax import run_lock
 
     configs = [dataclasses.replace(c, epochs=1) for c in _configs(base_config)[:2]]
     outs = [tmp_path / f"seed-{c.seed}" for c in configs]
@@ -590,7 +590,7 @@ def test_seeds_stop_before_training_when_one_run_directory_is_in_use(base_config
     try:
         monkeypatch.setattr(seeds_module, "make_seeds_train_step",
                             lambda *a, **k: pytest.fail("trained a run directory in use"))
-        with pytest.raises(guard.Busy, match=rf"^The run directory {outs[1]} is in use by "
+        with pytest.raises(run_lock.Busy, match=rf"^The run directory {outs[1]} is in use by "
                            rf"process {holder.pid} \(it holds "):
             train_seeds(configs, outs, progress=False, pretrained=tiny)
         assert not (outs[0] / "checkpoints").exists()

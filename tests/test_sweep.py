@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
+import lock_holder
+from aa_jax.errors import UserError
+from experiments import (aggregate, claims, grid, page, plan, publish, records, significance,
+                         sweep, tables, workers)
 
-import aggregate  # noqa: E402
-import lock_holder  # noqa: E402
-import sweep  # noqa: E402
-from aa_jax.errors import UserError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TABLE2 = ["baseline", "aa", "adapterdrop", "aa_focused", "aa_focused_transfer", "last_k",
           "adapterdrop_k"]
@@ -50,8 +49,8 @@ def finish(run: Path, task: str, selected: list[int], depth: int = 6) -> None:
 
 
 def test_points_follow_the_grid_order_and_labels_name_the_runs(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
-    names = [sweep.run_name(p) for p in s.points]
+    s = grid.Sweep.load(spec(tmp_path), results=tmp_path / "r")
+    names = [grid.run_name(p) for p in s.points]
     assert names[:3] == ["rte-baseline-100-42", "rte-aa-100-42", "rte-adapterdrop-100-42"]
     assert len(names) == len(set(names)) == 2 * 2 * len(TABLE2)
     transfer = next(p for p in s.points if p.label == "aa_focused_transfer")
@@ -64,7 +63,7 @@ def test_a_later_grid_adds_points_without_repeating_earlier_ones(tmp_path):
     body["grids"] = [body.pop("grid"), {"seed": [42, 111], "task": ["rte"],
                                          "method": ["baseline"]}]
     path.write_text(json.dumps({"roles": ROLES, **body}))
-    names = [sweep.run_name(p) for p in sweep.Sweep.load(path).points]
+    names = [grid.run_name(p) for p in grid.Sweep.load(path).points]
     assert names.count("rte-baseline-100-42") == 1 and names[-1] == "rte-baseline-100-111"
 
 
@@ -74,11 +73,11 @@ def test_bad_sweeps_are_refused_in_one_sentence(tmp_path):
     body["grid"]["method"] = ["odd"]
     path.write_text(json.dumps({"roles": ROLES, **body}))
     with pytest.raises(UserError, match="learning_rat is not a training setting"):
-        sweep.Sweep.load(path)
+        grid.Sweep.load(path)
     body["grid"]["method"] = ["nonsense"]
     path.write_text(json.dumps({"roles": ROLES, **body}))
     with pytest.raises(UserError, match="unknown method 'nonsense'"):
-        sweep.Sweep.load(path)
+        grid.Sweep.load(path)
 
 
 def test_shards_partition_the_points_by_task_and_size(tmp_path):
@@ -86,10 +85,10 @@ def test_shards_partition_the_points_by_task_and_size(tmp_path):
     body = json.loads(path.read_text())
     body["grid"]["train_size"], body["grid"]["task"] = [100, 300], ["rte", "cola", "sst2"]
     path.write_text(json.dumps({"roles": ROLES, **body}))
-    points = sweep.Sweep.load(path).points
-    shards = [sweep.shard_of(points, (i, 4)) for i in (1, 2, 3, 4)]
-    names = [sweep.run_name(p) for s in shards for p in s]
-    assert sorted(names) == sorted(sweep.run_name(p) for p in points)
+    points = grid.Sweep.load(path).points
+    shards = [grid.shard_of(points, (i, 4)) for i in (1, 2, 3, 4)]
+    names = [grid.run_name(p) for s in shards for p in s]
+    assert sorted(names) == sorted(grid.run_name(p) for p in points)
     # 6 (task, size) cells dealt to 4 shards in the sweep's order: 2, 2, 1, 1 cells.
     assert [len(s) for s in shards] == [len(points) // 6 * k for k in (2, 2, 1, 1)]
     for s in shards:  # a cell's seeds, and a run with the aa run it refers to, stay together
@@ -102,22 +101,22 @@ def test_shards_partition_the_points_by_task_and_size(tmp_path):
 
 
 def test_references_wait_for_their_runs_then_resolve(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
-    by = {sweep.run_name(p): p for p in s.points}
-    with pytest.raises(sweep.Waiting, match="rte-aa-100-42"):
-        sweep.resolve(s, by["rte-aa_focused-100-42"])
+    s = grid.Sweep.load(spec(tmp_path), results=tmp_path / "r")
+    by = {grid.run_name(p): p for p in s.points}
+    with pytest.raises(grid.Waiting, match="rte-aa-100-42"):
+        grid.resolve(s, by["rte-aa_focused-100-42"])
     finish(s.result_dir(by["rte-aa-100-42"]), "rte", [1, 3, 5])
-    config = sweep.resolve(s, by["rte-aa_focused-100-42"])
+    config = grid.resolve(s, by["rte-aa_focused-100-42"])
     assert Path(config.architecture).resolve() == s.result_dir(by["rte-aa-100-42"]).resolve()
-    assert sweep.resolve(s, by["rte-adapterdrop-100-42"]).drop_first == 3
+    assert grid.resolve(s, by["rte-adapterdrop-100-42"]).drop_first == 3
     # The transferred architecture needs every task's AA run of seed 42.
-    with pytest.raises(sweep.Waiting, match="cola-aa-100-42"):
-        sweep.resolve(s, by["rte-last_k-100-92"])
+    with pytest.raises(grid.Waiting, match="cola-aa-100-42"):
+        grid.resolve(s, by["rte-last_k-100-92"])
     finish(s.result_dir(by["cola-aa-100-42"]), "cola", [4, 5])
-    last = sweep.resolve(s, by["rte-last_k-100-92"])
+    last = grid.resolve(s, by["rte-last_k-100-92"])
     assert (last.method, last.last_n) == ("last_n", 2)
-    assert sweep.resolve(s, by["rte-adapterdrop_k-100-92"]).drop_first == 4
-    moved = sweep.resolve(s, by["rte-aa_focused_transfer-100-92"])
+    assert grid.resolve(s, by["rte-adapterdrop_k-100-92"]).drop_first == 4
+    moved = grid.resolve(s, by["rte-aa_focused_transfer-100-92"])
     assert Path(moved.architecture).resolve() == s.result_dir(by["cola-aa-100-42"]).resolve()
 
 
@@ -131,30 +130,30 @@ def test_the_paper_s_focused_rule_and_the_random_layers_control_resolve(tmp_path
                                 "grid": {"seed": [42, 92], "task": ["rte"],
                                          "method": ["aa", "aa_focused_42", "random_k"]},
                                 "methods": CONTROLS}))
-    s = sweep.Sweep.load(path, results=tmp_path / "r")
-    by = {sweep.run_name(p): p for p in s.points}
+    s = grid.Sweep.load(path, results=tmp_path / "r")
+    by = {grid.run_name(p): p for p in s.points}
     finish(s.result_dir(by["rte-aa-100-92"]), "rte", [0, 2, 3, 5])
-    with pytest.raises(sweep.Waiting, match="rte-aa-100-42"):  # seed 42's, not its own
-        sweep.resolve(s, by["rte-aa_focused_42-100-92"])
+    with pytest.raises(grid.Waiting, match="rte-aa-100-42"):  # seed 42's, not its own
+        grid.resolve(s, by["rte-aa_focused_42-100-92"])
     finish(s.result_dir(by["rte-aa-100-42"]), "rte", [4])
     for seed in (42, 92):
-        focused = sweep.resolve(s, by[f"rte-aa_focused_42-100-{seed}"])
+        focused = grid.resolve(s, by[f"rte-aa_focused_42-100-{seed}"])
         assert Path(focused.architecture).resolve() == \
             s.result_dir(by["rte-aa-100-42"]).resolve()
     # As many layers as the cell's own AA run kept, drawn by a recorded, reproducible draw.
-    control = sweep.resolve(s, by["rte-random_k-100-92"])
+    control = grid.resolve(s, by["rte-random_k-100-92"])
     assert control.method == "given_layers" and len(control.layers) == 4
-    assert control.layers == sweep.random_layers("rte", 100, 92, 6, 4)
+    assert control.layers == grid.random_layers("rte", 100, 92, 6, 4)
     assert control.layers == sorted(set(control.layers)) and set(control.layers) <= set(range(6))
-    assert sweep.resolve(s, by["rte-random_k-100-42"]).layers == \
-        sweep.random_layers("rte", 100, 42, 6, 1)
+    assert grid.resolve(s, by["rte-random_k-100-42"]).layers == \
+        grid.random_layers("rte", 100, 42, 6, 1)
 
 
 def test_random_layers_are_uniform_over_the_layers():
     """Every layer is drawn with probability k / depth: 3000 draws of 3 of 6 layers, each
     layer's count within 5 standard deviations of 1500 (binomial, p = 1/2)."""
     counts = np.zeros(6)
-    draws = [sweep.random_layers(task, size, seed, 6, 3) for task in ("rte", "sst2", "stsb")
+    draws = [grid.random_layers(task, size, seed, 6, 3) for task in ("rte", "sst2", "stsb")
              for size in (100, 300, 500, 1000, 2000) for seed in range(200)]
     for layers in draws:
         assert len(set(layers)) == 3
@@ -165,23 +164,23 @@ def test_random_layers_are_uniform_over_the_layers():
 
 
 def test_the_transfer_rule_skips_empty_architectures_and_breaks_ties_by_task_order(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
-    by = {sweep.run_name(p): p for p in s.points}
+    s = grid.Sweep.load(spec(tmp_path), results=tmp_path / "r")
+    by = {grid.run_name(p): p for p in s.points}
     finish(s.result_dir(by["rte-aa-100-42"]), "rte", [])
     finish(s.result_dir(by["cola-aa-100-42"]), "cola", [0, 5])
-    assert sweep.transfer_source(s).name == "cola-aa-100-42"
+    assert grid.transfer_source(s).name == "cola-aa-100-42"
     finish(s.result_dir(by["rte-aa-100-42"]), "rte", [2, 3])
-    assert sweep.transfer_source(s).name == "rte-aa-100-42"
+    assert grid.transfer_source(s).name == "rte-aa-100-42"
     finish(s.result_dir(by["rte-aa-100-42"]), "rte", [])
     finish(s.result_dir(by["cola-aa-100-42"]), "cola", [])
     with pytest.raises(UserError, match="no AA run of the transfer source selected a layer"):
-        sweep.transfer_source(s)
+        grid.transfer_source(s)
 
 
 # -- the whole runner on the tiny model --------------------------------------------------
 
 def _sweep_cmd(path, glue, results, work, *extra):
-    return [sys.executable, str(REPO / "experiments" / "sweep.py"), str(path),
+    return [sys.executable, "-m", "experiments.sweep", str(path),
             "--glue-dir", str(glue), "--out", str(results), "--work", str(work), *extra]
 
 
@@ -222,13 +221,13 @@ def test_pinned_workers_get_disjoint_equal_shares_of_the_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7},
                         raising=False)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
-    assert sweep.cpu_shares(2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert sweep.cpu_shares(3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert workers.cpu_shares(2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert workers.cpu_shares(3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
     with pytest.raises(UserError, match="at most 8 workers"):
-        sweep.cpu_shares(9)
+        workers.cpu_shares(9)
     monkeypatch.delattr(os, "sched_setaffinity")
     with pytest.raises(UserError, match="leave --pin-cpus out here"):
-        sweep.cpu_shares(2)
+        workers.cpu_shares(2)
 
 
 def test_pin_cpus_needs_several_workers(tmp_path, capsys):
@@ -263,7 +262,7 @@ def test_pinned_workers_share_the_sweep_run_by_run_each_on_its_own_cpus(
         aa, focused = (json.loads((results / f"rte-{m}-24-{seed}" / "result.json").read_text())
                        for m in ("aa", "aa_focused"))
         assert focused["selected_layers"] == aa["selected_layers"]
-    shares = {len(share) for share in sweep.cpu_shares(2)}
+    shares = {len(share) for share in workers.cpu_shares(2)}
     for f in results.glob("*/result.json"):
         assert json.loads(f.read_text())["cpus"] in shares
 
@@ -316,7 +315,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
     for name in done:
         extra = ("rational_inputs.json",) if name.startswith("rte-aa-") else ()
         assert sorted(p.name for p in (results / name).iterdir()) == sorted(
-            sweep.COPIED + extra)
+            publish.COPIED + extra)
     inputs = json.loads((results / "rte-aa-24-42" / "rational_inputs.json").read_text())
     assert sorted(map(int, inputs["layers"])) == sorted(
         json.loads((results / "rte-aa-24-42" / "architecture.json").read_text())
@@ -352,20 +351,20 @@ def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monk
         if setup is not None:  # results older than the field have no set-up time
             record["setup_and_test_seconds"] = setup
         (run / "result.json").write_text(json.dumps(record))
-    monkeypatch.setattr(sweep, "RESULTS", results)
-    grid = {"seed": [42], "task": ["rte", "cola", "mrpc"], "method": ["aa"],
-            "train_size": [100, 300]}
-    s = sweep.Sweep.load(spec(tmp_path, grid=grid, base={"epochs": 4}),
-                         results=tmp_path / "mine")
+    monkeypatch.setattr(plan, "RESULTS", results)
+    cells = {"seed": [42], "task": ["rte", "cola", "mrpc"], "method": ["aa"],
+             "train_size": [100, 300]}
+    s = grid.Sweep.load(spec(tmp_path, grid=cells, base={"epochs": 4}),
+                        results=tmp_path / "mine")
     got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
-           for p, train, setup in sweep.estimate(s, s.points)}
+           for p, train, setup in plan.estimate(s, s.points)}
     # seconds per epoch x 4 epochs: rte-aa-100 its own 20/epoch; rte at 300 scales rte's
     # median per example (0.1 and 0.2 per epoch) by 300; cola at 100 by 100 (0.1)
     assert got[("rte", 100)] == (80.0, 30.0)
     assert got[("rte", 300)] == (pytest.approx(4 * 0.15 * 300), 30.0)  # the task's setup
     assert got[("cola", 300)] == (120.0, 15.0) and got[("cola", 100)] == (40.0, 15.0)
     assert got[("mrpc", 100)] == (None, None)
-    sweep.plan(s, s.points)
+    plan.plan(s, s.points)
     out = capsys.readouterr().out
     assert "2 runs have no measured training time" in out  # mrpc
     assert "set-up and test evaluation add to the 2 runs" in out
@@ -378,17 +377,17 @@ def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monk
         {"task": "rte", "train_size": 100, "method": "aa", "train_seconds": 60.0, "cpus": 1,
          "setup_and_test_seconds": 50.0}))
     got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
-           for p, train, setup in sweep.estimate(s, s.points, cpus=1)}
+           for p, train, setup in plan.estimate(s, s.points, cpus=1)}
     assert got[("rte", 100)] == (120.0, 50.0)  # the one-CPU run alone
     assert got[("cola", 300)] == (120.0, 15.0)  # no one-CPU run of cola: all runs
-    monkeypatch.setattr(sweep, "cpu_shares", lambda n: [[0], [1]])
-    sweep.plan(s, s.points, workers=2)
+    monkeypatch.setattr(plan, "cpu_shares", lambda n: [[0], [1]])
+    plan.plan(s, s.points, workers=2)
     assert "with 2 pinned workers of 1 CPU each" in capsys.readouterr().out
 
 
 def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, monkeypatch):
     repo = tmp_path / "main"
-    s = sweep.Sweep.load(spec(tmp_path), results=repo / "experiments" / "results" / "small")
+    s = grid.Sweep.load(spec(tmp_path), results=repo / "experiments" / "results" / "small")
     aa = s.results / "rte-aa-100-42"
     aa.mkdir(parents=True)
     elsewhere = tmp_path / "checkout"  # a sweep run from another folder, --out ../main/...
@@ -396,37 +395,37 @@ def test_published_configs_name_the_architecture_as_a_clone_finds_it(tmp_path, m
     monkeypatch.chdir(elsewhere)
     config = {"task": "rte", "architecture": "../main/experiments/results/small/rte-aa-100-42",
               "resolved": {"selected_layers": [1]}}
-    out = json.loads(sweep.published_config(s, json.dumps(config)))
+    out = json.loads(publish.published_config(s, json.dumps(config)))
     assert out == {**config, "architecture": "experiments/results/small/rte-aa-100-42"}
     outside = {**config, "architecture": str(tmp_path / "my_arch")}
-    assert json.loads(sweep.published_config(s, json.dumps(outside))) == outside
-    plain = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "out")
-    assert sweep.published_config(plain, json.dumps(config)) == json.dumps(config)
-    assert sweep.published_config(s, json.dumps({"task": "rte"})) == json.dumps({"task": "rte"})
+    assert json.loads(publish.published_config(s, json.dumps(outside))) == outside
+    plain = grid.Sweep.load(spec(tmp_path), results=tmp_path / "out")
+    assert publish.published_config(plain, json.dumps(config)) == json.dumps(config)
+    assert publish.published_config(s, json.dumps({"task": "rte"})) == json.dumps({"task": "rte"})
 
 
 def test_published_results_name_the_sweep_s_protocol_version_beside_the_code(tmp_path):
     run = json.dumps({"task": "rte", "code": "aa_jax 0.2.0", "test": {"accuracy": 0.5}})
-    stated = sweep.Sweep.load(spec(tmp_path, protocol_version=3), results=tmp_path / "r")
+    stated = grid.Sweep.load(spec(tmp_path, protocol_version=3), results=tmp_path / "r")
     point = stated.points[1]
-    assert sweep.published_result(stated, point, run) == {
+    assert publish.published_result(stated, point, run) == {
         "task": "rte", "code": "aa_jax 0.2.0, small protocol 3", "test": {"accuracy": 0.5},
         "label": "aa"}
-    plain = sweep.Sweep.load(spec(tmp_path), results=tmp_path / "r")
-    assert sweep.published_result(plain, point, run)["code"] == "aa_jax 0.2.0"
+    plain = grid.Sweep.load(spec(tmp_path), results=tmp_path / "r")
+    assert publish.published_result(plain, point, run)["code"] == "aa_jax 0.2.0"
     # So the aggregator keeps a cell's runs of two protocol versions apart.
     done = {f"rte-aa-100-{seed}": {"precision": "highest",
                                    "code": f"aa_jax 0.2.0, small protocol {version}"}
             for seed, version in ((42, 3), (92, 4))}
-    assert aggregate.mixed_cells(stated, done) == [
+    assert records.mixed_cells(stated, done) == [
         "rte aa 100: highest, aa_jax 0.2.0, small protocol 3 ×1, "
         "highest, aa_jax 0.2.0, small protocol 4 ×1"]
 
 
 def test_committing_a_run_refreshes_the_sweep_s_table_to_include_it(tmp_path, capsys):
-    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte"],
-                                               "method": ["baseline", "aa"]}),
-                         results=tmp_path / "r")
+    s = grid.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte"],
+                                              "method": ["baseline", "aa"]}),
+                        results=tmp_path / "r")
     table = s.results / "TABLE.md"
 
     def result(label, seed, accuracy):
@@ -441,25 +440,25 @@ def test_committing_a_run_refreshes_the_sweep_s_table_to_include_it(tmp_path, ca
             "precision": "highest", "code": "aa_jax 0.2.0"}))
 
     result("baseline", 42, 0.55)
-    assert sweep.refresh_tables(s) == [table]
+    assert publish.refresh_tables(s) == [table]
     first = table.read_text()
-    assert first == aggregate.page(s, *aggregate.read_results(s), aggregate.majority_scores())
+    assert first == page.page(s, *records.read_results(s), records.majority_scores())
     assert "1 of 4 runs finished" in first
-    assert sweep.refresh_tables(s) == []  # nothing new: nothing to commit
+    assert publish.refresh_tables(s) == []  # nothing new: nothing to commit
     result("aa", 42, 0.6)
-    assert sweep.refresh_tables(s) == [table] and "2 of 4 runs finished" in table.read_text()
+    assert publish.refresh_tables(s) == [table] and "2 of 4 runs finished" in table.read_text()
     # A damaged result is reported and leaves the table as it was; the run is still kept.
     kept = table.read_text()
     (s.results / "rte-aa-100-42" / "result.json").write_text("{")
     capsys.readouterr()
-    assert sweep.refresh_tables(s) == [] and table.read_text() == kept
+    assert publish.refresh_tables(s) == [] and table.read_text() == kept
     assert capsys.readouterr().err.startswith(
         f"    (tables not refreshed: UserError: {s.results / 'rte-aa-100-42' / 'result.json'}"
         f" is damaged")
 
 
 def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_path):
-    import figures
+    from experiments import figures
 
     runs = []
     for seed, probs, selected in ((42, [[0.4, 0.9], [0.1, 1.0], [0.0, 1.0]], [1]),
@@ -482,7 +481,7 @@ def test_switch_history_averages_the_seeds_and_counts_the_layers_they_kept(tmp_p
 
 def test_rationals_figure_draws_each_seeds_function_and_the_kept_layers_inputs(
         tmp_path, monkeypatch):
-    import figures
+    from experiments import figures
 
     # R(x) = (0 + 1 x) / (1 + |0 x|) = x; the second seed's R(x) = 2x
     runs = []
@@ -524,40 +523,40 @@ def test_the_committed_tables_are_regenerated_byte_for_byte():
 
 
 def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "mrpc"],
-                                               "method": ["baseline"]}))
+    s = grid.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "mrpc"],
+                                              "method": ["baseline"]}))
     scores = {"rte": [0.70, 0.72], "cola": [0.90], "mrpc": [0.51, 0.60]}
     done = {f"{task}-baseline-100-{seed}": {"select_metric": "accuracy",
                                             "test": {"accuracy": value}}
             for task, values in scores.items() for seed, value in zip((42, 92), values)}
     majority = {task: {"accuracy": 0.5} for task in scores}
     metric = {task: "accuracy" for task in scores}
-    learns = aggregate.baseline_learns(s, done, majority, metric)
+    learns = tables.baseline_learns(s, done, majority, metric)
     # mrpc: mean 0.555, two standard errors 0.09, so not clearly above 0.5; cola: one seed.
     assert learns == {100: {"rte"}}
-    assert not aggregate.at_chance([0.90], 0.5) and aggregate.at_chance([0.50], 0.5)
-    assert aggregate.at_chance(scores["mrpc"], 0.5)
-    assert aggregate.baseline_learns(s, done, {}, metric) == {}
+    assert not significance.at_chance([0.90], 0.5) and significance.at_chance([0.50], 0.5)
+    assert significance.at_chance(scores["mrpc"], 0.5)
+    assert tables.baseline_learns(s, done, {}, metric) == {}
 
 
 def test_a_cell_that_mixes_precisions_or_code_is_refused_unless_allowed(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92, 111], "task": ["rte"],
-                                               "method": ["baseline", "aa"]}))
+    s = grid.Sweep.load(spec(tmp_path, grid={"seed": [42, 92, 111], "task": ["rte"],
+                                              "method": ["baseline", "aa"]}))
     done = {f"rte-{label}-100-{seed}": {"select_metric": "accuracy", "test": {"accuracy": 0.6},
                                         "device": "cpu", "precision": "default",
                                         "code": "aa_jax 0.2.0"}
             for label in ("baseline", "aa") for seed in (42, 92, 111)}
-    assert aggregate.check_mixed(s, done, allow=False) == []
+    assert records.check_mixed(s, done, allow=False) == []
     # Old results (no precision, no device: a CPU) pool with new CPU runs of no code name.
     old = {k: {"select_metric": "accuracy", "test": {"accuracy": 0.6}} for k in done}
-    assert aggregate.check_mixed(s, old, allow=False) == []
+    assert records.check_mixed(s, old, allow=False) == []
     done["rte-aa-100-92"] = {**done["rte-aa-100-92"], "device": "gpu: NVIDIA H200"}
     done["rte-aa-100-111"] = {**done["rte-aa-100-111"], "precision": "highest"}
     done["rte-baseline-100-42"] = {**done["rte-baseline-100-42"], "code": "aa_jax 0.3.0"}
     with pytest.raises(UserError, match=r"would pool runs of different precisions, devices "
                                         r"or code versions in 2 cell\(s\) .*--allow-mixed"):
-        aggregate.check_mixed(s, done, allow=False)
-    assert aggregate.check_mixed(s, done, allow=True) == [
+        records.check_mixed(s, done, allow=False)
+    assert records.check_mixed(s, done, allow=True) == [
         "rte baseline 100: default on cpu, aa_jax 0.3.0 ×1, default on cpu, aa_jax 0.2.0 ×2",
         "rte aa 100: default on cpu, aa_jax 0.2.0 ×1, default on gpu, aa_jax 0.2.0 ×1, "
         "highest, aa_jax 0.2.0 ×1"]
@@ -565,32 +564,32 @@ def test_a_cell_that_mixes_precisions_or_code_is_refused_unless_allowed(tmp_path
 
 def test_the_status_line_counts_the_cpus_of_cpu_runs_where_they_were_recorded():
     old = {"a": {"device": "cpu"}, "b": {}}
-    assert aggregate.where_run(old) == "Trained on cpu: 2 runs. "
+    assert records.where_run(old) == "Trained on cpu: 2 runs. "
     mixed = {**old, "c": {"device": "cpu", "cpus": 1}, "d": {"device": "cpu", "cpus": 1},
              "e": {"device": "cpu", "cpus": 2}, "f": {"device": "gpu: H100", "cpus": 16}}
-    assert aggregate.where_run(mixed) == (
+    assert records.where_run(mixed) == (
         "Trained on cpu: 5 runs (2 on 1 CPU, 1 on 2 CPUs, 2 with no CPU count recorded), "
         "gpu (H100): 1 runs. ")
 
 
 def test_a_table_entry_can_limit_its_rows_to_some_train_sizes(tmp_path):
-    grid = {"seed": [42], "task": ["rte"], "method": ["baseline", "aa"],
-            "train_size": [100, 300]}
-    tables = {"all sizes": ["aa"], "at 300": {"labels": ["baseline", "aa"], "sizes": [300]}}
-    s = sweep.Sweep.load(spec(tmp_path, grid=grid, tables=tables))
+    cells = {"seed": [42], "task": ["rte"], "method": ["baseline", "aa"],
+             "train_size": [100, 300]}
+    listed = {"all sizes": ["aa"], "at 300": {"labels": ["baseline", "aa"], "sizes": [300]}}
+    s = grid.Sweep.load(spec(tmp_path, grid=cells, tables=listed))
     done = {f"rte-{m}-{n}-42": {"task": "rte", "select_metric": "accuracy",
                                 "test": {"accuracy": 0.6},
                                 "selected_layers": [0], "adapter_weights": 1}
             for m in ("baseline", "aa") for n in (100, 300)}
     rows = {}
-    for title, group in tables.items():
-        labels, sizes = aggregate.table_group(s, title, group)
-        text, _ = aggregate.table(s, done, "test", {}, labels, sizes)
+    for title, group in listed.items():
+        labels, sizes = tables.table_group(s, title, group)
+        text, _ = tables.table(s, done, "test", {}, labels, sizes)
         rows[title] = [line.split(" | ")[:2] for line in text.splitlines()[2:]]
     assert rows == {"all sizes": [["| aa", "100"], ["| aa", "300"]],
                     "at 300": [["| baseline", "300"], ["| aa", "300"]]}
     with pytest.raises(UserError, match="the table 'bad' should be a list of labels"):
-        aggregate.table_group(s, "bad", {"methods": ["aa"]})
+        tables.table_group(s, "bad", {"methods": ["aa"]})
 
 
 def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
@@ -604,47 +603,47 @@ def test_readme_excerpt_keeps_rows_with_results_and_the_claims():
         "| aa − baseline | 100 | all tasks | 2 | +1.00 |", "", "## The paper's claims", "",
         "| claim | n | verdict |", "|---|---|---|", "| AA is on par | 100 | agrees |", "",
         "result: what the columns mean.", "", "## Dev scores", ""])
-    excerpt = aggregate.readme_excerpt(table)
+    excerpt = page.readme_excerpt(table)
     assert excerpt.splitlines()[0] == "*3 of 9 runs finished. Trained on cpu: 3. Generated.*"
     assert "| baseline | 100 |" in excerpt and "| aa | 100 |" not in excerpt
     assert "last4" not in excerpt and "all tasks" not in excerpt
     assert "| AA is on par | 100 | agrees |" in excerpt
     assert excerpt.splitlines()[-1] == "result: what the columns mean."
     # Each sweep's excerpt sits between its own marker and the next end marker.
-    v2, v1, end = (aggregate.readme_start("paper_v2"), aggregate.readme_start("paper"),
-                   aggregate.README_END)
+    v2, v1, end = (page.readme_start("paper_v2"), page.readme_start("paper"),
+                   page.README_END)
     readme = f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n"
-    assert aggregate.readme_with(readme, "new", "paper") == (
+    assert page.readme_with(readme, "new", "paper") == (
         f"intro\n{v2}\nold2\n{end}\nmiddle\n{v1}\nnew\n{end}\nrest\n")
-    assert aggregate.readme_with(readme, "new2", "paper_v2") == (
+    assert page.readme_with(readme, "new2", "paper_v2") == (
         f"intro\n{v2}\nnew2\n{end}\nmiddle\n{v1}\nold\n{end}\nrest\n")
 
 
 def test_not_finished_lists_each_tasks_missing_seeds_and_the_failed_runs(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola"],
-                                               "method": ["baseline", "aa"]}))
+    s = grid.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola"],
+                                              "method": ["baseline", "aa"]}))
     done = {"rte-baseline-100-42": {}, "cola-baseline-100-42": {}, "cola-baseline-100-92": {},
             "rte-aa-100-92": {}}
     failed = {"cola-aa-100-42": {"error": "out of memory"}}
     # cola's two baseline seeds stay at the majority class; rte's baseline has one seed
     verdicts = {(100, "cola"): False}
-    lines = aggregate.not_finished(s, done, failed, verdicts)
+    lines = page.not_finished(s, done, failed, verdicts)
     rows = [line for line in lines if line.startswith("| ") and line[2:8] != "method"]
     # in the order the sweep runs them: seed 42's rte-aa is the first run missing
     assert rows == ["| aa | 100 | 3 | rte? 42; cola† 42, 92 |",
                     "| baseline | 100 | 1 | rte? 92 |"]
     assert "(2 of the 4 runs left)" in "\n".join(lines)
     assert "- cola-aa-100-42: out of memory" in lines
-    learns = aggregate.not_finished(s, done, failed, {(100, "cola"): True, (100, "rte"): True})
+    learns = page.not_finished(s, done, failed, {(100, "cola"): True, (100, "rte"): True})
     assert "| aa | 100 | 3 | rte 42; cola 42, 92 |" in learns
     assert "(0 of the 4 runs left)" in "\n".join(learns)
-    everything = {sweep.run_name(p): {} for p in s.points}
-    assert aggregate.not_finished(s, everything, {}, {}) == []
+    everything = {grid.run_name(p): {} for p in s.points}
+    assert page.not_finished(s, everything, {}, {}) == []
 
 
 def test_baseline_verdicts_need_two_seeds_and_the_majority_score(tmp_path):
-    s = sweep.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "sst2"],
-                                               "method": ["baseline"]}))
+    s = grid.Sweep.load(spec(tmp_path, grid={"seed": [42, 92], "task": ["rte", "cola", "sst2"],
+                                              "method": ["baseline"]}))
 
     def result(value):
         return {"test": {"accuracy": value}, "select_metric": "accuracy"}
@@ -657,18 +656,18 @@ def test_baseline_verdicts_need_two_seeds_and_the_majority_score(tmp_path):
     metric = {"rte": "accuracy", "sst2": "accuracy", "cola": "accuracy"}
     # rte: mean 0.52 minus two standard errors (2 x 0.02) is 0.48, not above 0.5271; sst2 is
     # far above; cola has one seed only, so it has no verdict however high it scores
-    assert aggregate.baseline_verdicts(s, done, majority, metric) == {
+    assert tables.baseline_verdicts(s, done, majority, metric) == {
         (100, "rte"): False, (100, "sst2"): True}
-    assert aggregate.baseline_verdicts(s, done, {}, metric) == {}
+    assert tables.baseline_verdicts(s, done, {}, metric) == {}
 
 
 def test_holm_multiplies_the_kth_smallest_p_by_the_tests_left_and_keeps_the_order():
     nan = float("nan")
     # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to the 0.06 before it
-    adjusted = aggregate.holm([0.01, 0.04, 0.03, nan])
+    adjusted = significance.holm([0.01, 0.04, 0.03, nan])
     np.testing.assert_allclose(adjusted[:3], [0.03, 0.06, 0.06])
     assert math.isnan(adjusted[3])
-    assert aggregate.holm([0.5, 0.6]) == [1.0, 1.0] and aggregate.holm([]) == []
+    assert significance.holm([0.5, 0.6]) == [1.0, 1.0] and significance.holm([]) == []
 
 
 def _holm_by_hand(ps):
@@ -686,12 +685,12 @@ def test_holm_equals_the_former_hand_written_adjustment():
     for m in (1, 2, 5, 17, 40):
         ps = list(rng.uniform(0, 0.2, m) ** 2)
         ps[rng.integers(m)] = float("nan")
-        np.testing.assert_allclose(aggregate.holm(ps), _holm_by_hand(ps), rtol=1e-15,
+        np.testing.assert_allclose(significance.holm(ps), _holm_by_hand(ps), rtol=1e-15,
                                    atol=0)
 
 
 def test_claim_verdicts_follow_holm_the_interval_and_the_papers_effect():
-    v = aggregate.claim_verdict
+    v = significance.claim_verdict
     assert v("higher", +2.0, 0.01) == "agrees" and v("higher", -2.0, 0.01) == "disagrees"
     assert v("lower", -2.0, 0.01) == "agrees" and v("lower", +2.0, 0.01) == "disagrees"
     assert v("equal", -2.0, 0.01) == "disagrees (lower)"
@@ -714,12 +713,12 @@ def test_layer_agreement_tells_task_specific_layers_from_shuffled_ones():
     # Each task keeps its own layers in all 4 of its runs: alike within, not between.
     specific = [(t, layers) for t, layers in (("rte", [0, 1]), ("sst2", [4, 5]),
                                               ("stsb", [2, 3])) for _ in range(4)]
-    text = aggregate.layer_agreement(specific, permutations=2000)
+    text = significance.layer_agreement(specific, permutations=2000)
     assert "more alike within a task than between tasks (Jaccard 1.000 against 0.000" in text
     # The same runs with the tasks assigned round-robin: no task has its own layers.
     mixed = [(("rte", "sst2", "stsb")[i % 3], layers) for i, (_, layers) in enumerate(specific)]
-    assert "no more alike within a task" in aggregate.layer_agreement(mixed, 2000)
-    assert aggregate.layer_agreement(specific[:4]) == ""  # one task: no pairs between tasks
+    assert "no more alike within a task" in significance.layer_agreement(mixed, 2000)
+    assert significance.layer_agreement(specific[:4]) == ""  # one task: no pairs between tasks
 
 
 def test_claim_verdicts_on_synthetic_pairs():
@@ -728,31 +727,31 @@ def test_claim_verdicts_on_synthetic_pairs():
     rng = np.random.default_rng(0)
 
     def verdict(diffs, paper=None):
-        d, t_p, _ = aggregate.tests(_pairs(diffs))
-        low, high = aggregate.interval(d)
-        return aggregate.claim_verdict("higher", d.mean(), t_p, low, high, paper,
-                                       aggregate.detectable(d))
+        d, t_p, _ = significance.tests(_pairs(diffs))
+        low, high = significance.interval(d)
+        return significance.claim_verdict("higher", d.mean(), t_p, low, high, paper,
+                                          significance.detectable(d))
 
     assert verdict(5 + rng.normal(0, 2, 20)) == "agrees"
     assert verdict(rng.normal(0, 1, 20), paper=5.57) == "excludes the paper's effect (+5.57)"
     assert verdict([3.0, -4.0, 6.0]).startswith("cannot tell (detectable: ")
     # The detectable effect: a paired t-test at that mean difference has 80% power.
     d = rng.normal(0, 2, 12)
-    delta = aggregate.detectable(d)
-    hits = np.mean([aggregate.tests(_pairs(delta + rng.normal(0, d.std(ddof=1), 12)))[1] < 0.05
+    delta = significance.detectable(d)
+    hits = np.mean([significance.tests(_pairs(delta + rng.normal(0, d.std(ddof=1), 12)))[1] < 0.05
                     for _ in range(2000)])
     assert abs(hits - 0.8) < 0.04  # 2000 draws: the binomial sd is 0.009
     # Wilcoxon ranks ties of equal size whatever their sign.
-    _, _, w = aggregate.tests([(0.7, 0.6, "a"), (0.6, 0.7, "b"), (0.9, 0.6, "c")])
+    _, _, w = significance.tests([(0.7, 0.6, "a"), (0.6, 0.7, "b"), (0.9, 0.6, "c")])
     from scipy import stats
     assert w == stats.wilcoxon([10.0, -10.0, 30.0]).pvalue
 
 
 def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
-    claims = [{"claim": "AA is on par", "a": "aa", "b": "baseline", "expect": "equal"},
+    listed = [{"claim": "AA is on par", "a": "aa", "b": "baseline", "expect": "equal"},
               {"claim": "AA keeps half", "layers_kept": "aa", "paper_fraction": [0.5, 0.6]},
               {"claim": "AA-focused stores less", "weights": "aa_focused", "b": "baseline"}]
-    s = sweep.Sweep.load(spec(tmp_path, claims=claims), results=tmp_path / "results")
+    s = grid.Sweep.load(spec(tmp_path, claims=listed), results=tmp_path / "results")
     scores = {("rte", 42): (0.60, 0.50), ("rte", 92): (0.62, 0.51),
               ("cola", 42): (0.30, 0.10), ("cola", 92): (0.25, 0.20)}
     done = {}
@@ -764,7 +763,7 @@ def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
             done[name] = {"select_metric": "accuracy", "test": {"accuracy": value},
                           "adapter_weights": 1000 * len(layers)}
     learns = {100: {"rte"}}
-    on_par, kept, weights = (aggregate.claim_rows(s, done, c, learns) for c in claims)
+    on_par, kept, weights = (claims.claim_rows(s, done, c, learns) for c in listed)
     diffs = [10.0, 11.0, 20.0, 5.0]  # aa − baseline in points, rte then cola
     assert on_par[0][:3] == ["100", "aa − baseline: 4 pairs", f"{sum(diffs) / 4:+.2f}"]
     # the interval: mean ± t(0.975, 3) * sd / sqrt(4)
@@ -783,7 +782,7 @@ def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
                      "tasks (Jaccard 1.000 against 1.000, permutation p 1.000)"]]
     assert weights[0][2:] == ["2,000 against 6,000 adapter weights", "–", math.nan, math.nan,
                               "–", "–", "agrees"]
-    lines, family = aggregate.claims_table(s, done, learns)
+    lines, family = claims.claims_table(s, done, learns)
     assert family == 1
     assert lines[0].split(" | ")[4:9] == ["95% interval", "t-test p", "Holm p", "Wilcoxon p",
                                           "detectable"]
@@ -792,7 +791,7 @@ def test_claims_are_measured_per_size_from_the_paired_runs(tmp_path):
     assert lines[3].split(" | ")[5:8] == ["–", "–", "–"]
     bad = spec(tmp_path, claims=[{"claim": "x", "a": "aa", "b": "nope", "expect": "higher"}])
     with pytest.raises(sweep.UserError, match="names a method label the grid does not have"):
-        aggregate.check_claims(sweep.Sweep.load(bad))
+        claims.check_claims(grid.Sweep.load(bad))
 
 
 @pytest.mark.slow
@@ -838,7 +837,7 @@ def _one_run_sweep(tmp_path, monkeypatch, trained: list):
         for p, config in group:
             d = s.work_dir(p)
             if not (d / "result.json").is_file():
-                trained.append(sweep.run_name(p))
+                trained.append(grid.run_name(p))
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "config.json").write_text(json.dumps(config.to_dict()))
                 (d / "metrics.jsonl").write_text('{"epoch": 1}\n')
@@ -877,7 +876,7 @@ def test_commit_puts_each_result_or_failure_record_beside_its_refreshed_table(
         commits.append((message, [p.name for p in paths],
                         tables[0].read_text() if tables else None))
 
-    monkeypatch.setattr(sweep, "git_commit", commit)
+    monkeypatch.setattr(publish, "git_commit", commit)
     fake_train = sweep.train_points
 
     def broken(*a):
@@ -903,10 +902,11 @@ def test_a_damaged_result_is_named_in_one_sentence(tmp_path, monkeypatch, capsys
     sweeps, results = tmp_path / "sweeps", tmp_path / "results"
     sweeps.mkdir()
     path = spec(sweeps, grid={"seed": [42, 92], "task": ["rte"], "method": ["baseline"]})
-    for module in (sweep, aggregate):
+    for module in (grid, records, page, aggregate):  # each reads its own copy of the paths
         monkeypatch.setattr(module, "RESULTS", results)
+    for module in (grid, aggregate):
         monkeypatch.setattr(module, "SWEEPS", sweeps)
-    s = sweep.Sweep.load(path)
+    s = grid.Sweep.load(path)
     good, cut = (s.result_dir(p) for p in s.points)
     finish(good, "rte", [])
     finish(cut, "rte", [])
@@ -917,18 +917,18 @@ def test_a_damaged_result_is_named_in_one_sentence(tmp_path, monkeypatch, capsys
         pattern = (rf"{cut / 'result.json'} is damaged \(({problem})[^)]*\); restore it with "
                    rf"git checkout -- .*, or delete {cut} so that the sweep runs it again\.")
         with pytest.raises(UserError, match=pattern):  # never counted as unfinished
-            aggregate.read_results(s)
+            records.read_results(s)
         with pytest.raises(UserError, match=pattern):
-            aggregate.majority_scores()
+            records.majority_scores()
         assert aggregate.main([path.stem, "--no-figures"]) == 2
         assert re.fullmatch("error: " + pattern, _one_line(capsys))
         assert not (results / path.stem / "TABLE.md").exists()
     (cut / "result.json").unlink()
     (cut / "failed.json").write_text('{"run": ')
     with pytest.raises(UserError, match=rf"{cut / 'failed.json'} is damaged"):
-        aggregate.read_results(s)
+        records.read_results(s)
     (cut / "failed.json").write_text('{"run": "x", "error": "UserError: no"}')
-    done, failed = aggregate.read_results(s)
+    done, failed = records.read_results(s)
     assert list(done) == [good.name] and list(failed) == [cut.name]
 
 
@@ -936,7 +936,7 @@ def test_a_run_another_process_published_before_the_lock_was_taken_is_not_traine
         tmp_path, monkeypatch, capsys):
     trained = []
     args, results, work = _one_run_sweep(tmp_path, monkeypatch, trained)
-    real_hold = sweep.guard.hold_run
+    real_hold = sweep.run_lock.hold_run
 
     @contextlib.contextmanager
     def published_meanwhile(out):
@@ -944,7 +944,7 @@ def test_a_run_another_process_published_before_the_lock_was_taken_is_not_traine
         with real_hold(out):
             yield
 
-    monkeypatch.setattr(sweep.guard, "hold_run", published_meanwhile)
+    monkeypatch.setattr(sweep.run_lock, "hold_run", published_meanwhile)
     assert sweep.main(args) == 0
     assert trained == [] and ": training" not in capsys.readouterr().out
 
@@ -978,7 +978,7 @@ def test_ctrl_c_in_a_sweep_ends_with_one_line_and_status_130(tmp_path, monkeypat
     # Interrupted while publishing, after the first of the run's files: nothing of the run
     # reaches the results folder, not even its hidden assembly folder.
     monkeypatch.setattr(sweep, "train_points", real)
-    real_write, calls = sweep.write_text_atomic, []
+    real_write, calls = publish.write_text_atomic, []
 
     def write_then_interrupt(path, text):
         calls.append(path)
@@ -986,16 +986,16 @@ def test_ctrl_c_in_a_sweep_ends_with_one_line_and_status_130(tmp_path, monkeypat
             raise KeyboardInterrupt
         real_write(path, text)
 
-    monkeypatch.setattr(sweep, "write_text_atomic", write_then_interrupt)
+    monkeypatch.setattr(publish, "write_text_atomic", write_then_interrupt)
     assert sweep.main(args) == 130
     assert _one_line(capsys).startswith("sweep: interrupted")
     assert len(calls) == 2 and list(results.iterdir()) == []
-    monkeypatch.setattr(sweep, "write_text_atomic", real_write)
+    monkeypatch.setattr(publish, "write_text_atomic", real_write)
     assert sweep.main(args) == 0
     assert trained == ["rte-baseline-100-42"]  # trained once, published the second time
     run = results / "rte-baseline-100-42"
     assert sorted(p.name for p in results.iterdir()) == [run.name]
-    assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)
+    assert sorted(p.name for p in run.iterdir()) == sorted(publish.COPIED)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT])
@@ -1038,7 +1038,7 @@ def test_a_results_folder_that_refuses_writes_stops_the_sweep_in_one_sentence(
     assert sweep.main(args) == 0
     assert trained == [run.name]
     assert json.loads((run / "result.json").read_text())["test"] == {"accuracy": 0.75}
-    assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)
+    assert sorted(p.name for p in run.iterdir()) == sorted(publish.COPIED)
 
 
 def _fix(code: int) -> str:
@@ -1057,7 +1057,7 @@ def test_publishing_again_replaces_a_failure_record(tmp_path, monkeypatch):
     run.mkdir(parents=True)
     (run / "failed.json").write_text('{"run": "x", "error": "OSError: earlier"}')
     assert sweep.main(args) == 0
-    assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)
+    assert sorted(p.name for p in run.iterdir()) == sorted(publish.COPIED)
     assert sorted(p.name for p in results.iterdir()) == [run.name]
 
 
@@ -1096,7 +1096,7 @@ def test_a_sweep_in_use_stops_a_second_process_and_a_killed_holders_lock_is_take
         lock_holder.stop(holder)
     assert sweep.main(args) == 0  # the killed processes' locks are taken over
     assert trained == ["rte-baseline-100-42"]
-    assert sorted(p.name for p in (results / run.name).iterdir()) == sorted(sweep.COPIED)
+    assert sorted(p.name for p in (results / run.name).iterdir()) == sorted(publish.COPIED)
 
 
 @pytest.mark.slow
@@ -1121,13 +1121,13 @@ def test_two_processes_started_on_one_sweep_train_each_run_once(tmp_path, tiny_c
     assert sorted(p.name for p in results.iterdir()) == ["rte-baseline-24-42",
                                                           "rte-baseline-24-92"]
     for run in results.iterdir():
-        assert sorted(p.name for p in run.iterdir()) == sorted(sweep.COPIED)  # no failed.json
+        assert sorted(p.name for p in run.iterdir()) == sorted(publish.COPIED)  # no failed.json
 
 
 def test_the_switch_rate_rule_reads_only_switch_dynamics(tmp_path, monkeypatch):
-    import switch_rate
+    from experiments import switch_rate
 
-    s = sweep.Sweep.load(switch_rate.SPEC, results=tmp_path / "results")
+    s = grid.Sweep.load(switch_rate.SPEC, results=tmp_path / "results")
 
     def finish_run(point, quarter_committed: int):
         run = s.result_dir(point)

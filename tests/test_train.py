@@ -12,7 +12,7 @@ from aa_jax import cli
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
-from aa_jax.experiment import setup
+from aa_jax.run_setup import setup
 from aa_jax.step import init_state, make_optimizer, make_train_step
 
 

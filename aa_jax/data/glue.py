@@ -44,6 +44,7 @@ from aa_jax.data.readers import (
     _require_columns,
     _text_lists,
 )
+from aa_jax.data.metrics import metrics_for
 from aa_jax.errors import UserError
 
 GLUE_DIR_ENV = "AA_JAX_GLUE_DIR"
@@ -359,8 +360,7 @@ def with_metric(task: Task, metric: str | None) -> Task:
     and f1 (of class 1) with two classes."""
     if metric is None:
         return task
-    allowed = (("pearson", "spearman") if task.is_regression else
-               ("accuracy", "mcc") + (("f1",) if task.num_labels == 2 else ()))
+    allowed = metrics_for(task.is_regression, task.num_labels)
     if metric not in allowed:
         kind = ("a regression" if task.is_regression else
                 f"a {task.num_labels}-class classification")

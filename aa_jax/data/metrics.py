@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aa_jax.data.glue import Task
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -74,10 +73,21 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": pearson,
     "spearman": spearman,
 }
-"""Every metric a :class:`~aa_jax.data.glue.Task` may name in ``metric_names``."""
+"""Every metric a :class:`~aa_jax.data.glue.Task` may name in ``metric_names``; the one
+table that ``--metric``'s choices and each task's allowed metrics derive from."""
+# Which tasks each metric fits: "regression", "classification", or "binary" (two classes).
+METRIC_FITS = {"accuracy": "classification", "f1": "binary", "mcc": "classification",
+               "pearson": "regression", "spearman": "regression"}
 
 
-def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray,
+def metrics_for(is_regression: bool, num_labels: int) -> tuple[str, ...]:
+    """The metrics that fit a task (``METRIC_FITS``), in ``METRICS``' order."""
+    fits = {"regression"} if is_regression else (
+        {"classification", "binary"} if num_labels == 2 else {"classification"})
+    return tuple(name for name in METRICS if METRIC_FITS[name] in fits)
+
+
+def compute_metrics(task, predictions: np.ndarray, labels: np.ndarray,
                     weights: np.ndarray | None = None) -> dict[str, float]:
     """``{name: value}`` for each of ``task.metric_names``.
 
@@ -108,7 +118,7 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray,
     return {name: METRICS[name](predictions, labels) for name in task.metric_names}
 
 
-def majority_class_scores(task: Task, labels: np.ndarray) -> dict[str, float]:
+def majority_class_scores(task, labels: np.ndarray) -> dict[str, float]:
     """The scores of the best one-answer predictor: the most frequent class of ``labels``
     for every example (classification), or a constant score, which correlates with
     nothing (regression: 0 for both correlations). A run that learns only the label prior

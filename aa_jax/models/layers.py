@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry2x32_p
 
-from aa_jax.adapters import (KINDS, NO_ADAPTER, AdapterSlot, Architecture, LayerSpec,
-                             LoraSite)
+from aa_jax.adapters import NO_ADAPTER, Architecture, LayerSpec
 from aa_jax.errors import UserError
 from aa_jax.layout import stack_layers, stack_name
+from aa_jax.selection import Selection, layers_off
 
 # The frozen weights of one shared transformer layer, relative to ``encoder/layer_{i}``
 # (see :mod:`aa_jax.params`).
@@ -124,10 +124,17 @@ def layer_norm(config, dtype, name: str = "LayerNorm") -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, name=name)
 
 
+def _point(architecture: Architecture | None, spec: LayerSpec, point: str, off, init: bool):
+    """The kind's module class at attachment ``point`` where this layer's adapter runs
+    there in this call, else None (see :mod:`aa_jax.adapters.kind`)."""
+    if architecture is None or not spec.adapter or (off is True and not init):
+        return None
+    return architecture.kind.modules.get(point)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; with a LoRA ``spec`` (adapter kind ``lora``), the query
-    and value projections carry their low-rank updates (:class:`aa_jax.adapters.LoraSite`,
-    at ``attention/self/lora/{query,value}``)."""
+    """Multi-head self-attention, with the kind's ``attention`` module (e.g. LoRA's
+    updates of the query and value projections) at ``attention/self/<kind>``."""
 
     config: Any
     dtype: Any = jnp.float32
@@ -135,12 +142,11 @@ class SelfAttention(nn.Module):
     architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool, drop=None, keys=None):
+    def __call__(self, x, bias, deterministic: bool, gate=None, off=None, key=None):
         """x: [batch, length, hidden]; bias: the additive attention bias (float32,
         [batch or 1, heads or 1, length or 1, length], see :func:`attention_bias`);
-        ``keys``: None, or the keys of (the probabilities' dropout, the LoRA switch)."""
-        dropout_key, switch_key = (None, None) if keys is None else keys
-        c = self.config
+        ``key``: None, or the key of the probabilities' dropout."""
+        c, arch = self.config, self.architecture
         heads = c.num_attention_heads
         head_dim = c.hidden_size // heads
 
@@ -153,18 +159,17 @@ class SelfAttention(nn.Module):
         # much as the products themselves (measured: 26 ms against 11 ms per layer for
         # MiniLM at batch 32 x 128).
         q = dense(c.hidden_size, c, self.dtype, "query")(x)
-        k = split(dense(c.hidden_size, c, self.dtype, "key")(x))
+        k = dense(c.hidden_size, c, self.dtype, "key")(x)
         v = dense(c.hidden_size, c, self.dtype, "value")(x)
-        if self.spec.adapter and (drop is not True or self.is_initializing()):
-            dq, dv = LoraSite(self.spec, self.architecture, c.hidden_size, self.dtype,
-                              name="lora")(x, deterministic, drop, switch_key)
-            q, v = q + dq, v + dv
-        q, v = split(q), split(v)
+        if module := _point(arch, self.spec, "attention", off, self.is_initializing()):
+            q, k, v = module(self.spec, arch.options, arch, c, self.dtype,
+                             name=arch.adapter)(x, q, k, v, gate, off)
+        q, k, v = split(q), split(k), split(v)
         scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32: bf16 logits lose the small differences attention depends on.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1)
         probs = Dropout(c.attention_probs_dropout_prob, (2, 3))(
-            probs.astype(self.dtype), deterministic=deterministic, key=dropout_key)
+            probs.astype(self.dtype), deterministic=deterministic, key=key)
         out = jnp.matmul(probs, v).transpose(0, 2, 1, 3)
         return out.reshape(out.shape[:2] + (c.hidden_size,))
 
@@ -176,25 +181,31 @@ class Attention(nn.Module):
     architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool, drop=None, keys=None):
-        """``keys``: None, or those of (the probabilities' dropout, the output's dropout,
-        the LoRA switch)."""
+    def __call__(self, x, bias, deterministic: bool, gate=None, off=None, keys=None):
+        """``keys``: None, or those of (the probabilities' dropout, the output's dropout)."""
         c = self.config
-        probs_key, out_key, switch_key = (None,) * 3 if keys is None else keys
+        probs_key, out_key = (None, None) if keys is None else keys
         s = SelfAttention(c, self.dtype, self.spec, self.architecture, name="self")(
-            x, bias, deterministic, drop,
-            None if keys is None else (probs_key, switch_key))
-        out = SelfOutput(c, self.dtype, name="output")
-        return out(s, x, deterministic, out_key)
+            x, bias, deterministic, gate, off, probs_key)
+        out = SelfOutput(c, self.dtype, self.spec, self.architecture, name="output")
+        return out(s, x, deterministic, gate, off, out_key)
 
 
 class SelfOutput(nn.Module):
+    """The attention's output projection (with the kind's ``attention_out`` module on
+    its input, at ``attention/output/<kind>``), dropout, residual and LayerNorm."""
+
     config: Any
     dtype: Any = jnp.float32
+    spec: LayerSpec = NO_ADAPTER
+    architecture: Architecture | None = None
 
     @nn.compact
-    def __call__(self, s, x, deterministic: bool, key=None):
-        c = self.config
+    def __call__(self, s, x, deterministic: bool, gate=None, off=None, key=None):
+        c, arch = self.config, self.architecture
+        if module := _point(arch, self.spec, "attention_out", off, self.is_initializing()):
+            s = module(self.spec, arch.options, arch, c, self.dtype, name=arch.adapter)(
+                s, gate, off)
         s = dense(c.hidden_size, c, self.dtype, "dense")(s)
         s = Dropout(c.hidden_dropout_prob, (1,))(s, deterministic=deterministic, key=key)
         return layer_norm(c, self.dtype)(s + x)
@@ -214,7 +225,10 @@ class Intermediate(nn.Module):
 
 
 class OutputBlock(nn.Module):
-    """The FFN's second dense + dropout, then the adapter slot with the output LayerNorm."""
+    """The FFN's second dense (the kind's ``ffn`` module on its input, at
+    ``output/<kind>``) + dropout, then the end of the layer: the kind's ``output`` module
+    (``output/slot``, which owns the residual and the output LayerNorm), or
+    ``LN(h + inp)``, or, for an exported identity branch, ``LN(LN(h + inp) + h + inp)``."""
 
     config: Any
     spec: Any
@@ -222,28 +236,38 @@ class OutputBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, intermediate, inp, deterministic: bool, drop=None, keys=None):
-        """``keys``: None, or those of (the dropout, the slot's switch)."""
-        c = self.config
-        dropout_key, switch_key = (None, None) if keys is None else keys
+    def __call__(self, intermediate, inp, deterministic: bool, gate=None, off=None,
+                 key=None):
+        """``key``: None, or the dropout's key."""
+        c, arch, spec = self.config, self.architecture, self.spec
+        init = self.is_initializing()
+        if module := _point(arch, spec, "ffn", off, init):
+            intermediate = module(spec, arch.options, arch, c, self.dtype, name=arch.adapter)(
+                intermediate, gate, off)
         h = dense(c.hidden_size, c, self.dtype, "dense")(intermediate)
-        h = Dropout(c.hidden_dropout_prob, (1,))(h, deterministic=deterministic,
-                                                 key=dropout_key)
-        slot = AdapterSlot(self.spec, self.architecture, c.hidden_size, self.dtype,
-                           name="slot")
-        return slot(h, inp, layer_norm(c, self.dtype), deterministic=deterministic,
-                    drop=drop, key=switch_key)
+        h = Dropout(c.hidden_dropout_prob, (1,))(h, deterministic=deterministic, key=key)
+        norm = layer_norm(c, self.dtype)
+        if spec.adapter and "output" in arch.kind.modules:
+            # The slot itself skips a statically dropped adapter (and creates its
+            # parameters at init).
+            slot = arch.kind.modules["output"](spec, arch.options, arch, c, self.dtype,
+                                               name="slot")
+            return slot(h, inp, norm, gate, off, deterministic)
+        residual = h + inp
+        if spec.identity_branch:
+            return norm(norm(residual) + residual)
+        return norm(residual)
 
 
 class TransformerLayer(nn.Module):
     """One transformer layer with the adapter its ``spec`` describes.
 
-    The signature is a scan body's: ``(x, bias, drop, keys) -> (x, None)``. ``drop``
-    (AdapterDrop) removes this layer's adapter: None (keep it), a Python bool (static:
-    a dropped adapter is not computed), or a traced <bool>[] (the per-step draw, and the
-    scanned encoder's per-layer flag; a dropped adapter is skipped by ``cond``).
-    ``keys`` (training): the layer's <key>[2], its dropout key and its switch key; its
-    three dropouts draw with keys split from the first.
+    The signature is a scan body's: ``(x, bias, gate, off, key) -> (x, None)``. ``gate``:
+    the layer's selection (None, or <float32>[batch, 2], see :mod:`aa_jax.selection`);
+    ``off`` (AdapterDrop) removes this layer's adapter: None (keep it), a Python bool
+    (static: a dropped adapter is not computed), or a traced <bool>[] (the per-step draw,
+    and the scanned encoder's per-layer flag). ``key`` (training): the layer's dropout
+    key; its three dropouts draw with keys split from it.
     """
 
     config: Any
@@ -253,22 +277,18 @@ class TransformerLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, bias, drop=None, keys=None):
-        c = self.config
-        # The adapter sits where its kind says: the attention's projections or the slot.
-        at_attention = KINDS[self.architecture.adapter].site == "attention"
-        attention_spec, slot_spec = ((self.spec, NO_ADAPTER) if at_attention
-                                     else (NO_ADAPTER, self.spec))
-        attention_keys = output_keys = None
-        if keys is not None:
-            probs, out, ffn = jax.random.split(keys[0], 3)
-            attention_keys, output_keys = (probs, out, keys[1]), (ffn, keys[1])
-        inp = Attention(c, self.dtype, attention_spec, self.architecture,
-                            name="attention")(x, bias, self.deterministic, drop,
-                                              attention_keys)
+    def __call__(self, x, bias, gate=None, off=None, key=None):
+        c, spec, arch = self.config, self.spec, self.architecture
+        gate = gate if spec.switch else None
+        attention_keys = output_key = None
+        if key is not None:
+            probs, out, output_key = jax.random.split(key, 3)
+            attention_keys = (probs, out)
+        inp = Attention(c, self.dtype, spec, arch, name="attention")(
+            x, bias, self.deterministic, gate, off, attention_keys)
         inter = Intermediate(c, self.dtype, name="intermediate")(inp)
-        out = OutputBlock(c, slot_spec, self.architecture, self.dtype, name="output")(
-            inter, inp, self.deterministic, drop, output_keys)
+        out = OutputBlock(c, spec, arch, self.dtype, name="output")(
+            inter, inp, self.deterministic, gate, off, output_key)
         return out, None
 
 
@@ -365,27 +385,28 @@ class Encoder(nn.Module):
         if not deterministic and self.has_rng("dropout") and self.has_rng("gumbel"):
             keys = layer_keys(self.make_rng("dropout"), self.make_rng("gumbel"),
                               range(len(arch.layers)))
+        # Every switched layer's gate, from one module (aa_jax.selection).
+        gates = Selection(arch, name="selection")(
+            x.shape[0], deterministic, None if keys is None else keys[:, 1])
         if not scans(self.scan):
             for i, spec in enumerate(arch.layers):
-                drop = None if adapter_drop is None else i < adapter_drop
+                off = layers_off(adapter_drop, i, i)
                 x, _ = TransformerLayer(c, spec, arch, self.dtype, deterministic,
-                                 name=f"layer_{i}")(x, bias, drop,
-                                                    None if keys is None else keys[i])
+                                        name=f"layer_{i}")(
+                    x, bias, None if gates is None else gates[i],
+                    None if off is None else off[0], None if keys is None else keys[i, 0])
             return x
         for first, last in segments(arch):
             spec = arch.layers[first]
-            if adapter_drop is None or not spec.adapter:
-                drops, drop_axis = None, nn.broadcast
-            else:  # each layer's flag, scanned with its parameters
-                drops, drop_axis = jnp.arange(first, last + 1) < adapter_drop, 0
-            own_keys, keys_axis = ((None, nn.broadcast) if keys is None
-                                   else (keys[first:last + 1], 0))
+            # Each layer's gate, AdapterDrop flag and key are scanned with its parameters.
+            off = layers_off(adapter_drop, first, last) if spec.adapter else None
+            scanned = [(None, nn.broadcast) if v is None else (jnp.asarray(v), 0) for v in (
+                gates[first:last + 1] if gates is not None and spec.switch else None, off,
+                None if keys is None else keys[first:last + 1, 0])]
             layers = nn.scan(TransformerLayer, variable_axes={"params": 0, "intermediates": 0},
                              split_rngs={"params": True, "dropout": True, "gumbel": True},
-                             in_axes=(nn.broadcast, drop_axis, keys_axis),
+                             in_axes=(nn.broadcast, *(axis for _, axis in scanned)),
                              length=last - first + 1)
             x, _ = layers(c, spec, arch, self.dtype, deterministic,
-                          name=stack_name(first, last))(x, bias, drops, own_keys)
+                          name=stack_name(first, last))(x, bias, *(v for v, _ in scanned))
         return x
-
-

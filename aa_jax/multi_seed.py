@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from aa_jax import checkpoint, guard
+from aa_jax import checkpoint, run_lock
 from aa_jax import train as training
 from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.errors import UserError
-from aa_jax.experiment import check_same_run, resolve_inputs, run_keys, setup
+from aa_jax.run_setup import check_same_run, resolve_inputs, run_keys, setup
 from aa_jax.models.loader import load_pretrained
 from aa_jax.step import (data_mesh, init_state, make_optimizer, make_predict,
                          make_seeds_train_step, stack_runs, unstack_run)
@@ -187,8 +187,8 @@ def _train_together(configs: list[TrainConfig], outs: list[Path], progress: bool
         training.prepare_run_dir(out)
     with contextlib.ExitStack() as held:
         for out in outs:
-            held.enter_context(guard.hold_run(out))
-        held.enter_context(guard.sigterm_raises())
+            held.enter_context(run_lock.hold_run(out))
+        held.enter_context(run_lock.sigterm_raises())
         held.enter_context(precision_scope(c))
         return _train_held(configs, outs, exps, resolved, progress, started)
 

@@ -23,7 +23,8 @@ from aa_jax.adapters import Architecture
 from aa_jax.config import DTYPES, LOCATION_FIELDS, TrainConfig
 from aa_jax.data import custom, glue, pipeline
 from aa_jax.errors import UserError
-from aa_jax.methods import Method, get_method, read_learned, selected_layers_from
+from aa_jax.learned import read_learned, selected_layers_from
+from aa_jax.methods import Method, get_method
 from aa_jax.models.head import SequenceClassifier
 from aa_jax.models.layers import in_layout
 from aa_jax.models.head import declared_pooling
@@ -74,9 +75,17 @@ def build_architecture(config: TrainConfig, depth: int) -> Architecture:
                 if method.reads_learned_layers and config.architecture else None)
     if method.reads_given_layers and config.layers is not None:
         selected = sorted(config.layers)
+    options = config.architecture_options()
+    if _reads_learned_count(config):  # aa_topk keeps as many layers as the AA run chose
+        options["top_k"] = len(selected_layers_from(config.architecture, depth))
     return method.architecture(depth, selected_layers=selected, last_n=config.last_n,
-                               activation=config.activation,
-                               **config.architecture_options())
+                               activation=config.activation, **options)
+
+
+def _reads_learned_count(config: TrainConfig) -> bool:
+    """Whether a top-k run takes its k from the AA run ``--architecture`` names."""
+    return (get_method(config.method).selector == "topk" and config.top_k is None
+            and config.architecture is not None)
 
 
 def load_data(config: TrainConfig):
@@ -175,7 +184,8 @@ def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
         resolved["glue_dir_abs"] = str(Path(config.glue_dir).expanduser().resolve())
     if config.data and not custom.is_dataset_name(config.data):
         resolved["data_abs"] = [str(Path(p).expanduser().resolve()) for p in config.data]
-    if get_method(config.method).reads_learned_layers and config.architecture:
+    if (get_method(config.method).reads_learned_layers and config.architecture) or \
+            _reads_learned_count(config):
         resolved["selected_layers"] = sorted(
             read_learned(config.architecture)["selected_layers"])
     if config.data and custom.is_dataset_name(config.data):
