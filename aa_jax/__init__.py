@@ -41,8 +41,26 @@ _EXPORTS = {
     "in_layout": "aa_jax.models.layers", "random_pretrained": "aa_jax.models.loader",
     "save_adapters": "aa_jax.export", "load_adapters": "aa_jax.export",
     "Adapters": "aa_jax.export", "predict": "aa_jax.inference",
+    # A training loop of your own (aa_jax.api; the tutorial is docs/tutorial.py).
+    "build_classifier": "aa_jax.api", "make_batch": "aa_jax.api",
+    "switch_probabilities_of": "aa_jax.api", "rationals_of": "aa_jax.api",
+    "init_params": "aa_jax.run_setup", "architecture_for": "aa_jax.methods",
+    "learned_architecture": "aa_jax.learned", "read_learned": "aa_jax.learned",
+    "param_groups": "aa_jax.params", "Task": "aa_jax.data.glue", "PROTOCOLS": "aa_jax.config",
+    "train": "aa_jax.train", "evaluate_run": "aa_jax.train",
+    "train_seeds": "aa_jax.multi_seed",
+    "Selection": "aa_jax.selection", "SELECTORS": "aa_jax.selection",
+    "AdapterKind": "aa_jax.adapters", "SeqBnOptions": "aa_jax.adapters",
+    "LoraOptions": "aa_jax.adapters", "IA3Options": "aa_jax.adapters",
+    "merge_adapters": "aa_jax.merging",
 }
 __all__ = list(_EXPORTS)
+
+
+def __dir__() -> list[str]:
+    """The public names with the module's own, so that ``dir(aa_jax)`` lists the API
+    although it is imported on first use."""
+    return sorted(set(__all__) | set(globals()))
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ such faults and 11-18 s of system time, against about 2.5 s with ordinary pages.
 them its user time was 3-5% higher (the TLB covers less); at 32 x 128 a training step
 took 1-2% longer and inference 6-13% longer, alternated in one sitting (about 15% longer
 in the medians of runs not alternated). On this machine that cost is far smaller than
-the stalls (README, Speed); where free huge pages are cheap to find, or a long job
+the stalls (docs/speed.md); where free huge pages are cheap to find, or a long job
 mostly predicts, it may not be.
 
 It installs with the project (the ``cmeel-mimalloc`` wheel), and

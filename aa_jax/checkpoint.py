@@ -38,6 +38,39 @@ ITEMS = ("params", "opt_state", "best_params", "architecture", "meta")
 _HOST = socket.gethostname().replace(".", "_").replace("-", "_")
 
 
+def write_folder_whole(out: Path, fill, what: str) -> None:
+    """A new folder ``out`` that appears complete or not at all: ``fill(tmp)`` writes into
+    a folder of this process's own beside it (another writer to the same folder has its
+    own), which is then renamed into place. Where ``out`` appeared meanwhile it is left as
+    it is, in one sentence naming ``what`` was being written (e.g. "this export")."""
+    import errno
+    import shutil
+
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+        fill(tmp)
+        try:
+            tmp.rename(out)  # the folder appears whole or not at all
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR) or \
+                    out.exists() or out.is_symlink():
+                raise UserError(f"{out} appeared while {what} was being written; it was "
+                                f"left as it is: choose a new --out directory.") from None
+            raise
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, UserError):
+            raise
+        error = storage_error(out, e)  # named after the folder, not its temporary sibling
+        if error is not None:
+            raise error from None
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` so that readers see the old file or the new, never half.
 

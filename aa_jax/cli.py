@@ -15,110 +15,14 @@ the traceback instead).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from aa_jax.errors import UserError, check_writable, storage_error
-
-
-def _train_size(text: str):
-    if text in ("full", "all"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of examples; pass e.g. 100, or 'full'.") from None
-
-
-def _csv(text: str) -> list[str]:
-    return [t for t in (s.strip() for s in text.split(",")) if t]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of layer indices; pass e.g. 0,3,5.") from None
-
-
-# Fields whose values the command line parses specially, and the types of the others.
-_PARSERS = {"train_size": _train_size}
-
-
-def _flag_type(field: dataclasses.Field):
-    """The argparse ``type`` of a config field, from its annotation."""
-    if field.name in _PARSERS:
-        return _PARSERS[field.name]
-    text = str(field.type)
-    if "list[str]" in text:
-        return _csv
-    if "list[int]" in text:
-        return _int_list
-    for name, kind in (("int", int), ("float", float), ("str", str)):
-        if text.startswith(name):
-            return kind
-    raise TypeError(f"no command-line type for config field {field.name} ({text})")
-
-
-def add_config_flags(parser, groups: dict | None = None) -> None:
-    """One flag per :class:`~aa_jax.config.TrainConfig` field, from its metadata: the help
-    text, the flag (``--field-name`` unless given), the choices and the default.
-    ``groups`` maps a field to the argparse group its flag joins (e.g. a mutually
-    exclusive one)."""
-    from aa_jax.config import PROTOCOLS, TrainConfig
-
-    rates = set(next(iter(PROTOCOLS.values())))
-    for field in dataclasses.fields(TrainConfig):
-        meta = field.metadata
-        if not meta.get("cli", True):
-            continue
-        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
-        add = (groups or {}).get(field.name, parser).add_argument
-        kwargs = {"dest": field.name, "help": meta.get("help")}
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        if field.type == "bool":
-            add(flag, action="store_true", default=default, **kwargs)
-            continue
-        if field.name in rates:  # the --protocol's unless given
-            default = None
-            kwargs["help"] += "%(default).0s"  # (no "default: None" after it)
-        if "choices" in meta:
-            kwargs["choices"] = tuple(meta["choices"])
-        add(flag, type=_flag_type(field), default=default, **kwargs)
-
-
-def add_kind_flags(parser) -> None:
-    """Each adapter kind's options as flags (e.g. ``--lora-rank``), from the kind's
-    options dataclass: its help, flag and type; a flag left out keeps the kind's default."""
-    from aa_jax.adapters import KINDS
-
-    for kind in KINDS.values():
-        for flag, field in kind.flags():
-            parser.add_argument(flag, dest=f"kind:{kind.name}:{field.name}",
-                                type=_flag_type(field), default=None,
-                                metavar=field.name.upper(),
-                                help=f"{field.metadata.get('help')} (default: {field.default})")
-
-
-def _kind_options(args) -> dict | None:
-    """The options of ``--adapter``'s kind given by its flags; a flag of another kind is
-    refused."""
-    chosen, options = getattr(args, "adapter", None), {}
-    for dest, value in vars(args).items():
-        if not dest.startswith("kind:") or value is None:
-            continue
-        _, kind, name = dest.split(":")
-        if kind != chosen:
-            raise UserError(f"--{kind.replace('_', '-')}-{name.replace('_', '-')} is an "
-                            f"option of the adapter kind {kind}; add --adapter {kind} or "
-                            f"leave it out.")
-        options[name] = value
-    return options or None
+from aa_jax.flags import (_csv, add_config_flags, add_kind_flags,
+                          config_from_args, protocol)
 
 
 def _debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", default=None,
                    help="several seeds trained together as one program, e.g. 42,92,111: "
                    "one run directory per seed (with --out DIR: DIR/seed-<seed>)")
-    t.add_argument("--protocol", choices=tuple(PROTOCOLS), default="released",
-                   help="the learning rates --lr, --switch-lr, --rational-lr default to: " +
+    t.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="the learning rates --lr, --switch-lr, --rational-lr default to "
+                   "(default: released for a GLUE task, cpu with --data): " +
                    "; ".join(f"{name}: " + ", ".join(f"{v:g}" for v in rates.values())
                              for name, rates in PROTOCOLS.items()))
     t.add_argument("--out", default=None, help="run directory (default runs/<...>); with "
@@ -169,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="a new directory for the adapters")
     _moved_data_flags(x)
     _debug_flag(x)
+
+    m = sub.add_parser("merge", help="fold an adapter folder's LoRA (or IA3) into the base "
+                       "weights: a Hugging Face checkpoint folder, with the task head for "
+                       "'aa-jax eval DIR/aa_jax'")
+    m.add_argument("adapters", help="an 'aa-jax export' folder or a Hub repo id")
+    m.add_argument("--out", required=True, help="a new directory for the merged checkpoint")
+    m.add_argument("--model", default=None, help="the base model (default: the one the "
+                   "folder names)")
+    _debug_flag(m)
 
     pr = sub.add_parser("predict", help="predict labels (or scores) of new text with an "
                         "adapter folder or Hub repo id")
@@ -210,24 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "unrolled on the CPU, scanned elsewhere (the training default)")
     _debug_flag(b)
 
+    v = sub.add_parser("env", help="what aa_jax runs on: versions, JAX's backend and devices")
+    _debug_flag(v)
+
     a = sub.add_parser("architecture", help="show a run's learned architecture (+ PNG)")
     a.add_argument("run_dir")
     a.add_argument("--png", default=None, help="where to write the picture "
                    "(default RUN_DIR/architecture.png)")
     _debug_flag(a)
     return parser
-
-
-def _config_from_args(args):
-    from aa_jax.config import PROTOCOLS, TrainConfig
-
-    names = {f for f in TrainConfig.__dataclass_fields__}
-    settings = {k: v for k, v in vars(args).items() if k in names}
-    for name, value in PROTOCOLS[getattr(args, "protocol", "released")].items():
-        if settings.get(name) is None:
-            settings[name] = value
-    settings["adapter_options"] = _kind_options(args)
-    return TrainConfig(**settings)
 
 
 def _seed_list(text: str) -> list[int]:
@@ -261,15 +166,32 @@ def _result_line(result: dict) -> str:
     return line
 
 
+def _announce(args, config):
+    """The first line of a run on the user's own data: what it trains on, and how."""
+    if not config.data:
+        return None
+
+    def say(exp) -> None:
+        n = {k: len(v) for k, v in exp.labels.items()}
+        sample = "all examples" if config.train_size is None else \
+            f"a sample of {config.train_size}"
+        print(f"training on {n['train']} examples (dev {n['dev']}, test {n['test']}; "
+              f"{sample}), protocol {protocol(args)}: lr {config.learning_rate:g}, "
+              f"switch lr {config.switch_learning_rate:g}, rational lr "
+              f"{config.rational_learning_rate:g}", flush=True)
+    return say
+
+
 def cmd_train(args) -> int:
     from aa_jax.train import train
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     config.validate()
     if args.seeds is not None:
         return _train_seeds(args, config)
     out = Path(args.out or _default_out(config))
-    result = train(config, out, progress=not args.no_progress)
+    result = train(config, out, progress=not args.no_progress,
+                   on_start=_announce(args, config))
     print(_result_line(result))
     print(f"selected layers: {result['selected_layers']}")
     print(f"trainable params {result['trainable_params']:,}; adapter weights "
@@ -345,6 +267,38 @@ def cmd_export(args) -> int:
     kept = ("all layers" if record["selected_layers"] is None else
             f"layers {record['selected_layers']} of {depth}, no switches")
     print(f"exported {args.run_dir} to {args.out}: adapters in {kept}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    """Versions, JAX's backend and its devices: what a user checks after installing the
+    CUDA or TPU extra."""
+    import platform
+
+    import flax
+    import jax
+    import optax
+
+    from aa_jax import __version__
+
+    print(f"aa_jax {__version__}; jax {jax.__version__}, flax {flax.__version__}, optax "
+          f"{optax.__version__}; Python {platform.python_version()}")
+    print(f"backend: {jax.default_backend()}; {jax.device_count()} device(s) in "
+          f"{jax.process_count()} process(es)")
+    for device in jax.local_devices():
+        print(f"  {device.id}: {device.device_kind} ({device.platform})")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from aa_jax.merging import HEAD_DIR, merge_adapters
+
+    record = merge_adapters(args.adapters, args.out, base_model=args.model)
+    merged = record["merged"]
+    print(f"merged the {merged['adapter']} adapters of {args.adapters} (layers "
+          f"{merged['layers']}) into {merged['base_model']['name']}: a Hugging Face "
+          f"checkpoint in {args.out}, its task head for 'aa-jax eval' and 'aa-jax predict' "
+          f"in {Path(args.out) / HEAD_DIR}")
     return 0
 
 
@@ -424,7 +378,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "architecture": cmd_architecture,
-                "bench": cmd_bench, "export": cmd_export, "predict": cmd_predict}
+                "bench": cmd_bench, "export": cmd_export, "predict": cmd_predict,
+                "merge": cmd_merge, "env": cmd_env}
     if args.command in ("train", "eval", "bench", "export", "predict"):
         from aa_jax.cache import enable_compilation_cache
 

@@ -9,7 +9,6 @@ generated from it (:mod:`aa_jax.cli`), so a new option is one field here. It is 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS
 from aa_jax.models.head import POOLINGS
 from aa_jax.rational import VERSIONS
+from aa_jax.settings import is_finite, is_int
 from aa_jax.switch import check_temperature
 
 CONFIG_SCHEMA = "aa_jax.train_config/v1"
@@ -30,7 +30,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # and its switch rate by the switch-rate rule on switch dynamics (the rationals at 1/5 of
 # it), as paper_v2 runs; and cpu-v1, its first version (the released ratios to the adapter
 # rate, under which the switches commit within the first epoch), as the `paper` sweep
-# ran. See the README's "The CPU protocol".
+# ran. See docs/experiments.md, "The CPU protocol".
 PROTOCOLS = {"released": {"learning_rate": 1e-4, "switch_learning_rate": 0.05,
                           "rational_learning_rate": 0.01},
              "cpu": {"learning_rate": 3e-3, "switch_learning_rate": 0.15,
@@ -61,11 +61,12 @@ class TrainConfig:
 
     task: str = _field("rte", "GLUE task (" + ", ".join(glue.GLUE_TASKS) + "); ignored with "
                        "--data")
-    method: str = _field("aa", "what to train (see the README's methods table)",
+    method: str = _field("aa", "what to train (see docs/methods.md)",
                          choices=tuple(METHODS))
     model: str = _field("minilm", "minilm (offline), bert-base, bert-large, a folder or a "
                         "hub id")
-    train_size: int | None = _field(100, "examples sampled for train+dev (75/25), or 'full'")
+    train_size: int | None = _field(100, "examples sampled for train+dev (75/25), or 'full' "
+                                    "(default: 100 for a GLUE task, all of --data)")
     seed: int = _field(42, "the run's seed (data sample, init, dropout, Gumbel noise)")
     epochs: int = _field(20, "training epochs")
     batch_size: int = _field(32, "examples per step")
@@ -168,16 +169,7 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):  # a finite float; an int too large for a float is not one
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                return False
-            try:
-                return math.isfinite(float(v))
-            except OverflowError:
-                return False
+        is_num = is_finite  # a finite number; an int too large for a float is not one
 
         def is_str_list(v):
             return isinstance(v, list) and all(isinstance(x, str) for x in v)

@@ -27,12 +27,7 @@ evaluated by :func:`load_export`.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,22 +37,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from aa_jax import checkpoint
+from aa_jax import __version__, checkpoint
 from aa_jax.adapters import Architecture, LayerSpec
-from aa_jax.errors import UserError, check_writable, storage_error
+from aa_jax.adapter_record import (BASE_SIZES, CONFIG_FILE, HUB_BASE_MODELS, SCHEMA,  # noqa: F401
+                                   _weights_sha256, base_model_record, check_adapter_record,
+                                   task_from_record, task_record)
+from aa_jax.errors import UserError, check_writable
 from aa_jax.model_card import model_card, reproduce_command
-from aa_jax.models.registry import DEFAULT_MODEL_TYPE, HUB_IDS, family_of
+from aa_jax.models.registry import DEFAULT_MODEL_TYPE, family_of
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
-SCHEMA = "aa_jax.adapters/v1"
 EXPORT_V1 = "aa_jax.export/v1"  # the earlier format: export.json and an orbax params/
-CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
-# The Hub ids of the presets, for the model card and for loading elsewhere.
-HUB_BASE_MODELS = HUB_IDS
-# The base model's sizes an adapter folder fits; another value of any is refused.
-BASE_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-              "vocab_size")
 
 
 def static_architecture(architecture: Architecture, selected: list[int]) -> Architecture:
@@ -122,182 +113,132 @@ class Adapters:
         return self.record.get("selected_layers")
 
 
-def _task_record(task) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(task).items()}
+def save_adapters(out_dir: str | Path, source, pretrained=None, glue_dir: str | None = None,
+                  data: list[str] | None = None, *, architecture: Architecture | None = None,
+                  base_model=None, task=None, labels: list[str] | None = None,
+                  pooling: str = "auto", max_length: int = 128, dtype: str = "float32",
+                  method: str = "custom") -> dict[str, Any]:
+    """Writes learned adapters to the new folder ``out_dir`` (see the module's docstring);
+    returns its ``adapter_config.json``. Switches are resolved: selected layers keep their
+    adapter, the others none.
 
-
-def _task_from_record(d: dict, where: Path | str = CONFIG_FILE):
-    from aa_jax.data.glue import Task
-
-    fields = {f.name for f in dataclasses.fields(Task)}
-    try:
-        return Task(**{k: (tuple(v) if isinstance(v, list) else v)
-                       for k, v in d.items() if k in fields})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"The task in {where} is not valid ({e}); export the run "
-                        f"again.") from None
-
-
-def _is_int(value, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _strings(value, allow_none: bool = False) -> bool:
-    return (allow_none and value is None) or (
-        isinstance(value, list) and all(isinstance(v, str) for v in value))
-
-
-def check_adapter_record(record: Any, where: Path | str) -> dict:
-    """``adapter_config.json``'s fields with the types and values ``load_adapters`` uses,
-    or one sentence naming the first field that is not (a folder from elsewhere may have
-    been edited by hand or by someone else)."""
-    from aa_jax.config import DTYPES
-    from aa_jax.models.head import POOLINGS
-
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise UserError(f"{where} is not an aa_jax adapter config (schema {SCHEMA!r}); write "
-                        f"the folder again with 'aa-jax export'.")
-    task, base = record.get("task"), record.get("base_model")
-    sizes = base.get("sizes") if isinstance(base, dict) else None
-    checks = {
-        "method": isinstance(record.get("method"), str),
-        "architecture": isinstance(record.get("architecture"), dict),
-        "selected_layers": record.get("selected_layers") is None or (
-            isinstance(record["selected_layers"], list)
-            and all(_is_int(i) for i in record["selected_layers"])),
-        "pooling": isinstance(record.get("pooling"), str) and record["pooling"] in POOLINGS[1:],
-        "dtype": isinstance(record.get("dtype"), str) and record["dtype"] in DTYPES,
-        "max_length": _is_int(record.get("max_length"), 1),
-        "drop_first": _is_int(record.get("drop_first", 0)),
-        "command": isinstance(record.get("command", ""), str),
-        "config": isinstance(record.get("config", {}), dict),
-        "task": isinstance(task, dict),
-        "task.name": isinstance(task, dict) and isinstance(task.get("name"), str),
-        "task.text_columns": isinstance(task, dict) and _strings(task.get("text_columns")),
-        "task.label_names": isinstance(task, dict) and _strings(task.get("label_names"), True),
-        "task.is_regression": isinstance(task, dict) and isinstance(task.get("is_regression"),
-                                                                    bool),
-        "base_model": isinstance(base, dict),
-        "base_model.name": isinstance(base, dict) and isinstance(base.get("name"), str),
-        "base_model.hub_id": isinstance(base, dict) and (
-            base.get("hub_id") is None or isinstance(base.get("hub_id"), str)),
-        "base_model.model_type": isinstance(base, dict) and isinstance(
-            base.get("model_type", ""), str),
-        "base_model.sizes": isinstance(sizes, dict) and set(sizes) == set(BASE_SIZES) and all(
-            _is_int(v, 1) for v in sizes.values()),
-    }
-    bad = next((name for name, ok in checks.items() if not ok), None)
-    if bad is not None:
-        raise UserError(f"{where} has a missing or invalid {bad}; get the folder again or "
-                        f"export the run again.")
+    ``source`` is a finished run's folder (``aa-jax export``; ``glue_dir`` / ``data`` point
+    at its data where a run of aa_jax before 0.4 needs it, later runs record all they
+    need), or a trainable parameter tree of your own loop, described by ``architecture``,
+    ``base_model`` (a :func:`~aa_jax.load_pretrained` result, or a name to load), ``task``
+    (a :class:`~aa_jax.data.Task`) or ``labels`` (the class names; None and no task:
+    regression), ``pooling``, ``max_length``, ``dtype`` and ``method``.
+    """
+    out = Path(out_dir)
+    if out.exists() or out.is_symlink():
+        raise UserError(f"{out} already exists; choose a new --out directory for the export.")
+    if isinstance(source, (str, os.PathLike)):
+        parts = _run_parts(Path(source), pretrained, glue_dir, data)
+    else:
+        parts = _param_parts(source, architecture, base_model or pretrained, task, labels,
+                             pooling, max_length, dtype, method)
+    check_writable(out.parent, "The folder of --out")
+    params, learned, arch, record = parts
+    selected = None
+    if arch.switched_layers:
+        selected = sorted(learned["selected_layers"])
+        params = static_params(params, arch, selected)
+        arch = static_architecture(arch, selected)
+    else:
+        params = unstack_layers(params)
+    record = {"schema": SCHEMA, "aa_jax_version": __version__, **record,
+              "architecture": arch.to_dict(), "selected_layers": selected}
+    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
+    _write_folder(out, flat, record, learned if selected is not None else None)
     return record
 
 
-def _weights_sha256(path: Path) -> str | None:
-    """SHA-256 over the checkpoint's weight files (in name order), or None if it has none
-    (a random backbone)."""
-    files = sorted(p for pattern in ("*.safetensors", "pytorch_model.bin")
-                   for p in path.glob(pattern)) if path.is_dir() else []
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def base_model_record(name: str, pretrained) -> dict:
-    """Where the base model came from and what it is: its name as given, its Hub id and
-    revision where known (a preset, a hub id, or a folder in the Hub's cache), the SHA-256
-    of its weights, its family (``model_type``) and its sizes."""
-    path = Path(pretrained.path)
-    hub_id = HUB_BASE_MODELS.get(name)
-    if hub_id is None and not Path(name).expanduser().exists() and name.count("/") == 1:
-        hub_id = name
-    revision = None
-    parts = path.parts
-    if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
-        revision = parts[parts.index("snapshots") + 1]
-    sizes = {k: int(getattr(pretrained.config, k)) for k in BASE_SIZES}
-    return {"name": name, "hub_id": hub_id, "revision": revision,
-            "weights_sha256": _weights_sha256(path),
-            "model_type": pretrained.config.model_type, "sizes": sizes}
-
-
-def save_adapters(out_dir: str | Path, run_dir: str | Path, pretrained=None,
-                  glue_dir: str | None = None, data: list[str] | None = None
-                  ) -> dict[str, Any]:
-    """Writes the learned adapters of the finished run ``run_dir`` to the new folder
-    ``out_dir`` (see the module's docstring); returns its ``adapter_config.json``.
-    ``glue_dir`` / ``data`` point at the run's data where it moved.
-
-    Switches are resolved: selected layers keep their adapter, the others none.
-    """
-    from aa_jax import __version__
-    from aa_jax.run_setup import load_run
+def _run_parts(run_dir: Path, pretrained, glue_dir, data):
+    """(trainable params, learned architecture, architecture, record) of a finished run,
+    from its folder alone where it recorded its task (aa_jax 0.4 on), else with its data."""
+    from aa_jax.config import TrainConfig
     from aa_jax.learned import read_learned
+    from aa_jax.methods import get_method
+    from aa_jax.run_setup import build_model, load_run, model_name
 
-    run_dir, out = Path(run_dir), Path(out_dir)
     if not checkpoint.is_complete(run_dir):
         raise UserError(f"{run_dir} is not a finished run; train it to the end, then export.")
-    if out.exists() or out.is_symlink():
-        raise UserError(f"{out} already exists; choose a new --out directory for the export.")
-    check_writable(out.parent, "The folder of --out")
-    exp, params, _ = load_run(run_dir, pretrained, glue_dir, data)
-    learned, selected, static = None, None, exp.architecture
-    if exp.architecture.switched_layers:
-        learned = read_learned(run_dir)
-        selected = sorted(learned["selected_layers"])
-        static = static_architecture(exp.architecture, selected)
-        params = static_params(params, exp.architecture, selected)
-    else:
-        params = unstack_layers(params)
     result_file = run_dir / "result.json"
     result = checkpoint.read_json(result_file, "run result") if result_file.is_file() else {}
-    c = exp.config
-    record = {"schema": SCHEMA, "aa_jax_version": __version__, "method": c.method,
-              "architecture": static.to_dict(), "selected_layers": selected,
-              "pooling": exp.pooling, "dtype": c.dtype, "max_length": c.max_length,
-              "drop_first": exp.drop_first, "task": _task_record(exp.task),
-              "base_model": base_model_record(c.model, exp.pretrained),
+    learned = read_learned(run_dir) if (run_dir / "architecture.json").is_file() else None
+    raw = checkpoint.read_json(run_dir / "config.json", "run config")
+    if isinstance(result.get("task_record"), dict) and learned is not None:
+        config = TrainConfig.from_dict(raw)
+        task = task_from_record(result["task_record"], result_file)
+        architecture = Architecture.from_dict(learned["architecture"])
+        model, trainable, pretrained = build_model(
+            config, task, architecture, result.get("pooling"), pretrained,
+            model_name(config, raw.get("resolved")))
+        params, _ = checkpoint.restore_params(run_dir / "checkpoints", trainable)
+        drop_first = get_method(config.method).adapterdrop_schedule(
+            architecture.depth, config.adapterdrop_max, config.drop_first)[1]
+        pooling = model.pooling
+    else:  # a run of aa_jax before 0.4: its task is rebuilt from its data
+        exp, params, _ = load_run(run_dir, pretrained, glue_dir, data)
+        config, task, architecture = exp.config, exp.task, exp.architecture
+        pretrained, drop_first, pooling = exp.pretrained, exp.drop_first, exp.pooling
+        if architecture.switched_layers:
+            learned = read_learned(run_dir)
+    c = config
+    record = {"method": c.method, "pooling": pooling, "dtype": c.dtype,
+              "max_length": c.max_length, "drop_first": drop_first, "task": task_record(task),
+              "base_model": base_model_record(c.model, pretrained),
               "config": c.to_dict(), "command": reproduce_command(c),
               "scores": {k: result[k] for k in ("dev", "test") if k in result},
               "source": {**(learned or {}).get("source", {}), "run": run_dir.name}}
-    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
-    tmp = None
-    try:
-        # A folder of this process's own beside the target (another export to the same
-        # folder has its own), renamed into place whole.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        os.chmod(tmp, 0o777 & ~checkpoint._umask())  # mkdtemp makes it private
+    return params, learned, architecture, record
+
+
+def _param_parts(params, architecture, base_model, task, labels, pooling, max_length, dtype,
+                 method):
+    """The same for a parameter tree of the caller's own loop."""
+    from aa_jax.config import DTYPES
+    from aa_jax.data.glue import Task
+    from aa_jax.learned import learned_architecture
+    from aa_jax.models.loader import load_pretrained
+    from aa_jax.run_setup import resolve_pooling
+
+    if not isinstance(params, dict) or not isinstance(architecture, Architecture):
+        raise UserError("save_adapters takes a run folder, or a parameter tree with its "
+                        "architecture= (an aa_jax.Architecture).")
+    if base_model is None:
+        raise UserError("save_adapters needs base_model= (a load_pretrained result or a "
+                        "preset, folder or hub id) to save a parameter tree.")
+    pretrained = load_pretrained(base_model) if isinstance(base_model, (str, os.PathLike)) \
+        else base_model
+    if task is None:
+        regression = labels is None
+        task = Task(name="custom", text_columns=("text",), label_column="label",
+                    label_names=None if regression else tuple(map(str, labels)),
+                    is_regression=regression,
+                    metric_names=("spearman",) if regression else ("accuracy",),
+                    select_metric="spearman" if regression else "accuracy")
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
+    learned = learned_architecture(params, architecture, {"method": method})
+    record = {"method": method, "pooling": resolve_pooling(pooling, pretrained),
+              "dtype": dtype, "max_length": int(max_length), "drop_first": 0,
+              "task": task_record(task),
+              "base_model": base_model_record(pretrained.name, pretrained),
+              "config": {}, "command": "", "scores": {}, "source": {"method": method}}
+    return params, learned, architecture, record
+
+
+def _write_folder(out: Path, flat: dict, record: dict, learned: dict | None) -> None:
+    """The folder, written beside ``out`` and renamed into place whole."""
+    def fill(tmp: Path) -> None:
         _write_weights(tmp / WEIGHTS_FILE, flat)
         if learned is not None:
             checkpoint.write_json_atomic(tmp / "architecture.json", learned)
         checkpoint.write_json_atomic(tmp / CONFIG_FILE, record)
         checkpoint.write_text_atomic(tmp / "README.md", model_card(record))
-        try:
-            tmp.rename(out)  # the folder appears whole or not at all
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR) or \
-                    out.exists() or out.is_symlink():
-                raise UserError(f"{out} appeared while this export was being written "
-                                f"(another export to the same folder?); it was left as it "
-                                f"is: choose a new --out directory.") from None
-            raise
-    except BaseException as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, UserError):
-            raise
-        error = storage_error(out, e)  # named after the folder, not its temporary sibling
-        if error is not None:
-            raise error from None
-        raise
-    return record
+
+    checkpoint.write_folder_whole(out, fill, "this export")
 
 
 export_run = save_adapters
@@ -314,19 +255,31 @@ def _write_weights(path: Path, flat: dict[str, np.ndarray]) -> None:
 
 
 def is_export(path: str | Path) -> bool:
-    """Whether ``path`` is an adapter folder (or an export of the earlier format)."""
+    """Whether ``path`` is an adapter folder (or an export of the earlier format, or a
+    merged checkpoint with its head in ``aa_jax/``)."""
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() or (path / "export.json").is_file()
+    return adapter_config_folder(path) is not None or (path / "export.json").is_file()
+
+
+def adapter_config_folder(path: str | Path) -> Path | None:
+    """The folder holding ``adapter_config.json``: ``path`` itself, or the ``aa_jax/``
+    folder of a merged checkpoint (``aa-jax merge``); None where neither has one."""
+    path = Path(path)
+    for folder in (path, path / "aa_jax"):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    return None
 
 
 def _adapter_folder(source: str | Path) -> Path:
     """A local adapter folder, or the snapshot of a Hub repo id (downloaded or cached)."""
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / CONFIG_FILE).is_file():
+        found = adapter_config_folder(path)
+        if found is None:
             raise UserError(f"{path} has no {CONFIG_FILE}; pass a folder written by "
                             f"'aa-jax export RUN --out DIR' (or aa_jax.save_adapters).")
-        return path
+        return found
     name = str(source)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise UserError(f"Adapter folder {path} does not exist; check the path, or give a "
@@ -379,12 +332,19 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     if pretrained is None:
         base = record["base_model"]
         name = base_model or base["name"]
-        if (base_model is None and base["hub_id"] and name not in HUB_BASE_MODELS
-                and not Path(name).expanduser().exists()):
-            name = base["hub_id"]  # trained on a local folder that is not on this machine
+        if base_model is None and name not in HUB_BASE_MODELS and \
+                not Path(name).expanduser().exists():
+            # A folder named relative to where it was exported, or not on this machine.
+            recorded = Path(base["path"]) if isinstance(base.get("path"), str) else None
+            if recorded is not None and not recorded.is_absolute():
+                recorded = folder / recorded  # relative to the folder (a merged checkpoint)
+            if recorded is not None and recorded.is_dir():
+                name = str(recorded)
+            elif base["hub_id"]:
+                name = base["hub_id"]
         pretrained = load_pretrained(name)
     _check_base(record, pretrained, folder)
-    task = _task_from_record(record["task"], folder / CONFIG_FILE)
+    task = task_from_record(record["task"], folder / CONFIG_FILE)
     architecture = Architecture.from_dict(record["architecture"])
     model = family_of(pretrained.config).classifier(
         pretrained.config, task.num_labels, architecture, dtype=DTYPES[record["dtype"]],

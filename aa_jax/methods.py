@@ -45,7 +45,7 @@ class Method:
 
     Attributes:
       name: what ``--method`` and the sweeps call it.
-      description: one line for ``--help`` and the README.
+      description: one line for ``--help`` and the documentation.
       layers: ``(depth, selected_layers, last_n) -> layer indices`` with an adapter
         (``selected_layers`` are an AA run's, for ``reads_learned_layers``).
       activation: the adapters' nonlinearity (``None``: the config's ``activation``).

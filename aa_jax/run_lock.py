@@ -96,11 +96,20 @@ def _open_lock(path: Path) -> int:
     return fd
 
 
-def _holder(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):  # written a moment from now, or not by us
-        return None
+def _holder(fd: int, patience: float = 1.0) -> int | None:
+    """The holder's PID. A holder writes it just after taking the lock, so a reader that
+    comes in between finds the file empty: it reads again for up to ``patience`` seconds
+    before it gives up (a file not written by aa_jax)."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return int(os.pread(fd, 32, 0).decode().strip())
+        except (OSError, ValueError):  # written a moment from now, or not by us
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
 
 def hold_run(out: str | Path) -> contextlib.AbstractContextManager[None]:

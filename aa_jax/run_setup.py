@@ -176,10 +176,36 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
                       frozen, pretrained, pooling)
 
 
+def model_name(config: TrainConfig, resolved: Any = None) -> str:
+    """The run's ``--model``, or the absolute folder the run recorded where the folder as
+    typed is not found from here (the run was made in another working directory)."""
+    name = config.model
+    recorded = resolved.get("model_abs") if isinstance(resolved, dict) else None
+    if isinstance(recorded, str) and not Path(name).expanduser().exists() and \
+            Path(recorded).is_dir():
+        return recorded
+    return name
+
+
+def build_model(config: TrainConfig, task, architecture: Architecture, pooling: str | None,
+                pretrained=None, name: str | None = None):
+    """``(model, trainable template, pretrained)`` of a run whose task and architecture
+    are known (recorded), without its data."""
+    pretrained = pretrained or load_pretrained(name or config.model)
+    architecture.check_depth(pretrained.config.num_hidden_layers)
+    model = pretrained.family.classifier(
+        pretrained.config, task.num_labels, architecture, dtype=DTYPES[config.dtype],
+        pooling=pooling or resolve_pooling(config.pooling, pretrained))
+    trainable, _ = init_params(model, run_keys(config.seed)[0], pretrained.params)
+    return model, trainable, pretrained
+
+
 def resolve_inputs(config: TrainConfig) -> dict[str, Any]:
     """What the location settings point at, as far as it changes results: the layers of
     an AA-focused run's architecture and the content of a user's data files."""
     resolved: dict[str, Any] = {}
+    if Path(config.model).expanduser().is_dir():  # a folder, found from any folder later
+        resolved["model_abs"] = str(Path(config.model).expanduser().resolve())
     if config.glue_dir:  # where the data was, whatever folder the command ran in
         resolved["glue_dir_abs"] = str(Path(config.glue_dir).expanduser().resolve())
     if config.data and not custom.is_dataset_name(config.data):
@@ -245,6 +271,8 @@ def relocate(config: TrainConfig, resolved: dict, glue_dir: str | None = None,
     other than the run's are refused where the run recorded their SHA-256.
     """
     changes: dict[str, Any] = {}
+    if model_name(config, resolved) != config.model:
+        changes["model"] = model_name(config, resolved)
     if glue_dir is not None:
         changes["glue_dir"] = glue_dir
     elif config.glue_dir and not Path(config.glue_dir).expanduser().is_dir():

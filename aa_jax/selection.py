@@ -47,7 +47,7 @@ class Selector:
 
     Attributes:
       name: what ``Architecture.selector`` names.
-      description: one line for the README and ``--help``.
+      description: one line for the documentation and ``--help``.
       gates: ``(logits <float32>[depth, 2], switched <bool>[depth], architecture, noise)
         -> <float32>[depth, batch, 2]``; ``noise`` is Gumbel(0, 1) <float32>[depth, batch,
         2] in training, or <float32>[depth, batch, 0]-free None at inference, where the

@@ -23,11 +23,11 @@ class Rule:
     phrase: str
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_finite(v) -> bool:  # a finite number; an int too large for a float is not one
+def is_finite(v) -> bool:  # a finite number; an int too large for a float is not one
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return False
     try:
@@ -36,10 +36,10 @@ def _is_finite(v) -> bool:  # a finite number; an int too large for a float is n
         return False
 
 
-POSITIVE_INT = Rule(lambda v: _is_int(v) and v >= 1, "a positive integer")
-NON_NEGATIVE_INT = Rule(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-POSITIVE_NUMBER = Rule(lambda v: _is_finite(v) and v > 0, "a positive finite number")
-NON_NEGATIVE_NUMBER = Rule(lambda v: _is_finite(v) and v >= 0, "a non-negative finite number")
+POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "a positive integer")
+NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "a non-negative integer")
+POSITIVE_NUMBER = Rule(lambda v: is_finite(v) and v > 0, "a positive finite number")
+NON_NEGATIVE_NUMBER = Rule(lambda v: is_finite(v) and v >= 0, "a non-negative finite number")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 NAME = Rule(lambda v: isinstance(v, str) and bool(v), "a name")
 
@@ -76,7 +76,7 @@ def flag_of(field: dataclasses.Field, prefix: str = "") -> str:
 
 def short(value: Any) -> str:
     """``repr(value)``, cut to a readable length."""
-    if _is_int(value) and abs(value) > 10**30:
+    if is_int(value) and abs(value) > 10**30:
         return f"an integer of {len(str(abs(value)))} digits"
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"

@@ -12,8 +12,9 @@ own step number into the run's training key before splitting it into the ``dropo
 A batch is a dict of host arrays: ``input_ids``, ``attention_mask`` and the tokenizer's
 other per-token outputs (<int32>[batch, length]; the model takes those its family names,
 :func:`aa_jax.models.head.model_inputs`), ``labels`` (<int32>[batch], or <float32>[batch] for
-regression) and ``weights`` (<float32>[batch]: 1 for a real example, 0 for the padding
-that fills the last batch), as :func:`aa_jax.data.pipeline.batches` yields them.
+regression) and, optionally, ``weights`` (<float32>[batch]: 1 for a real example, 0 for
+the padding that fills the last batch; all ones where absent), as
+:func:`aa_jax.data.pipeline.batches` and :func:`aa_jax.api.make_batch` make them.
 """
 
 from __future__ import annotations
@@ -50,12 +51,22 @@ class TrainState:
 
 
 def make_optimizer(config, total_steps: int, trainable: dict,
-                   learning_rates: Mapping[str, str] = LEARNING_RATES):
+                   learning_rates: Mapping[str, str] = LEARNING_RATES, **rates):
     """Global-norm clipping, then Adam with one learning rate per group, each decaying
-    linearly to 0 over the run (the released Trainer's schedule, no warmup).
+    linearly to 0 over the run (the released Trainer's schedule, no warmup), for the
+    ``trainable`` tree (any layout; it decides each leaf's group, see :mod:`aa_jax.params`).
 
+    ``config``: a :class:`~aa_jax.config.TrainConfig`, or None for its defaults (the
+    released protocol's rates); ``rates`` override its fields by name, e.g.
+    ``make_optimizer(None, 100, trainable, learning_rate=3e-3, switch_learning_rate=0.15)``.
     ``learning_rates`` names, per trainable group, the config field that holds its rate
     (the method's :attr:`~aa_jax.methods.Method.learning_rates`)."""
+    import dataclasses
+
+    from aa_jax.config import TrainConfig
+
+    config = dataclasses.replace(config or TrainConfig(), **rates)
+    config.validate()
     def adam(lr):
         return optax.adam(optax.linear_schedule(lr, 0.0, max(total_steps, 1)))
 
@@ -88,7 +99,9 @@ def init_state(trainable: dict, tx) -> TrainState:
 
 def loss_fn(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
     """Mean loss over real examples (weights 0 mark batch padding)."""
-    w = batch["weights"]
+    w = batch.get("weights")
+    if w is None:
+        w = jnp.ones(batch["labels"].shape[0], jnp.float32)
     if regression:
         per_example = jnp.square(logits[:, 0] - batch["labels"])
     else:
@@ -180,13 +193,15 @@ def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callabl
     return step
 
 
-def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
+def make_train_step(model, tx, regression: bool | None = None, adapterdrop_max: int = 0,
                     mesh: Mesh | None = None) -> Callable:
     """The jitted ``(state, frozen, batch, rng) -> (state, metrics)``.
 
     ``batch`` holds the model's inputs (``input_ids``, ``attention_mask`` and what else its
-    family takes, see ``model.inputs``), ``labels`` and ``weights`` (see the module
-    docstring).
+    family takes, see ``model.inputs``), ``labels`` and optionally ``weights`` (see the
+    module docstring; :func:`aa_jax.api.make_batch` makes one from texts). ``regression``:
+    a one-output model trained with the squared error; default: whether the model has one
+    output.
 
     With a ``mesh`` (see :func:`data_mesh`) the step is data parallel: every batch array
     is split over the mesh's ``data`` axis, the state and the backbone are replicated, and
@@ -201,6 +216,8 @@ def make_train_step(model, tx, regression: bool, adapterdrop_max: int = 0,
     ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
     global norm before clipping.
     """
+    if regression is None:
+        regression = model.num_labels == 1
     step = _step_function(model, tx, regression, adapterdrop_max)
     return _across_processes(jax.jit(step, donate_argnums=0, **_shardings(mesh, 2, 4)), mesh,
                              2)

@@ -35,6 +35,7 @@ from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.run_setup import (Experiment, check_same_run, load_data, load_run, relocate,
                                resolve_inputs, run_keys, setup)
+from aa_jax.adapter_record import task_record
 from aa_jax.learned import learned_architecture
 from aa_jax.methods import layers_run
 from aa_jax.params import count_params
@@ -226,6 +227,8 @@ class Run:
             "train_size": c.train_size, "seed": c.seed,
             "dev": best["dev"], "test": test, "best_epoch": best["epoch"],
             "select_metric": task.select_metric,
+            # The task as exported (labels, metrics): 'aa-jax export' needs no data.
+            "task_record": task_record(task),
             # What predicting the test set's most frequent class scores: the chance level.
             "majority": majority_class_scores(task, exp.labels["test"]),
             "selected_layers": layers_run(learned, exp.drop_first),
@@ -338,8 +341,10 @@ def checkpoint_due(last_epoch: bool, elapsed: float, every: float) -> bool:
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
-          pretrained=None) -> dict:
-    """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``."""
+          pretrained=None, on_start: Callable[[Experiment], None] | None = None) -> dict:
+    """Runs (or resumes, or returns the finished result of) one experiment in ``out_dir``.
+    ``on_start`` is called with the set-up experiment (its data loaded) before training
+    (the command line says there what it trains on)."""
     started = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -351,6 +356,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
         return checkpoint.read_json(out / "result.json", "run result")
     exp = setup(config, pretrained)
     check_same_run(out, config, resolved)
+    if on_start is not None:
+        on_start(exp)
     mesh = data_mesh()
     check_batch_size(config.batch_size, mesh)
     prepare_run_dir(out)
@@ -432,10 +439,10 @@ def evaluate_run(run_dir: str | Path, pretrained=None, glue_dir: str | None = No
     an adapter folder (:mod:`aa_jax.export`) on the data of the run it came from;
     ``glue_dir`` / ``data`` point at that data where it moved
     (:func:`aa_jax.run_setup.relocate`)."""
-    from aa_jax.export import CONFIG_FILE, is_export, load_adapters, load_export
+    from aa_jax.export import adapter_config_folder, is_export, load_adapters, load_export
 
     mesh = data_mesh()
-    if (Path(run_dir) / CONFIG_FILE).is_file():
+    if adapter_config_folder(run_dir) is not None:
         adapters = load_adapters(run_dir, pretrained=pretrained)
         c = relocate(TrainConfig.from_dict(adapters.record["config"]), {}, glue_dir, data)
         task, splits = load_data(c)

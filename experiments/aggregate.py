@@ -28,7 +28,7 @@ the paper reports (``higher``, ``lower``, ``equal``, or ``not lower``), or the l
 kept layers or stored adapter weights it is about; per size, the measured difference, its
 tests and a verdict.
 
-The README's Results section quotes a sweep's status line, Table 2 and the claims between
+The documentation's results page (docs/results.md) quotes a sweep's status line, Table 2 and the claims between
 two markers (:func:`~experiments.page.readme_start`, :data:`~experiments.page.README_END`)
 for each sweep it names there (``paper_v2``, ``paper``); aggregating such a sweep
 refreshes its excerpt, and ``--check`` verifies it too.
@@ -36,7 +36,7 @@ refreshes its excerpt, and ``--check`` verifies it too.
 The work is split by what it does: :mod:`experiments.records` reads the result files,
 :mod:`experiments.tables` and :mod:`experiments.claims` build the tables from them with
 the statistics of :mod:`experiments.significance`, and :mod:`experiments.page` puts the
-page and the README's excerpt together.
+page and the results page's excerpt together.
 """
 
 from __future__ import annotations

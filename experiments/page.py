@@ -1,7 +1,7 @@
-"""A sweep's page, ``TABLE.md``, and the README's excerpt of it, from the result files
-alone; :func:`refresh` rewrites what has changed (``python -m experiments.sweep --commit``
-calls it after each run; ``python -m experiments.aggregate`` writes or checks every sweep's
-page through :func:`generated`)."""
+"""A sweep's page, ``TABLE.md``, and the Results page's excerpt of it
+(``docs/results.md``), from the result files alone; :func:`refresh` rewrites what has
+changed (``python -m experiments.sweep --commit`` calls it after each run; ``python -m
+experiments.aggregate`` writes or checks every sweep's page through :func:`generated`)."""
 
 from __future__ import annotations
 
@@ -114,14 +114,15 @@ def not_finished(sweep: Sweep, done: dict, failed: dict, verdicts: dict) -> list
     return parts
 
 
-# -- the README's excerpt ---------------------------------------------------------------
+# -- the Results page's excerpt ---------------------------------------------------------
 
-README = REPO / "README.md"
+# The documentation page that quotes the sweeps (the name README is kept for the callers).
+README = REPO / "docs" / "results.md"
 README_END = "<!-- end of generated part -->"
 
 
 def readme_start(name: str) -> str:
-    """The marker after which the README quotes sweep ``name``'s TABLE.md."""
+    """The marker after which the Results page quotes sweep ``name``'s TABLE.md."""
     return f"<!-- generated from experiments/results/{name}/TABLE.md -->"
 
 
@@ -139,7 +140,7 @@ def section(table: str, title: str) -> list[str]:
 
 
 def readme_excerpt(table: str) -> str:
-    """What the README's Results section quotes from a sweep's TABLE.md: its status line,
+    """What the Results page quotes from a sweep's TABLE.md: its status line,
     Table 2's rows with results, and the paper's claims with what was measured."""
     lines = table.splitlines()
     status = next(line for line in lines if " runs finished" in line)
@@ -167,8 +168,8 @@ def readme_with(readme: str, excerpt: str, name: str) -> str:
 def generated(sweep: Sweep, done: dict, failed: dict, majority: dict,
               allow_mixed: bool = False) -> dict[Path, str]:
     """The text the results of ``sweep`` (:func:`read_results`) give its ``TABLE.md`` and,
-    for a sweep of ``experiments/results`` that the README quotes (its marker is there),
-    the README, by path."""
+    for a sweep of ``experiments/results`` that the Results page quotes (its marker is
+    there), that page (``docs/results.md``), by path."""
     text = page(sweep, done, failed, majority, allow_mixed)
     files = {sweep.results / "TABLE.md": text}
     name = sweep.results.resolve().name

@@ -135,7 +135,7 @@ def commit_results(sweep: Sweep, points: list[Point], message: str) -> None:
 
 
 def refresh_tables(sweep: Sweep) -> list[Path]:
-    """The sweep's TABLE.md (and the README's Results excerpt of it, if it has one)
+    """The sweep's TABLE.md (and the results page's excerpt of it, if it has one)
     rewritten to include the runs finished and failed so far, so that a commit of results
     carries tables that agree with them; a failure is reported, and what was not rewritten
     is left as it was."""

@@ -275,7 +275,7 @@ def main(argv=None) -> int:
                         help="print what is left and its estimated cost, run nothing")
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each finished run's files as it arrives, with the "
-                        "sweep's TABLE.md (and the README's excerpt of it) refreshed")
+                        "sweep's TABLE.md (and the results page's excerpt of it) refreshed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-of", type=parse_shard, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)

@@ -95,9 +95,10 @@ def test_the_model_card_has_the_hub_metadata_and_the_command(own_data_run, tmp_p
     folder = tmp_path / "adapters"
     record = save_adapters(folder, run)
     card = (folder / "README.md").read_text()
-    head, body = card.split("---\n")[1], card.split("---\n", 2)[2]
-    meta = {line.split(": ", 1)[0]: json.loads(line.split(": ", 1)[1])
-            for line in head.strip().splitlines()}
+    from huggingface_hub import ModelCard
+
+    parsed = ModelCard(card)  # the Hub's own reader of the metadata block
+    meta, body = parsed.data.to_dict(), parsed.text
     assert meta["library_name"] == "aa_jax"
     assert meta["pipeline_tag"] == "text-classification"
     assert meta["metrics"] == ["accuracy"]
@@ -186,7 +187,9 @@ def test_a_regression_folder_predicts_scores(tiny_checkpoint, fake_glue, tmp_pat
     with pytest.raises(UserError, match="sentence pairs"):
         predict(adapters, ["only one sentence"])
     card = (tmp_path / "adapters" / "README.md").read_text()
-    assert 'datasets: ["nyu-mll/glue"]' in card
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(card).data.datasets == ["nyu-mll/glue"]
 
 
 def test_every_top_level_name_resolves():

@@ -152,6 +152,6 @@ def test_the_protocol_sets_the_learning_rates_that_no_flag_gives(argv, want):
     """The CPU protocol's switch rate is the switch-rate rule's 0.15 (rationals at 1/5 of
     it); cpu-v1 keeps the first version's released ratios; a flag given wins."""
     args = cli.build_parser().parse_args(["train", "--task", "sst2", *argv])
-    config = cli._config_from_args(args)
+    config = cli.config_from_args(args)
     assert (config.learning_rate, config.switch_learning_rate,
             config.rational_learning_rate) == want

@@ -104,11 +104,14 @@ def test_pairs_are_joined_as_the_tokenizer_joins_them_without_token_types(family
     assert (batch["input_ids"][0, len(ids):] == 1).all()  # padded with <pad> = 1
 
 
-@pytest.mark.parametrize("family", TINY)
-@pytest.mark.parametrize("method, adapter", [
-    ("aa", "seq_bn"), ("aa", "lora"),  # the scan's other cases on BERT are in test_scan.py
-    pytest.param("adapterdrop", "seq_bn", marks=pytest.mark.slow),
-    pytest.param("last_n", "lora", marks=pytest.mark.slow)])
+# MPNet (its own attention bias) by default; RoBERTa, which shares BERT's layer and
+# whose scan test_scan.py covers on BERT, and the other methods with `-m slow`.
+@pytest.mark.parametrize("family, method, adapter", [
+    ("mpnet", "aa", "seq_bn"), ("mpnet", "aa", "lora"),
+    *(pytest.param(f, m, a, marks=pytest.mark.slow) for f, m, a in (
+        ("roberta", "aa", "seq_bn"), ("roberta", "aa", "lora"),
+        ("mpnet", "adapterdrop", "seq_bn"), ("roberta", "adapterdrop", "seq_bn"),
+        ("mpnet", "last_n", "lora"), ("roberta", "last_n", "lora")))])
 def test_scanned_equals_unrolled_in_training(family, method, adapter):
     """The training forward pass and its gradient, noise included, in both layouts."""
     pre = load_pretrained(str(REFERENCE / f"tiny-{family}"))

@@ -72,7 +72,7 @@ def test_ia3_starts_as_the_pretrained_model_and_counts_its_weights(minilm):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.parametrize("method", ["aa", "aa_topk"])
+@pytest.mark.parametrize("method", ["aa", pytest.param("aa_topk", marks=pytest.mark.slow)])
 def test_switched_ia3_trains_selects_and_exports(method, tiny_checkpoint, fake_glue, tmp_path,
                                                  capsys):
     out, export = tmp_path / "run", tmp_path / "export"

@@ -58,6 +58,7 @@ def _dataset_folder(root):
     return root
 
 
+@pytest.mark.slow  # datasets' import and cache set-up dominate (about 20 s on 2 cores)
 def test_a_dataset_folder_is_read_with_datasets(tmp_path):
     folder = _dataset_folder(tmp_path / "reviews")
     task, splits = load_custom([str(folder)], ["text"], "label", splits={"dev": "validation"})

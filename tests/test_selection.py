@@ -3,8 +3,6 @@ switches and the hard top-k selector; AdapterDrop's flags; the temperature's one
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import jax

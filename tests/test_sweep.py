@@ -519,7 +519,7 @@ def test_rationals_figure_draws_each_seeds_function_and_the_kept_layers_inputs(
 
 
 def test_the_committed_tables_are_regenerated_byte_for_byte():
-    assert aggregate.main(["--check"]) == 0  # the README's Results excerpt included
+    assert aggregate.main(["--check"]) == 0  # docs/results.md's excerpt included
 
 
 def test_a_task_learns_only_with_two_seeds_clearly_above_the_majority_class(tmp_path):

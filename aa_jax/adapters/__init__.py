@@ -18,12 +18,12 @@ from aa_jax.adapters.activations import ACTIVATIONS, FIXED_ACTIVATIONS
 from aa_jax.adapters.architecture import (NO_ADAPTER, Architecture, LayerSpec,
                                           adapter_weight_count, validate_layer_indices)
 from aa_jax.adapters.ia3 import IA3Options
-from aa_jax.adapters.kind import POINTS, AdapterKind
+from aa_jax.adapters.kind import POINTS, AdapterKind, KindModule
 from aa_jax.adapters.lora import LoRA, LoraOptions
 from aa_jax.adapters.registry import KINDS
 from aa_jax.adapters.seq_bn import AdapterSlot, BottleneckAdapter, SeqBnOptions, bottleneck_size
 
 __all__ = ["ACTIVATIONS", "FIXED_ACTIVATIONS", "NO_ADAPTER", "Architecture", "LayerSpec",
-           "adapter_weight_count", "validate_layer_indices", "POINTS", "AdapterKind",
+           "adapter_weight_count", "validate_layer_indices", "POINTS", "AdapterKind", "KindModule",
            "KINDS", "LoRA", "LoraOptions", "IA3Options", "AdapterSlot", "BottleneckAdapter",
            "SeqBnOptions", "bottleneck_size"]

@@ -19,12 +19,11 @@ identity choice is the plain pretrained layer; AdapterDrop's ``off`` scales by o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aa_jax.adapters.kind import AdapterKind, gate_weights
+from aa_jax.adapters.kind import AdapterKind, KindModule, gate_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,26 +45,16 @@ def _rescale(module: nn.Module, name: str, x, gate, off):
     return (x.astype(jnp.float32) * scale).astype(x.dtype)
 
 
-class IA3Attention(nn.Module):
-    spec: Any
-    options: IA3Options
-    architecture: Any
-    config: Any
-    dtype: Any = jnp.float32
+class IA3Attention(KindModule):
 
     @nn.compact
     def __call__(self, x, q, k, v, gate=None, off=None):
         return q, _rescale(self, "key", k, gate, off), _rescale(self, "value", v, gate, off)
 
 
-class IA3Input(nn.Module):
+class IA3Input(KindModule):
     """The rescaled input of an output projection (the attention's, or the FFN's)."""
 
-    spec: Any
-    options: IA3Options
-    architecture: Any
-    config: Any
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, a, gate=None, off=None):

@@ -21,8 +21,8 @@ point               call                                                  module
                     LayerNorm; see :mod:`aa_jax.adapters.seq_bn`)
 ==================  ====================================================  ==============
 
-Every module is built as ``Module(spec, options, architecture, config, dtype)`` (config:
-the backbone's sizes). ``gate`` is the layer's selection (:mod:`aa_jax.selection`): None
+Every module is a :class:`KindModule`, built as ``Module(spec, options, architecture,
+config, dtype)`` (config: the backbone's sizes). ``gate`` is the layer's selection (:mod:`aa_jax.selection`): None
 for an adapter that always runs, else <float32>[batch, 2], the weights of (identity,
 adapter). ``off`` removes the adapter for this call (AdapterDrop): None, a Python bool
 (static: not computed), or a traced <bool>[].
@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -95,6 +96,17 @@ class AdapterKind:
     def flags(self) -> list[tuple[str, dataclasses.Field]]:
         """The command-line flags of its options: ``[(flag, field)]``."""
         return [(flag_of(f, f"{self.name}_"), f) for f in dataclasses.fields(self.options)]
+
+
+class KindModule(nn.Module):
+    """The fields every kind's module is built with: the layer's spec, the kind's options,
+    the architecture, the backbone's config (its sizes) and the compute dtype."""
+
+    spec: Any
+    options: Any
+    architecture: Any
+    config: Any
+    dtype: Any = jnp.float32
 
 
 def gate_weights(gate: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -4,7 +4,7 @@
 ``q = x W_q + b_q + (x a_q) b_q' * alpha / rank`` and likewise for ``v``. A switched
 layer scales both updates by its gate's adapter weight, so its identity choice is the
 plain pretrained layer (nothing to keep once exported). LoRA folds into the projections'
-weights; see :func:`aa_jax.export` for the merge.
+weights; see :mod:`aa_jax.merging` (``aa-jax merge``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aa_jax.adapters.kind import AdapterKind, scaled_by_gate
+from aa_jax.adapters.kind import AdapterKind, KindModule, scaled_by_gate
 from aa_jax.settings import POSITIVE_INT, POSITIVE_NUMBER, setting
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraOptions:
+    """LoRA's rank ``r`` (``--lora-rank``) and scale ``alpha`` (``--lora-alpha``): the
+    update is ``x a b * alpha / r``."""
+
     rank: int = setting(8, "lora: the rank r of each update", rule=POSITIVE_INT)
     alpha: float = setting(16.0, "lora: the update is scaled by alpha / r",
                            rule=POSITIVE_NUMBER)
@@ -51,15 +54,10 @@ class LoRA(nn.Module):
         return (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * scale
 
 
-class LoraAttention(nn.Module):
+class LoraAttention(KindModule):
     """The LoRA updates of a layer's query and value projections (``attention/self/lora/
     {query,value}``), gated by the layer's selection."""
 
-    spec: Any
-    options: LoraOptions
-    architecture: Any
-    config: Any
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, q, k, v, gate=None, off=None):

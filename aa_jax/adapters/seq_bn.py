@@ -32,13 +32,15 @@ import jax
 import jax.numpy as jnp
 
 from aa_jax.adapters.activations import FIXED_ACTIVATIONS
-from aa_jax.adapters.kind import AdapterKind, gate_weights
+from aa_jax.adapters.kind import AdapterKind, KindModule, gate_weights
 from aa_jax.rational import Rational
 from aa_jax.settings import POSITIVE_INT, setting
 
 
 @dataclasses.dataclass(frozen=True)
 class SeqBnOptions:
+    """The bottleneck's size: ``hidden_size // reduction_factor`` (``--reduction-factor``)."""
+
     reduction_factor: int = setting(16, "seq_bn: bottleneck = hidden size // this",
                                     rule=POSITIVE_INT, flag="--reduction-factor",
                                     hint="the paper uses 16")
@@ -77,7 +79,7 @@ class BottleneckAdapter(nn.Module):
         return nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="up")(z)
 
 
-class AdapterSlot(nn.Module):
+class AdapterSlot(KindModule):
     """The end of a transformer layer: residual + LayerNorm, with the layer's adapter.
 
     Call with the FFN output ``h``, the FFN block input ``inp`` and the layer's own
@@ -86,11 +88,6 @@ class AdapterSlot(nn.Module):
     a traced one keeps the shapes and selects ``LN(h + inp)`` (AdapterDrop's per-step draw).
     """
 
-    spec: Any
-    options: SeqBnOptions
-    architecture: Any
-    config: Any
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h, inp, layer_norm, gate=None, off=None, deterministic: bool = True):

@@ -307,7 +307,7 @@ def segments(architecture: Architecture) -> list[tuple[int, int]]:
 def scans(scan: bool | None) -> bool:
     """Whether an encoder built with ``scan`` runs scanned: None (the default) scans on
     accelerators and unrolls on the CPU, where the scan's loop cost about a fifth of a
-    MiniLM training step (the README's Speed section)."""
+    MiniLM training step (docs/speed.md)."""
     return jax.default_backend() != "cpu" if scan is None else bool(scan)
 
 
