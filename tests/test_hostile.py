@@ -278,6 +278,7 @@ def test_any_sweep_entry_loads_plain_run_names_or_is_refused(tmp_path_factory, l
 
 # -- moved data ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 def test_a_run_is_evaluated_from_anywhere_and_after_its_data_moved(tmp_path, tiny_checkpoint,
                                                                    fake_glue, monkeypatch,
                                                                    capsys):
@@ -307,6 +308,7 @@ def test_a_run_is_evaluated_from_anywhere_and_after_its_data_moved(tmp_path, tin
     assert cli.main(["export", "here/run", "--out", "exported"]) == 0
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 def test_moved_data_files_are_found_and_checked(tmp_path, tiny_checkpoint, monkeypatch,
                                                 capsys):
     monkeypatch.chdir(tmp_path)

@@ -4,6 +4,8 @@ trains on, and an export needs nothing but the run folder."""
 import json
 import shutil
 
+import pytest
+
 from aa_jax import cli
 
 
@@ -33,6 +35,7 @@ def test_own_data_trains_on_all_of_it_and_says_so_first(tmp_path, tiny_checkpoin
     assert result["train_size"] is None and result["examples"]["train"] == 22
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 def test_export_needs_only_the_run_folder(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     work = tmp_path / "work"
     _files(work / "data", ROWS)

@@ -77,6 +77,7 @@ def test_merged_lora_is_what_transformers_loads_and_peft_merges(minilm, tmp_path
     assert merged.tokenizer("a test")["input_ids"] == minilm.tokenizer("a test")["input_ids"]
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
 def test_folded_backbone_computes_the_adapted_encoder(tiny_checkpoint, kind):
     pre = load_pretrained(tiny_checkpoint)
@@ -104,6 +105,7 @@ def test_folded_backbone_computes_the_adapted_encoder(tiny_checkpoint, kind):
     assert np.max(np.abs(np.asarray(adapted) - np.asarray(dropped))) > 1e-3
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 @pytest.mark.parametrize("name", ["tiny-mpnet", "tiny-roberta", "bert-prefixed-no-pooler"])
 def test_checkpoint_keeps_each_familys_names(name, tmp_path):
     from safetensors.numpy import load_file

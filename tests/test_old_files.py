@@ -72,6 +72,7 @@ def test_an_old_run_evaluates_and_exports_as_it_did(old_run, tmp_path, capsys):
     _same(_predictions(capsys, export), want)
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 def test_an_old_run_cannot_resume_and_says_so(old_run, capsys):
     config = json.loads((old_run / "config.json").read_text())
     (old_run / "result.json").unlink()  # as if interrupted after its last checkpoint

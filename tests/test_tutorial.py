@@ -41,6 +41,7 @@ def test_the_tutorial_trains_saves_loads_and_predicts(tmp_path):
     assert record["task"]["label_names"] == ["negative", "positive"]
 
 
+@pytest.mark.slow  # keeps the default run near 10 minutes; CI runs it
 def test_a_runs_parameters_save_as_its_export(tiny_checkpoint, fake_glue, tmp_path, capsys):
     from aa_jax.checkpoint import restore_params
     from aa_jax.learned import read_learned
