@@ -42,7 +42,7 @@ _EXPORTS = {
     "save_adapters": "aa_jax.export", "load_adapters": "aa_jax.export",
     "Adapters": "aa_jax.export", "predict": "aa_jax.inference",
     # A training loop of your own (aa_jax.api; the tutorial is docs/tutorial.py).
-    "build_classifier": "aa_jax.api", "make_batch": "aa_jax.api",
+    "build_classifier": "aa_jax.run_setup", "make_batch": "aa_jax.api",
     "switch_probabilities_of": "aa_jax.api", "rationals_of": "aa_jax.api",
     "init_params": "aa_jax.run_setup", "architecture_for": "aa_jax.methods",
     "learned_architecture": "aa_jax.learned", "read_learned": "aa_jax.learned",

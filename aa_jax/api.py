@@ -1,5 +1,6 @@
 """The pieces for a training loop of your own, none of which needs a
-:class:`~aa_jax.config.TrainConfig`.
+:class:`~aa_jax.config.TrainConfig` (with :func:`aa_jax.run_setup.build_classifier`, which
+builds the model and its parameters for a run as well).
 
 ::
 
@@ -23,29 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax
 import numpy as np
-
-from aa_jax.adapters import Architecture
-
-
-def build_classifier(pretrained, architecture: Architecture, num_labels: int, *,
-                     pooling: str = "auto", dtype: str = "float32", scan: bool | None = None,
-                     seed: int = 0):
-    """``(model, trainable, frozen)``: the sequence classifier of ``pretrained``'s family
-    (a :func:`~aa_jax.load_pretrained` result) with ``architecture``'s adapters and
-    ``num_labels`` outputs (1: regression), and its parameters: the new ones drawn from
-    ``seed``, the pretrained backbone frozen. ``pooling="auto"`` is the pooling the
-    checkpoint declares, else the pretrained pooler."""
-    from aa_jax.config import DTYPES
-    from aa_jax.models.registry import family_of
-    from aa_jax.run_setup import init_params, resolve_pooling
-
-    model = family_of(pretrained.config).classifier(
-        pretrained.config, num_labels, architecture, dtype=DTYPES[dtype],
-        pooling=resolve_pooling(pooling, pretrained), scan=scan)
-    trainable, frozen = init_params(model, jax.random.key(seed), pretrained.params)
-    return model, trainable, frozen
 
 
 def make_batch(pretrained, texts: Sequence[str], labels: Sequence[Any] | None = None, *,

@@ -44,7 +44,7 @@ from aa_jax.adapter_record import (BASE_SIZES, CONFIG_FILE, HUB_BASE_MODELS, SCH
                                    task_from_record, task_record)
 from aa_jax.errors import UserError, check_writable
 from aa_jax.model_card import model_card, reproduce_command
-from aa_jax.models.registry import DEFAULT_MODEL_TYPE, family_of
+from aa_jax.models.registry import DEFAULT_MODEL_TYPE
 from aa_jax.params import param_role, stack_layers_like, unstack_layers
 
 EXPORT_V1 = "aa_jax.export/v1"  # the earlier format: export.json and an orbax params/
@@ -159,7 +159,8 @@ def _run_parts(run_dir: Path, pretrained, glue_dir, data):
     from aa_jax.config import TrainConfig
     from aa_jax.learned import read_learned
     from aa_jax.methods import get_method
-    from aa_jax.run_setup import build_model, load_run, model_name
+    from aa_jax.models.loader import load_pretrained
+    from aa_jax.run_setup import build_classifier, load_run, model_name, run_keys
 
     if not checkpoint.is_complete(run_dir):
         raise UserError(f"{run_dir} is not a finished run; train it to the end, then export.")
@@ -171,9 +172,11 @@ def _run_parts(run_dir: Path, pretrained, glue_dir, data):
         config = TrainConfig.from_dict(raw)
         task = task_from_record(result["task_record"], result_file)
         architecture = Architecture.from_dict(learned["architecture"])
-        model, trainable, pretrained = build_model(
-            config, task, architecture, result.get("pooling"), pretrained,
-            model_name(config, raw.get("resolved")))
+        pretrained = pretrained or load_pretrained(model_name(config, raw.get("resolved")))
+        model, trainable, _ = build_classifier(
+            pretrained, architecture, task.num_labels,
+            pooling=result.get("pooling") or config.pooling, dtype=config.dtype,
+            key=run_keys(config.seed)[0])
         params, _ = checkpoint.restore_params(run_dir / "checkpoints", trainable)
         drop_first = get_method(config.method).adapterdrop_schedule(
             architecture.depth, config.adapterdrop_max, config.drop_first)[1]
@@ -182,8 +185,6 @@ def _run_parts(run_dir: Path, pretrained, glue_dir, data):
         exp, params, _ = load_run(run_dir, pretrained, glue_dir, data)
         config, task, architecture = exp.config, exp.task, exp.architecture
         pretrained, drop_first, pooling = exp.pretrained, exp.drop_first, exp.pooling
-        if architecture.switched_layers:
-            learned = read_learned(run_dir)
     c = config
     record = {"method": c.method, "pooling": pooling, "dtype": c.dtype,
               "max_length": c.max_length, "drop_first": drop_first, "task": task_record(task),
@@ -322,9 +323,8 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     hub id), else the one the folder names (its name, or its hub id where the name was a
     folder that is not here). A base model of other sizes is refused.
     """
-    from aa_jax.config import DTYPES
-    from aa_jax.run_setup import init_params
     from aa_jax.models.loader import load_pretrained
+    from aa_jax.run_setup import build_classifier
 
     folder = _adapter_folder(source)
     record = check_adapter_record(
@@ -346,10 +346,9 @@ def load_adapters(source: str | Path, base_model: str | Path | None = None,
     _check_base(record, pretrained, folder)
     task = task_from_record(record["task"], folder / CONFIG_FILE)
     architecture = Architecture.from_dict(record["architecture"])
-    model = family_of(pretrained.config).classifier(
-        pretrained.config, task.num_labels, architecture, dtype=DTYPES[record["dtype"]],
-        pooling=record["pooling"])
-    template, frozen = init_params(model, jax.random.key(0), pretrained.params)
+    model, template, frozen = build_classifier(
+        pretrained, architecture, task.num_labels, pooling=record["pooling"],
+        dtype=record["dtype"])
     want = {"/".join(k): v.shape for k, v in flatten_dict(unstack_layers(template)).items()}
     try:
         from safetensors.numpy import load_file

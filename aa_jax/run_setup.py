@@ -167,13 +167,11 @@ def setup(config: TrainConfig, pretrained=None, architecture: Architecture | Non
     encoded = {name: pipeline.encode(pretrained.tokenizer, ex.texts, config.max_length)
                for name, ex in splits.items()}
     labels = {name: ex.labels for name, ex in splits.items()}
-    pooling = pooling or resolve_pooling(config.pooling, pretrained)
-    model = pretrained.family.classifier(c, task.num_labels, architecture,
-                                         dtype=DTYPES[config.dtype], pooling=pooling)
-    init_key = run_keys(config.seed)[0]
-    trainable, frozen = init_params(model, init_key, pretrained.params)
+    model, trainable, frozen = build_classifier(
+        pretrained, architecture, task.num_labels, pooling=pooling or config.pooling,
+        dtype=config.dtype, key=run_keys(config.seed)[0])
     return Experiment(config, task, encoded, labels, model, method, architecture, trainable,
-                      frozen, pretrained, pooling)
+                      frozen, pretrained, model.pooling)
 
 
 def model_name(config: TrainConfig, resolved: Any = None) -> str:
@@ -187,17 +185,22 @@ def model_name(config: TrainConfig, resolved: Any = None) -> str:
     return name
 
 
-def build_model(config: TrainConfig, task, architecture: Architecture, pooling: str | None,
-                pretrained=None, name: str | None = None):
-    """``(model, trainable template, pretrained)`` of a run whose task and architecture
-    are known (recorded), without its data."""
-    pretrained = pretrained or load_pretrained(name or config.model)
+def build_classifier(pretrained, architecture: Architecture, num_labels: int, *,
+                     pooling: str = "auto", dtype: str = "float32", scan: bool | None = None,
+                     seed: int = 0, key: jax.Array | None = None):
+    """``(model, trainable, frozen)``: the sequence classifier of ``pretrained``'s family
+    (a :func:`~aa_jax.load_pretrained` result) with ``architecture``'s adapters and
+    ``num_labels`` outputs (1: regression), and its parameters: the new ones drawn from
+    ``key`` (default ``jax.random.key(seed)``), the pretrained backbone frozen.
+    ``pooling="auto"`` is the pooling the checkpoint declares, else the pretrained pooler.
+    A run, an export and a loaded adapter folder all build their model here."""
     architecture.check_depth(pretrained.config.num_hidden_layers)
     model = pretrained.family.classifier(
-        pretrained.config, task.num_labels, architecture, dtype=DTYPES[config.dtype],
-        pooling=pooling or resolve_pooling(config.pooling, pretrained))
-    trainable, _ = init_params(model, run_keys(config.seed)[0], pretrained.params)
-    return model, trainable, pretrained
+        pretrained.config, num_labels, architecture, dtype=DTYPES[dtype],
+        pooling=resolve_pooling(pooling, pretrained), scan=scan)
+    trainable, frozen = init_params(model, jax.random.key(seed) if key is None else key,
+                                    pretrained.params)
+    return model, trainable, frozen
 
 
 def resolve_inputs(config: TrainConfig) -> dict[str, Any]:

@@ -48,19 +48,16 @@ class Selector:
     Attributes:
       name: what ``Architecture.selector`` names.
       description: one line for the documentation and ``--help``.
-      gates: ``(logits <float32>[depth, 2], switched <bool>[depth], architecture, noise)
-        -> <float32>[depth, batch, 2]``; ``noise`` is Gumbel(0, 1) <float32>[depth, batch,
-        2] in training, or <float32>[depth, batch, 0]-free None at inference, where the
-        batch size is taken from ``batch``.
-      selected: ``(logits <float>[depth, 2] (numpy), architecture) -> layers`` whose
-        adapter runs at inference.
+      gates: ``(logits <float32>[depth, 2], switched <bool>[depth], architecture, noise,
+        batch) -> <float32>[depth, batch, 2]``; ``noise`` is Gumbel(0, 1) <float32>[depth,
+        batch, 2] in training and None at inference, where the gates are one-hot and the
+        same for every example (the layers :func:`selected_layers` names).
       check: refuses, in one sentence, an architecture the selector cannot gate.
     """
 
     name: str
     description: str
     gates: Callable[..., jax.Array]
-    selected: Callable[[np.ndarray, Any], list[int]]
     check: Callable[[Any], None] = lambda architecture: None
 
 
@@ -76,10 +73,6 @@ def _gumbel_gates(logits, switched, architecture, noise, batch):
         return jnp.broadcast_to(_one_hot(choice)[:, None, :], (logits.shape[0], batch, 2))
     return relaxed_one_hot(logits[:, None, :], noise, architecture.temperature,
                            architecture.hard_switch)
-
-
-def _gumbel_selected(logits, architecture) -> list[int]:
-    return [i for i in architecture.switched_layers if bool(is_selected(logits[i]))]
 
 
 def _top_k_mask(scores: jax.Array, switched: jax.Array, k: int) -> jax.Array:
@@ -104,15 +97,6 @@ def _topk_gates(logits, switched, architecture, noise, batch):
     return hard + (soft - jax.lax.stop_gradient(soft))
 
 
-def _topk_selected(logits, architecture) -> list[int]:
-    # The forward pass's own computation (float32 scores, lax.top_k's ties), so that the
-    # layers named selected are exactly those inference runs.
-    logits = jnp.asarray(logits, jnp.float32)
-    switched = jnp.asarray([spec.switch for spec in architecture.layers])
-    keep = _top_k_mask(logits[:, ADAPTER] - logits[:, IDENTITY], switched, architecture.top_k)
-    return [int(i) for i in np.flatnonzero(np.asarray(keep))]
-
-
 def _topk_check(architecture) -> None:
     k, n = architecture.top_k, len(architecture.switched_layers)
     if n and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
@@ -121,19 +105,23 @@ def _topk_check(architecture) -> None:
 
 
 SELECTORS: dict[str, Selector] = {s.name: s for s in (
-    Selector("gumbel", "a Gumbel-softmax switch per layer (the paper's)", _gumbel_gates,
-             _gumbel_selected),
+    Selector("gumbel", "a Gumbel-softmax switch per layer (the paper's)", _gumbel_gates),
     Selector("topk", "the top_k layers with the highest switch logits, straight-through",
-             _topk_gates, _topk_selected, _topk_check),
+             _topk_gates, _topk_check),
 )}
 
 
 def selected_layers(logits: np.ndarray, architecture) -> list[int]:
     """The layers whose adapter runs at inference: the unswitched adapter layers and the
-    switched layers the selector keeps, given the selection's ``logits`` [depth, 2]."""
-    chosen = set(SELECTORS[architecture.selector].selected(np.asarray(logits), architecture))
+    switched layers the selector keeps, given the selection's ``logits`` [depth, 2]. Read
+    off the selector's own inference gates (float32, as the forward pass computes them),
+    so that the layers named are exactly those that run."""
+    switched = jnp.asarray([spec.switch for spec in architecture.layers])
+    gates = SELECTORS[architecture.selector].gates(
+        jnp.asarray(logits, jnp.float32), switched, architecture, None, 1)
+    keep = np.asarray(gates[:, 0, ADAPTER]) == 1.0
     return [i for i, spec in enumerate(architecture.layers)
-            if spec.adapter and (not spec.switch or i in chosen)]
+            if spec.adapter and (not spec.switch or keep[i])]
 
 
 class Selection(nn.Module):

@@ -100,14 +100,14 @@ class Architecture:
     """
 
     layers: tuple[LayerSpec, ...]
-    adapter: str = setting("seq_bn", "the adapter kind", rule=None)
+    adapter: str = "seq_bn"
     options: Any = None
     rational_version: str = "A"
     rational_degrees: tuple[int, int] = (5, 4)
     rational_init: str = "one"
     temperature: float = 0.1
     hard_switch: bool = setting(False, "straight-through switches", rule=BOOL)
-    selector: str = setting("gumbel", "how switched layers are gated", rule=None)
+    selector: str = "gumbel"
     top_k: int | None = None
 
     def __post_init__(self):
