@@ -19,7 +19,7 @@ from aa_jax.data.metrics import METRICS
 from aa_jax.errors import UserError, check_record
 from aa_jax.methods import METHODS
 from aa_jax.models.head import POOLINGS
-from aa_jax.rational import VERSIONS
+from aa_jax.rational import INITS, VERSIONS
 from aa_jax.settings import is_finite, is_int
 from aa_jax.switch import check_temperature
 
@@ -96,10 +96,16 @@ class TrainConfig:
                                flag="--top-k")
     rational_version: str = _field("A", "the rational's denominator form (PAU versions)",
                                    choices=VERSIONS)
+    rational_init: str = _field("one", "the rationals' starting function: one (f(x) = 1, "
+                                "the paper's) or a least-squares fit of a named activation "
+                                "on [-3, 3]", choices=INITS)
     temperature: float = _field(0.1, "the switches' Gumbel-softmax temperature tau")
     hard_switch: bool = _field(False, "straight-through switches (one-hot forward)")
     max_grad_norm: float | None = _field(1.0, "clip the global gradient norm (0: off); the "
                                          "released code used 1.0")
+    warmup: float = _field(0.0, "fraction of the run's steps over which every learning rate "
+                           "rises linearly from 0 before its linear decay to 0; 0: no "
+                           "warm-up, as released")
     adapterdrop_max: int | None = _field(
         None, "adapterdrop: each step drops the first n ~ U{0..N} layers' adapters "
         "(default: 10 of 24 layers scaled to the depth; 10 is the released code)")
@@ -140,7 +146,8 @@ class TrainConfig:
 
     def architecture_options(self) -> dict[str, Any]:
         """The :class:`~aa_jax.adapters.Architecture` settings this config chooses."""
-        return {"rational_version": self.rational_version, "hard_switch": self.hard_switch,
+        return {"rational_version": self.rational_version,
+                "rational_init": self.rational_init, "hard_switch": self.hard_switch,
                 "temperature": self.temperature, "adapter": self.adapter,
                 "options": self.adapter_options, "top_k": self.top_k}
 
@@ -203,6 +210,9 @@ class TrainConfig:
                                             self.max_grad_norm >= 0),
              f"max_grad_norm must be a non-negative number (0 or null: no clipping), got "
              f"{_short(self.max_grad_norm)}.")
+        need(is_num(self.warmup) and 0 <= self.warmup < 1,
+             f"--warmup must be a fraction of the run's steps, at least 0 and below 1, got "
+             f"{_short(self.warmup)}.")
         need(self.last_n is None or is_int(self.last_n),
              "--last-n must be a whole number of layers.")
         need(self.adapterdrop_max is None or (is_int(self.adapterdrop_max) and
@@ -238,6 +248,9 @@ class TrainConfig:
         for name in ("activation", "rational_version"):
             need(isinstance(getattr(self, name), str),
                  f"--{name.replace('_', '-')} must be a name.")
+        need(isinstance(self.rational_init, str) and self.rational_init in INITS,
+             f"Unknown --rational-init {_short(self.rational_init)}; choose one of: "
+             f"{', '.join(INITS)}.")
         need(isinstance(self.hard_switch, bool), "hard_switch must be true or false.")
         need(isinstance(self.adapter, str) and self.adapter in KINDS,
              f"Unknown --adapter {self.adapter!r}; choose one of: {', '.join(KINDS)}.")

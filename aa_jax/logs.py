@@ -3,7 +3,8 @@ TensorFlow). ``metrics.jsonl`` in the run directory stays the record; the events
 watching runs in TensorBoard.
 
 Per step: ``train/loss``, ``train/grad_norm`` (before clipping) and ``lr/<group>`` (the
-learning rate the step used, from the linear decay of :func:`aa_jax.step.make_optimizer`).
+learning rate the step used, from the schedule of :func:`aa_jax.step.make_optimizer`:
+its warm-up, then its linear decay).
 Per epoch, at the epoch's last step: ``dev/<metric>`` and ``switch/layer_<i>`` (each
 switch's probability of the adapter). The steps' values are written at the end of each
 epoch (the step losses are fetched from the device once per epoch).
@@ -30,13 +31,19 @@ class EventLog:
         self.folder = Path(log_dir) / name
         self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=30,
                                     purge_step=resumed_step + 1 if resumed_step else None)
+        from aa_jax.step import warmup_steps
+
         self.total = max(int(total_steps), 1)
+        self.rise = warmup_steps(int(total_steps), config.warmup)
         self.rates = {group: float(getattr(config, field))
                       for group, field in learning_rates.items()}
 
     def learning_rate(self, group: str, step: int) -> float:
         """The rate of the update that step ``step`` (0-based) made."""
-        return self.rates[group] * max(0.0, 1.0 - step / self.total)
+        rate = self.rates[group]
+        if step < self.rise:
+            return rate * step / self.rise
+        return rate * max(0.0, 1.0 - (step - self.rise) / max(self.total - self.rise, 1))
 
     def epoch(self, first_step: int, losses: np.ndarray, grad_norms: np.ndarray,
               dev: Mapping[str, float], switch_probs: Mapping[str, float] | None) -> None:

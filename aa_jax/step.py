@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import compute_metrics
+from aa_jax.diagnostics import has_rationals, step_measurements
 from aa_jax.distributed import multi_process
 from aa_jax.errors import UserError
 from aa_jax.methods import LEARNING_RATES
@@ -50,11 +51,36 @@ class TrainState:
 
 
 
+def warmup_steps(total_steps: int, warmup: float) -> int:
+    """The steps of a run's warm-up: ``warmup`` (a fraction) of ``total_steps``, rounded
+    to the nearest step and at least one; 0 without warm-up."""
+    return max(1, round(warmup * total_steps)) if warmup else 0
+
+
+def learning_rate_schedule(lr: float, total_steps: int, warmup: float = 0.0):
+    """The learning rate of each step (0-based), as an optax schedule: ``lr`` decaying
+    linearly to 0 over ``total_steps`` (the released Trainer's schedule); with
+    ``warmup`` > 0 it first rises linearly from 0 over :func:`warmup_steps` steps, then
+    decays from ``lr`` to 0 over the rest.
+
+    >>> schedule = learning_rate_schedule(1.0, 8, warmup=0.25)
+    >>> tuple(float(schedule(s)) for s in (0, 1, 2, 5, 8))
+    (0.0, 0.5, 1.0, 0.5, 0.0)
+    """
+    if not warmup:
+        return optax.linear_schedule(lr, 0.0, max(total_steps, 1))
+    rise = warmup_steps(total_steps, warmup)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, rise),
+         optax.linear_schedule(lr, 0.0, max(total_steps - rise, 1))], [rise])
+
+
 def make_optimizer(config, total_steps: int, trainable: dict,
                    learning_rates: Mapping[str, str] = LEARNING_RATES, **rates):
     """Global-norm clipping, then Adam with one learning rate per group, each decaying
-    linearly to 0 over the run (the released Trainer's schedule, no warmup), for the
-    ``trainable`` tree (any layout; it decides each leaf's group, see :mod:`aa_jax.params`).
+    linearly to 0 over the run (the released Trainer's schedule; ``config.warmup`` adds
+    a linear warm-up, see :func:`learning_rate_schedule`), for the ``trainable`` tree (any
+    layout; it decides each leaf's group, see :mod:`aa_jax.params`).
 
     ``config``: a :class:`~aa_jax.config.TrainConfig`, or None for its defaults (the
     released protocol's rates); ``rates`` override its fields by name, e.g.
@@ -68,7 +94,7 @@ def make_optimizer(config, total_steps: int, trainable: dict,
     config = dataclasses.replace(config or TrainConfig(), **rates)
     config.validate()
     def adam(lr):
-        return optax.adam(optax.linear_schedule(lr, 0.0, max(total_steps, 1)))
+        return optax.adam(learning_rate_schedule(lr, total_steps, config.warmup))
 
     labels = unflatten_dict(param_groups(trainable))
     if "frozen" in set(flatten_dict(labels).values()):
@@ -171,24 +197,32 @@ def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
 
 def _step_function(model, tx, regression: bool, adapterdrop_max: int) -> Callable:
     """The unjitted ``(state, frozen, batch, rng) -> (state, metrics)`` of one run."""
+    # A model with rationals is applied with its intermediates mutable, so that each
+    # rational sows the range of its input (aa_jax.diagnostics).
+    observe = has_rationals(getattr(model, "architecture", None))
+
     def step(state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         dropout_key, gumbel_key, drop_key = jax.random.split(rng, 3)
         drop = draw_adapter_drop(drop_key, adapterdrop_max)
 
         def compute_loss(trainable):
-            logits, _ = model.apply(
+            out = model.apply(
                 {"params": merge(trainable, frozen)}, **model_inputs(model, batch),
                 deterministic=False, adapter_drop=drop,
-                rngs={"dropout": dropout_key, "gumbel": gumbel_key})
-            return loss_fn(logits, batch, regression)
+                rngs={"dropout": dropout_key, "gumbel": gumbel_key},
+                mutable=["intermediates"] if observe else False)
+            (logits, _), variables = out if observe else (out, {})
+            return loss_fn(logits, batch, regression), variables.get("intermediates", {})
 
-        loss, grads = jax.value_and_grad(compute_loss)(state.trainable)
+        (loss, intermediates), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+            state.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         new_state = state.replace(step=state.step + 1, trainable=trainable,
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                           **step_measurements(grads, intermediates)}
 
     return step
 
@@ -214,7 +248,9 @@ def make_train_step(model, tx, regression: bool | None = None, adapterdrop_max: 
     give the same update (and an interrupted run resumes exactly). With
     ``adapterdrop_max > 0`` each step drops the adapters of the first
     ``n ~ U{0..adapterdrop_max}`` layers (AdapterDrop). ``metrics["grad_norm"]`` is the
-    global norm before clipping.
+    global norm before clipping; ``metrics["grad_norms"]`` that of each trainable group,
+    and ``metrics["input_ranges"]`` (a model with rationals) the range of each layer's
+    rational input (:func:`aa_jax.diagnostics.step_measurements`).
     """
     if regression is None:
         regression = model.num_labels == 1

@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aa_jax import __version__, checkpoint, run_lock
+from aa_jax import checkpoint, run_lock
 from aa_jax.adapters import adapter_weight_count
 from aa_jax.config import TrainConfig, precision_scope
 from aa_jax.data import pipeline
 from aa_jax.data.metrics import majority_class_scores
+from aa_jax.diagnostics import STEP_KEYS, epoch_record, stack_steps
 from aa_jax.distributed import is_primary, multi_process
 from aa_jax.errors import UserError, check_writable, storage_error
 from aa_jax.run_setup import (Experiment, check_same_run, load_data, load_run, relocate,
@@ -39,6 +40,7 @@ from aa_jax.adapter_record import task_record
 from aa_jax.learned import learned_architecture
 from aa_jax.methods import layers_run
 from aa_jax.params import count_params
+from aa_jax.provenance import code_record
 from aa_jax.step import (TrainState, check_batch_size, copy_tree, data_mesh, evaluate,
                          init_state, make_optimizer, make_predict, make_train_step, replicate)
 from aa_jax.switch import ADAPTER
@@ -169,11 +171,12 @@ class Run:
 
     def end_epoch(self, state: TrainState, epoch: int, losses: np.ndarray,
                   seconds: Callable[[], float], grad_norms: np.ndarray | None = None,
-                  save: bool = True) -> dict:
+                  save: bool = True, measured: dict | None = None) -> dict:
         """An epoch's bookkeeping after its training steps: dev evaluation, best epoch,
         ``metrics.jsonl``, the event file and (``save``) the epoch's checkpoint. ``losses``
-        (and ``grad_norms``) are the epoch's per-step values, ``seconds()`` the run's
-        training seconds so far. Returns the dev metrics."""
+        (and ``grad_norms``) are the epoch's per-step values, ``measured`` the steps' other
+        measurements, stacked (:func:`aa_jax.diagnostics.stack_steps`), ``seconds()`` the
+        run's training seconds so far. Returns the dev metrics."""
         exp, log = self.exp, self.log
         task = exp.task
         dev = evaluate(self.predict, state.trainable, self.frozen, exp.encoded["dev"],
@@ -187,6 +190,8 @@ class Run:
         if exp.architecture.switched_layers:
             record["switch_probs"] = {str(e["layer"]): e["switch_probs"][ADAPTER]
                                       for e in learned["layers"] if "switch_probs" in e}
+        record.update(epoch_record(measured or {}, state.trainable,
+                                   exp.architecture.rational_version))
         log.history.append(record)
         _write_history(self.out, log.history)
         if self.events is not None:
@@ -250,7 +255,7 @@ class Run:
             # The float32 matmul precision its programs were compiled with ("default" is
             # the device's: float32 on CPU, TF32 on recent GPUs), and the code that ran.
             "precision": str(jax.config.jax_default_matmul_precision or "default"),
-            "code": f"aa_jax {__version__}",
+            "code": code_record(),
             "examples": {k: int(len(v)) for k, v in exp.labels.items()},
         }
         note = exp.method.note(exp.architecture)
@@ -290,7 +295,7 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
     shown: dict[str, str] = {}
     saved_at = _clock()
     for epoch in range(start, c.epochs + 1):
-        losses, grad_norms = [], []
+        losses, grad_norms, measured = [], [], []
         for batch in epoch_batches(epoch):
             state, metrics = step_fn(state, frozen, batch, train_keys)
             if progress and losses:  # the previous step's loss: one step stays in flight
@@ -299,7 +304,10 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
                 bar.set_postfix(shown, refresh=False)
             losses.append(metrics["loss"])
             grad_norms.append(metrics["grad_norm"])
+            measured.append({k: metrics[k] for k in STEP_KEYS if k in metrics})
             bar.update(1)
+        seeded = np.ndim(losses[0]) == 1  # several runs: the metrics have a seed axis
+        measured = stack_steps(jax.device_get(measured))
         losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), -1)
         grad_norms = np.asarray(jax.device_get(grad_norms), np.float64).reshape(
             len(grad_norms), -1)
@@ -315,8 +323,9 @@ def epoch_loop(runs: list[Run], state: TrainState, step_fn: Callable, frozen: di
             except UserError as e:  # this run stops here; the others go on
                 run.failure = e
                 continue
+            mine = jax.tree.map(lambda x, i=i: x[:, i], measured) if seeded else measured
             devs.append(run.end_epoch(one, epoch, losses[:, i], seconds,
-                                      grad_norms[:, i], save)[select])
+                                      grad_norms[:, i], save, mine)[select])
         if not devs:
             break
         if save:
@@ -346,6 +355,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True,
     ``on_start`` is called with the set-up experiment (its data loaded) before training
     (the command line says there what it trains on)."""
     started = time.perf_counter()
+    code_record()  # taken as the run starts: the code this process imported
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory for the run.")

@@ -4,16 +4,20 @@ label stores against another's (a sweep's ``claims``; see :mod:`experiments.aggr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Callable
 
+import numpy as np
 from scipy import stats
 
 from aa_jax.errors import UserError
 from experiments.grid import Sweep, run_name
-from experiments.significance import (ALPHA, claim_verdict, detectable, fmt_p, holm,
-                                      interval, layer_agreement, tests)
+from experiments.significance import (ALPHA, TaskAverage, claim_verdict, cochran_q,
+                                      detectable, fmt_p, holm, interval, layer_agreement,
+                                      task_average, tests)
 from experiments.tables import group_title, pair_groups
 
 EXPECTS = ("higher", "lower", "equal", "not lower")
@@ -27,40 +31,94 @@ def by_size(items) -> list[tuple]:
     return sorted(groups.items(), key=lambda kv: 10**9 if kv[0] is None else kv[0])
 
 
-def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -> list:
-    """Per size, how many layers the ``label`` runs kept, against the paper's fraction."""
+@dataclasses.dataclass
+class Row:
+    """One row of the claims table. ``p``: the row's test, counted in the table's family
+    when ``family`` (nan: no test); ``average``: a paired claim's difference of task
+    averages (its family-wise interval is drawn once the family's size is known);
+    ``verdict``: text, or a function of the row's Holm p and the family's size."""
+
+    size: str
+    over: str
+    result: str
+    interval: str = "–"
+    p: float = math.nan
+    wilcoxon: float = math.nan
+    detectable: float = math.nan
+    verdict: str | Callable[[float, int], str] = "–"
+    family: bool = False
+    average: TaskAverage | None = None
+
+
+def kept_layers(sweep: Sweep, done: dict, label: str) -> list[tuple]:
+    """``(size, (task, kept layers, depth))`` of the finished ``label`` runs."""
+    out = []
+    for p in sweep.points:
+        if p.label == label and run_name(p) in done:
+            arch = json.loads((sweep.result_dir(p) / "architecture.json").read_text())
+            out.append((p.settings.get("train_size"),
+                        (p.settings["task"], arch["selected_layers"], arch["depth"])))
+    return out
+
+
+def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -> list[Row]:
+    """Per size and task, the layers the ``label`` runs kept: how many, against the
+    paper's share and against random switches' half (binomial test, the layers of a run
+    taken as independent), and how often each layer (Cochran's Q of a layer preference);
+    then per size, whether runs of one task keep more alike layers than as many layers at
+    random positions (see :func:`~experiments.significance.layer_agreement`)."""
     rows = []
-    finished = [p for p in sweep.points if p.label == label and run_name(p) in done]
-    for size, runs in by_size(
-            (p.settings.get("train_size"), (p.settings["task"], json.loads(
-                (sweep.result_dir(p) / "architecture.json").read_text())))
-            for p in finished):
-        kept = [len(arch["selected_layers"]) for _, arch in runs]
-        fraction = statistics.mean(len(arch["selected_layers"]) / arch["depth"]
-                                   for _, arch in runs)
-        per_task: dict[str, list[int]] = {}
-        for (task, _), k in zip(runs, kept):
-            per_task.setdefault(task, []).append(k)
-        verdict = ("fewer layers kept" if fraction < paper[0] else
-                   "more layers kept" if fraction > paper[1] else "agrees")
-        # Random switches keep each layer with probability 1/2: is the share kept
-        # different from that? (The layers of a run are taken as independent.)
-        total = sum(arch["depth"] for _, arch in runs)
-        chance = stats.binomtest(sum(kept), total, 0.5).pvalue
-        verdict += (f"; {'fewer' if fraction < 0.5 else 'more'} than random switches "
-                    f"keep (50%, binomial p {fmt_p(chance)})" if chance < ALPHA else
-                    f"; as many as random switches keep (50%, binomial p {fmt_p(chance)})")
-        verdict += layer_agreement([(task, arch["selected_layers"]) for task, arch in runs])
-        rows.append([str(size or "full"), f"{label}: {len(runs)} runs",
-                     f"{statistics.mean(kept):.1f} of {runs[0][1]['depth']} layers "
-                     f"({100 * fraction:.0f}%; {min(kept)} to {max(kept)} per run)", "–",
-                     math.nan, math.nan, "–",
-                     "; ".join(f"{t} {statistics.mean(v):.1f} ({len(v)})"
-                               for t, v in per_task.items()), verdict])
+    for size, runs in by_size(kept_layers(sweep, done, label)):
+        depth = runs[0][2]
+        per_task: dict[str, list[list[int]]] = {}
+        for task, layers, _ in runs:
+            per_task.setdefault(task, []).append(layers)
+        for task, sets in per_task.items():
+            kept = np.zeros((len(sets), depth), int)
+            for i, layers in enumerate(sets):
+                kept[i, layers] = 1
+            counts = kept.sum(1)
+            share = counts.sum() / kept.size
+            paper_says = ("fewer layers kept than the paper's share" if share < paper[0] else
+                          "more layers kept than the paper's share" if share > paper[1] else
+                          "as the paper's share")
+            chance = stats.binomtest(int(counts.sum()), kept.size, 0.5).pvalue
+
+            def share_verdict(p_holm, m, share=share, paper_says=paper_says):
+                if math.isnan(p_holm):
+                    return paper_says
+                return paper_says + "; " + (
+                    f"{'fewer' if share < 0.5 else 'more'} than random switches keep (50%)"
+                    if p_holm < ALPHA else "cannot tell from random switches' 50%")
+
+            rows.append(Row(str(size or "full"), f"{label} on {task}: {len(sets)} runs",
+                            f"{counts.mean():.1f} of {depth} layers ({100 * share:.0f}%; "
+                            f"{counts.min()} to {counts.max()} per run)", p=chance,
+                            verdict=share_verdict, family=True))
+            rates = " ".join(f"{j}:{100 * r:.0f}" for j, r in enumerate(kept.mean(0)))
+            rows.append(Row("", f"{label} on {task}: % of runs keeping layer 0, 1, ...",
+                            rates, p=cochran_q(kept), family=True,
+                            verdict=lambda p_holm, m: (
+                                "cannot tell (too few runs or no variation)"
+                                if math.isnan(p_holm) else
+                                "some layers are kept more often than others"
+                                if p_holm < ALPHA else "no layer preference shown")))
+        agreement = layer_agreement([(t, layers) for t, layers, _ in runs], depth)
+        if agreement is not None:
+            a = agreement
+            rows.append(Row(
+                "", f"{label}: {len(runs)} runs of {len(per_task)} tasks, alike within a task?",
+                f"Jaccard {a.within:.3f} within against {a.between:.3f} between tasks "
+                f"(gap {a.within - a.between:.3f}; as many layers at random positions give "
+                f"{a.null_gap:.3f}; tasks shuffled: p {fmt_p(a.shuffled_p)})", p=a.p,
+                family=True, verdict=lambda p_holm, m: (
+                    "more alike within a task than the runs' layer counts alone make them"
+                    if p_holm < ALPHA else
+                    "cannot tell from the runs' layer counts placed at random")))
     return rows
 
 
-def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
+def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list[Row]:
     """Per size, the adapter weights the ``label`` runs store against the ``other`` runs."""
     rows = []
     finished = [p for p in sweep.points if p.label in (label, other) and run_name(p) in done]
@@ -71,58 +129,58 @@ def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list:
         theirs = [w for lab, w in runs if lab == other]
         if mine and theirs:
             a, b = statistics.mean(mine), statistics.mean(theirs)
-            rows.append([str(size or "full"), f"{label} against {other}: {len(mine)} runs",
-                         f"{round(a):,} against {round(b):,} adapter weights", "–",
-                         math.nan, math.nan, "–", "–",
-                         "agrees" if a < b else "disagrees"])
+            rows.append(Row(str(size or "full"), f"{label} against {other}: {len(mine)} runs",
+                            f"{round(a):,} against {round(b):,} adapter weights",
+                            verdict="agrees" if a < b else "disagrees"))
     return rows
 
 
 def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
-                      learns: dict, paper: dict | None = None) -> list:
-    """Per size, ``a − b`` over all tasks: the mean, its 95% interval, the tests, the
-    smallest difference the pairs detect, the per-task means (marked † where the task
-    does not learn: see :func:`baseline_learns`), and the verdict as a function of the
-    Holm-adjusted p (see :func:`claims_table`), to which the tasks that learn are added
-    where they are fewer than all. ``paper`` maps a train size to the difference the
-    paper reports there."""
+                      learns: dict, paper: dict | None = None) -> list[Row]:
+    """Per size, ``a − b`` as the paper measures it: the difference of task averages
+    (:class:`~experiments.significance.TaskAverage`), its 95% interval, its t-test (in the
+    table's family) and the smallest difference it detects, its verdict a function of the
+    Holm p and the family-wise interval (see :func:`claims_table`); then one row per task
+    (its mean difference over seeds, 95% interval, paired t and Wilcoxon tests; marked †
+    where the task does not learn, see :func:`~experiments.tables.baseline_learns`), shown
+    beside it and not counted in the family. ``paper`` maps a train size to the difference
+    the paper reports there."""
     rows = []
     for rest, pairs in pair_groups(sweep, done, [a, b]).items():
         size = dict(rest).get("train_size")
         learning = learns.get(size, set())
-        d, t_p, w_p = tests(pairs)
-        low, high = interval(d)
-        smallest = detectable(d)
+        per_task: dict[str, list] = {}
+        for pair in pairs:
+            per_task.setdefault(pair[2], []).append(pair)
+        diffs = {t: tests(ps)[0] for t, ps in per_task.items()}
+        avg = task_average(diffs)
         gain = (paper or {}).get(str(size))
-        per_task: dict[str, list[float]] = {}
-        for (_, _, task), diff in zip(pairs, d):
-            per_task.setdefault(task, []).append(diff)
-        extra = ""
-        chosen = [x for x in pairs if x[2] in learning]
-        if 1 < len(chosen) < len(pairs):
-            dl, tl, _ = tests(chosen)
-            ll, hl = interval(dl)
-            extra = (f"; tasks that learn: {dl.mean():+.2f} over {len(dl)}, "
-                     f"[{ll:+.2f}, {hl:+.2f}], p {fmt_p(tl)}")
+        left = f"; {', '.join(avg.left_out)} left out (one pair)" if avg.left_out else ""
 
-        def verdict(p_holm, mean=d.mean(), low=low, high=high, gain=gain,
-                    smallest=smallest, extra=extra):
-            return claim_verdict(expect, mean, p_holm, low, high, gain, smallest) + extra
+        def verdict(p_holm, m, avg=avg, gain=gain):
+            low, high = avg.interval(1 - ALPHA / max(m, 1))
+            return claim_verdict(expect, avg.mean, p_holm, low, high, gain, avg.detectable())
 
-        tasks = "; ".join(f"{t} {statistics.mean(v):+.2f} ({len(v)})"
-                          + ("" if t in learning else " †") for t, v in per_task.items())
-        rows.append([group_title(rest), f"{a} − {b}: {len(d)} pairs", f"{d.mean():+.2f}",
-                     "–" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]",
-                     t_p, w_p, "–" if math.isnan(smallest) else f"{smallest:.1f}",
-                     tasks, verdict])
+        low, high = avg.interval()
+        rows.append(Row(group_title(rest),
+                        f"{a} − {b}: average of {avg.tasks} task(s), {avg.pairs} pairs{left}",
+                        "–" if math.isnan(avg.mean) else f"{avg.mean:+.2f}",
+                        "–" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]", avg.p,
+                        detectable=avg.detectable(), verdict=verdict, family=True,
+                        average=avg))
+        for task, ps in per_task.items():
+            d, t_p, w_p = tests(ps)
+            low, high = interval(d)
+            rows.append(Row("", f"{task}: {len(d)} pairs" + ("" if task in learning else " †"),
+                            f"{d.mean():+.2f}",
+                            "–" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]", t_p,
+                            w_p, detectable(d), verdict="(per task)"))
     return rows
 
 
-def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[list]:
-    """The rows of one of the sweep's ``claims``, one per size: the layers an AA label
-    keeps, the adapter weights a label stores against another's, or a paired comparison.
-    A row is (size, measured over, result, interval, t-test p, Wilcoxon p (nan: none),
-    detectable, per task, verdict); a paired row's verdict is a function of Holm's p."""
+def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[Row]:
+    """The rows of one of the sweep's ``claims``: the layers an AA label keeps, the adapter
+    weights a label stores against another's, or a paired comparison."""
     if "layers_kept" in claim:
         return layers_kept_rows(sweep, done, claim["layers_kept"], claim["paper_fraction"])
     if "weights" in claim:
@@ -157,19 +215,28 @@ def check_claims(sweep: Sweep) -> list[dict]:
 
 
 def claims_table(sweep: Sweep, done: dict, learns: dict) -> tuple[list[str], int]:
-    """The claims' rows as Markdown lines, and how many t-tests Holm's adjustment counts.
-    Each paired row's verdict is decided on its Holm-adjusted p."""
-    head = ["the paper's claim", "n", "measured over", "result", "95% interval", "t-test p",
-            "Holm p", "Wilcoxon p", "detectable", "per task", "verdict"]
+    """The claims' rows as Markdown lines, and the size m of the family: every test of a
+    row that states a verdict, over the whole table. Each such verdict is decided on its
+    Holm-adjusted p, and a paired claim's "excludes" on its Bonferroni interval at level
+    1 − 0.05 / m (the family-wise interval)."""
+    head = ["the paper's claim", "n", "measured over", "result", "95% interval",
+            "family-wise interval", "p", "Holm p", "Wilcoxon p", "detectable", "verdict"]
     rows = [(claim["claim"] if i == 0 else "", row)
             for claim in check_claims(sweep)
             for i, row in enumerate(claim_rows(sweep, done, claim, learns)
-                                    or [["–"] * 4 + [math.nan] * 2 + ["–"] * 3])]
-    adjusted = holm([row[4] for _, row in rows])
+                                    or [Row("–", "–", "–")])]
+    tested = [i for i, (_, row) in enumerate(rows) if row.family and not math.isnan(row.p)]
+    adjusted = [math.nan] * len(rows)
+    for i, p in zip(tested, holm([rows[i][1].p for i in tested])):
+        adjusted[i] = p
+    m = len(tested)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (title, row), p_holm in zip(rows, adjusted):
-        verdict = row[8](p_holm) if callable(row[8]) else row[8]
-        cells = [title, *row[:4], fmt_p(row[4]), fmt_p(p_holm), fmt_p(row[5]), *row[6:8],
-                 verdict]
+        verdict = row.verdict(p_holm, m) if callable(row.verdict) else row.verdict
+        wide = row.average.interval(1 - ALPHA / m) if row.average and m else (math.nan,) * 2
+        cells = [title, row.size, row.over, row.result, row.interval,
+                 "–" if math.isnan(wide[0]) else f"[{wide[0]:+.2f}, {wide[1]:+.2f}]",
+                 fmt_p(row.p), fmt_p(p_holm), fmt_p(row.wilcoxon),
+                 "–" if math.isnan(row.detectable) else f"{row.detectable:.1f}", verdict]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines, sum(not math.isnan(p) for p in adjusted)
+    return lines, m

@@ -56,20 +56,29 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict,
     if sweep.spec.get("claims"):
         lines, family = claims_table(sweep, done, learns)
         parts += ["## The paper's claims", "", *lines, "",
-                  "result: the mean test difference of the first method named against the "
-                  "second in points, paired over (task, seed), with its 95% interval; per "
-                  "task: its mean difference and (pairs), † where the baseline of that size "
-                  "does not score clearly above the majority class over at least two seeds. "
-                  f"Holm p: the t-test's p adjusted (Holm) for the {family} t-tests over all "
-                  "tasks in this table at once. detectable: the smallest difference a paired "
-                  f"t-test at p < {ALPHA} over these pairs would find with 80% power. "
-                  f"verdict: agrees or disagrees only where Holm p < {ALPHA}; \"excludes the "
-                  "paper's effect\" where the interval lies wholly on the near side of the "
-                  "difference the paper reports; otherwise \"cannot tell\" (never evidence of "
-                  "equality). Layers kept: against the paper's share, against random "
-                  "switches, which keep half the layers (binomial test), and how alike the "
-                  "layers kept by runs of one task are against runs of different tasks "
-                  "(Jaccard similarity; permutation test over the tasks).", ""]
+                  "result: for a paired claim, the paper's estimand: the difference of "
+                  "task averages (each task's mean test difference of the first method "
+                  "named against the second over its seeds, in points, then the mean over "
+                  "the tasks with at least two pairs), with its 95% t interval (standard "
+                  "error sqrt(sum of s²/n over tasks) / tasks, Welch-Satterthwaite degrees "
+                  "of freedom; with one task the paired t-test) and its family-wise "
+                  f"interval (Bonferroni: level 1 − {ALPHA}/m); below it one row per task "
+                  "(its paired t and Wilcoxon tests; † where the baseline of that size does "
+                  "not score clearly above the majority class over at least two seeds), "
+                  "shown, not counted. p: the row's test; Holm p: adjusted (Holm) over the "
+                  f"family of all m = {family} tests in this table that decide a verdict. "
+                  "detectable: the smallest difference the test would find with 80% power "
+                  f"at p < {ALPHA}. verdict: agrees or disagrees only where Holm p < "
+                  f"{ALPHA}; \"excludes the paper's effect\" only where the family-wise "
+                  "interval lies wholly on the near side of the difference the paper "
+                  "reports; otherwise \"cannot tell\" (never evidence of equality). Layers "
+                  "kept, per task: the share against the paper's and against random "
+                  "switches' 50% (binomial test over the runs' layers), the share of runs "
+                  "keeping each layer with Cochran's Q test of a layer preference; per "
+                  "size, how alike the layers of runs of one task are against runs of "
+                  "different tasks (mean Jaccard similarity), tested against the position "
+                  "null (each run keeps as many layers as it did, at random positions; "
+                  "10,000 draws), the task-shuffle p beside it.", ""]
     dev, _ = table(sweep, done, "dev", majority)
     parts += ["## Dev scores (%)", "", dev, ""]
     tasks = list(dict.fromkeys(p.settings["task"] for p in sweep.points))

@@ -44,13 +44,17 @@ def published_config(sweep: Sweep, text: str) -> str:
 
 def published_result(sweep: Sweep, point: Point, text: str) -> dict:
     """A run's result.json as the results folder keeps it: with the label the sweep ran it
-    under, and its ``code`` (the package's version) followed by the sweep's protocol
-    version where the sweep states one (``"protocol_version"``), so that the aggregator
-    refuses to pool runs of one sweep made before and after its protocol changed."""
+    under, and its ``code`` record (see :mod:`aa_jax.provenance`) with the sweep's
+    protocol version where the sweep states one (``"protocol_version"``), so that the
+    aggregator refuses to pool runs of one sweep made before and after its protocol
+    changed."""
     result = {**json.loads(text), "label": point.label}
     version = sweep.spec.get("protocol_version")
-    if version is not None and result.get("code"):
-        result["code"] = f"{result['code']}, {sweep.name} protocol {version}"
+    code = result.get("code")
+    if version is not None and isinstance(code, dict):
+        result["code"] = {**code, "protocol": f"{sweep.name} protocol {version}"}
+    elif version is not None and code:  # the plain string of aa_jax 0.4 and earlier
+        result["code"] = f"{code}, {sweep.name} protocol {version}"
     return result
 
 

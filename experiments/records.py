@@ -5,9 +5,11 @@ whether runs may be pooled in one cell."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from aa_jax.errors import UserError
+from aa_jax.provenance import CODE_PATHS, describe, git
 from experiments.grid import RESULTS, Sweep, run_name
 
 
@@ -95,13 +97,19 @@ def cpu_counts(runs: list[dict]) -> str:
 
 def variant(r: dict) -> str:
     """How a run computed, as far as it changes the numbers: its matmul precision (the
-    device's own where it is ``default``: float32 on a CPU, TF32 on a recent GPU) and the
-    code version. Results written before these were recorded ran at the default precision
-    (on a CPU where no device is recorded) and name no code version."""
+    device's own where it is ``default``: float32 on a CPU, TF32 on a recent GPU), the
+    code version and the sweep's protocol, and whether the tree had uncommitted changes
+    (the commit itself is checked apart: :func:`check_commits`). Results written before
+    these were recorded ran at the default precision (on a CPU where no device is
+    recorded) and name no code version."""
     precision = r.get("precision", "default")
     if precision == "default":
         precision = f"default on {str(r.get('device', 'cpu')).split(':')[0].strip()}"
-    return precision + (f", {r['code']}" if r.get("code") else "")
+    code = r.get("code")
+    if isinstance(code, dict):
+        code = describe({k: v for k, v in code.items() if k != "commit"}) + (
+            " with uncommitted changes" if code.get("clean") is False else "")
+    return precision + (f", {code}" if code else "")
 
 
 def mixed_cells(sweep: Sweep, done: dict) -> list[str]:
@@ -123,6 +131,7 @@ def mixed_cells(sweep: Sweep, done: dict) -> list[str]:
 def check_mixed(sweep: Sweep, done: dict, allow: bool) -> list[str]:
     """The mixed cells, which a table may pool only when told to (``--allow-mixed``, or
     ``"allow_mixed": true`` in a sweep that predates the precision and code fields)."""
+    check_commits(sweep, done)
     mixed = mixed_cells(sweep, done)
     if mixed and not (allow or sweep.spec.get("allow_mixed") is True):
         raise UserError(f"Sweep {sweep.name} would pool runs of different precisions, devices "
@@ -130,3 +139,55 @@ def check_mixed(sweep: Sweep, done: dict, allow: bool) -> list[str]:
                         f"{'; ...' if len(mixed) > 3 else ''}); rerun them alike, or pass "
                         f"--allow-mixed to pool them and list them on the page.")
     return mixed
+
+
+# -- which commit each run ran ----------------------------------------------------------
+
+def code_trees(sweep: Sweep, done: dict) -> dict[tuple, dict[str, str]]:
+    """Per cell (as :func:`mixed_cells` groups them), the recorded code of its runs that
+    name a commit: ``{tree id: commit}``, one commit per distinct ``aa_jax/`` tree and
+    ``uv.lock`` (see :mod:`aa_jax.provenance`)."""
+    cells: dict[tuple, dict[str, str]] = {}
+    for p in sweep.points:
+        code = (done.get(run_name(p)) or {}).get("code")
+        if not isinstance(code, dict) or not code.get("commit"):
+            continue
+        rest = tuple(sorted((k, str(v)) for k, v in p.cell.items() if k != "seed"))
+        key = (p.settings.get("task"), p.label, p.settings.get("train_size"), rest)
+        tree = json.dumps(code.get("tree") or {"commit": code["commit"]}, sort_keys=True)
+        cells.setdefault(key, {}).setdefault(tree, str(code["commit"]))
+    return cells
+
+
+def code_changes(first: str, second: str, repo: Path) -> list[str]:
+    """The commits between two commits (either way) that changed the library or the lock
+    (:data:`aa_jax.provenance.CODE_PATHS`); raises UserError where the history lacks one."""
+    try:
+        out = git("log", "--format=%H", f"{first}...{second}", "--", *CODE_PATHS, cwd=repo)
+    except (OSError, subprocess.SubprocessError):
+        raise UserError(f"The runs name commits {first[:12]} and {second[:12]}, which this "
+                        f"clone's history at {repo} does not hold both of; fetch the full "
+                        f"history (git fetch --unshallow) and aggregate again.") from None
+    return out.split()
+
+
+def check_commits(sweep: Sweep, done: dict, repo: Path | None = None) -> None:
+    """Refuses a cell whose runs ran different code: commits whose ``aa_jax/`` tree or
+    ``uv.lock`` differ, unless every commit between them that changed either is in the
+    sweep's ``"same_numerics"`` list (commits stated to change nothing numerical)."""
+    from aa_jax.provenance import ROOT
+
+    allowed = {str(c) for c in sweep.spec.get("same_numerics", [])}
+    for (task, label, size, _), trees in code_trees(sweep, done).items():
+        commits = list(trees.values())
+        for other in commits[1:]:
+            changes = [c for c in code_changes(commits[0], other, repo or ROOT)
+                       if c not in allowed and not any(c.startswith(a) for a in allowed)]
+            if changes:
+                raise UserError(
+                    f"Sweep {sweep.name}: the cell {task} {label} {size} pools runs of "
+                    f"commits {commits[0][:12]} and {other[:12]}, between which "
+                    f"{len(changes)} commit(s) changed aa_jax/ or uv.lock "
+                    f"({', '.join(c[:12] for c in changes[:3])}); rerun the cell on one "
+                    f"commit, or list those commits under \"same_numerics\" in the sweep "
+                    f"file if they change nothing numerical.")

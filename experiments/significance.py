@@ -5,6 +5,7 @@ claim's numbers say of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -59,19 +60,71 @@ def detectable(d: np.ndarray, power: float = 0.8) -> float:
     n = len(d)
     if n < 2 or not np.any(d != d[0]):
         return math.nan
-    sd, df = float(d.std(ddof=1)), n - 1
+    return detectable_by(float(d.std(ddof=1)) / math.sqrt(n), n - 1, power)
+
+
+def detectable_by(se: float, df: float, power: float = 0.8) -> float:
+    """The smallest true difference that a two-sided t-test at ``ALPHA`` of an estimate
+    with standard error ``se`` and ``df`` degrees of freedom detects with probability
+    ``power``."""
     crit = stats.t.ppf(1 - ALPHA / 2, df)
 
     def missing_power(delta):
-        nc = delta * math.sqrt(n) / sd
+        nc = delta / se
         # The far tail is below 1e-17 where scipy gives up on it (nan).
         far = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0))
         return stats.nct.sf(crit, df, nc) + far - power
 
-    high = (crit + 3) * sd / math.sqrt(n)
+    high = (crit + 3) * se
     while missing_power(high) < 0:  # few pairs have heavy tails: widen the bracket
         high *= 2
     return float(optimize.brentq(missing_power, 0.0, high))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskAverage:
+    """The difference of task averages (the paper's estimand: each task's mean paired
+    difference, then their unweighted mean over tasks), in points, with its standard error
+    ``se`` = sqrt(sum_t s_t^2 / n_t) / T over the T tasks (s_t the spread of task t's n_t
+    differences over seeds) and Welch-Satterthwaite degrees of freedom ``df``; ``p`` is the
+    two-sided t-test of a zero difference. With one task this is the paired t-test.
+    ``left_out``: tasks with a single pair, whose spread is unknown (not averaged)."""
+
+    mean: float
+    se: float
+    df: float
+    p: float
+    tasks: int
+    pairs: int
+    left_out: tuple[str, ...] = ()
+
+    def interval(self, level: float = 1 - ALPHA) -> tuple[float, float]:
+        """The two-sided ``level`` t interval (nan without spread)."""
+        if not self.se > 0:
+            return math.nan, math.nan
+        half = float(stats.t.ppf(1 - (1 - level) / 2, self.df)) * self.se
+        return self.mean - half, self.mean + half
+
+    def detectable(self, power: float = 0.8) -> float:
+        return detectable_by(self.se, self.df, power) if self.se > 0 else math.nan
+
+
+def task_average(per_task: dict[str, np.ndarray]) -> TaskAverage:
+    """:class:`TaskAverage` of each task's paired differences (points)."""
+    used = {t: np.asarray(d, float) for t, d in per_task.items() if len(d) >= 2}
+    left_out = tuple(t for t, d in per_task.items() if len(d) < 2)
+    if not used:
+        return TaskAverage(math.nan, math.nan, math.nan, math.nan, 0, 0, left_out)
+    means = [float(d.mean()) for d in used.values()]
+    shares = [float(d.var(ddof=1)) / len(d) for d in used.values()]  # s_t^2 / n_t
+    mean = float(np.mean(means))
+    se = math.sqrt(sum(shares)) / len(used)
+    pairs = sum(len(d) for d in used.values())
+    if not se > 0:
+        return TaskAverage(mean, 0.0, math.nan, math.nan, len(used), pairs, left_out)
+    df = sum(shares) ** 2 / sum(v ** 2 / (len(d) - 1) for v, d in zip(shares, used.values()))
+    p = float(2 * stats.t.sf(abs(mean) / se, df))
+    return TaskAverage(mean, se, df, p, len(used), pairs, left_out)
 
 
 def claim_verdict(expect: str, mean: float, p: float, low: float = math.nan,
@@ -79,11 +132,11 @@ def claim_verdict(expect: str, mean: float, p: float, low: float = math.nan,
                   smallest: float = math.nan) -> str:
     """What the pairs say of a claim that ``a`` is ``expect`` against ``b`` (``equal``: on
     par; ``not lower``: on par or better), from ``p`` (Holm's, for the claims table), the
-    95% interval ``low``..``high`` of the mean difference and the paper's reported
-    difference ``paper`` (points) where the claim gives one: "agrees" / "disagrees" only
-    where ``p < ALPHA``; "excludes the paper's effect" where the interval lies wholly on
-    the near side of the paper's difference; otherwise "cannot tell", with the smallest
-    difference the pairs would detect (``smallest``)."""
+    interval ``low``..``high`` of the difference (the family-wise one, for the claims
+    table) and the paper's reported difference ``paper`` (points) where the claim gives
+    one: "agrees" / "disagrees" only where ``p < ALPHA``; "excludes the paper's effect"
+    where the interval lies wholly on the near side of the paper's difference; otherwise
+    "cannot tell", with the smallest difference the pairs would detect (``smallest``)."""
     if math.isnan(p):
         return "cannot tell (too few pairs)"
     if p < ALPHA:
@@ -100,34 +153,85 @@ def claim_verdict(expect: str, mean: float, p: float, low: float = math.nan,
             f"cannot tell (detectable: {smallest:.1f} points)")
 
 
-def layer_agreement(runs: list[tuple[str, list[int]]], permutations: int = 10000) -> str:
-    """Whether runs of one task keep more alike layers than runs of different tasks: the
-    mean Jaccard similarity of the kept layers over pairs of runs of the same task against
-    pairs of different tasks, and a one-sided permutation test that shuffles the tasks
-    over the runs (a fixed seed, so the page is the same each time). Empty when there are
-    no pairs of both kinds."""
+@dataclasses.dataclass(frozen=True)
+class LayerAgreement:
+    """How alike the kept layers of runs of one task are: the mean Jaccard similarity of
+    pairs of runs of the same task (``within``) and of different tasks (``between``); the
+    one-sided p of their gap when the tasks are shuffled over the runs (``shuffled_p``);
+    and against the position null, in which each run keeps as many layers as it did at
+    uniformly random positions: that null's mean gap (``null_gap``: what the runs' layer
+    counts alone give, e.g. when one task keeps more layers) and the share of null gaps at
+    least the observed one (``p``)."""
+
+    within: float
+    between: float
+    shuffled_p: float
+    null_gap: float
+    p: float
+
+
+def _jaccard(kept: np.ndarray) -> np.ndarray:
+    """[..., runs, depth] booleans -> [..., runs, runs] Jaccard similarities (1 where both
+    keep nothing)."""
+    k = kept.astype(np.float64)
+    inter = np.einsum("...rd,...sd->...rs", k, k)
+    count = k.sum(-1)
+    union = count[..., :, None] + count[..., None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
+
+
+def layer_agreement(runs: list[tuple[str, list[int]]], depth: int,
+                    permutations: int = 10000) -> LayerAgreement | None:
+    """:class:`LayerAgreement` of ``(task, kept layers)`` runs of a model with ``depth``
+    layers (fixed seeds, so the page is the same each time); None without pairs of runs of
+    both kinds."""
     tasks = np.array([t for t, _ in runs])
-    sets = [set(layers) for _, layers in runs]
     n = len(runs)
-    jac = np.array([[len(a & b) / len(a | b) if a | b else 1.0 for b in sets] for a in sets])
+    kept = np.zeros((n, depth), bool)
+    for i, (_, layers) in enumerate(runs):
+        kept[i, list(layers)] = True
     upper = np.triu(np.ones((n, n), bool), 1)
+    same = (tasks[:, None] == tasks[None, :]) & upper
+    if n < 3 or not same.any() or same.sum() == upper.sum():
+        return None
+    other = upper & ~same
 
-    def gap(labels):
-        same = (labels[:, None] == labels[None, :]) & upper
-        other = ~(labels[:, None] == labels[None, :]) & upper
-        return jac[same].mean() - jac[other].mean(), jac[same].mean(), jac[other].mean()
+    def gaps(jac, same=same, other=other):  # [..., n, n] -> [...] within - between
+        return jac[..., same].mean(-1) - jac[..., other].mean(-1)
 
-    same_pairs = ((tasks[:, None] == tasks[None, :]) & upper).sum()
-    if n < 3 or same_pairs == 0 or same_pairs == upper.sum():
-        return ""
-    observed, within, between = gap(tasks)
+    jac = _jaccard(kept)
+    observed = float(gaps(jac))
     rng = np.random.default_rng(0)
-    hits = sum(gap(rng.permutation(tasks))[0] >= observed for _ in range(permutations))
-    p = (hits + 1) / (permutations + 1)
-    alike = ("more alike within a task than between tasks" if p < ALPHA else
-             "no more alike within a task than between tasks")
-    return (f"; the kept layers are {alike} (Jaccard {within:.3f} against {between:.3f}, "
-            f"permutation p {fmt_p(p)})")
+    shuffled = []
+    for _ in range(permutations):
+        labels = rng.permutation(tasks)
+        s = (labels[:, None] == labels[None, :]) & upper
+        shuffled.append(jac[s].mean() - jac[upper & ~s].mean())
+    shuffled_p = (np.sum(np.array(shuffled) >= observed - 1e-12) + 1) / (permutations + 1)
+    counts = kept.sum(1)
+    rng = np.random.default_rng(1)
+    null = []
+    for start in range(0, permutations, 1000):
+        m = min(1000, permutations - start)
+        ranks = rng.random((m, n, depth)).argsort(-1).argsort(-1)
+        null.append(gaps(_jaccard(ranks < counts[None, :, None])))
+    null = np.concatenate(null)
+    p = (np.sum(null >= observed - 1e-12) + 1) / (permutations + 1)
+    return LayerAgreement(float(jac[same].mean()), float(jac[other].mean()),
+                          float(shuffled_p), float(null.mean()), float(p))
+
+
+def cochran_q(kept: np.ndarray) -> float:
+    """Cochran's Q test of whether the layers are kept equally often, on a [runs, depth]
+    0/1 matrix (statsmodels): the p-value, nan where it is undefined (every run keeps all
+    layers or none)."""
+    from statsmodels.stats.contingency_tables import cochrans_q
+
+    kept = np.asarray(kept, int)
+    rows = kept.sum(1)
+    if kept.shape[0] < 2 or np.all((rows == 0) | (rows == kept.shape[1])):
+        return math.nan
+    return float(cochrans_q(kept).pvalue)
 
 
 def holm(ps: list[float]) -> list[float]:

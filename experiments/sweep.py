@@ -237,6 +237,25 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
     return 1 if failed else 0
 
 
+def check_clean(allow_dirty: bool) -> None:
+    """Refuses to run from a checkout with uncommitted changes (or from no checkout, where
+    no commit can be recorded) unless ``allow_dirty``."""
+    from aa_jax.provenance import ROOT, code_record
+
+    code = code_record()
+    if code.get("clean") is True or allow_dirty:
+        return
+    if "clean" not in code:
+        raise UserError(f"The code at {ROOT} is not a git checkout (or git cannot be run), "
+                        f"so no result could name the commit it ran; run the sweep from a "
+                        f"clone, or pass --allow-dirty to run anyway.")
+    changed = code["changed"]
+    raise UserError(f"The checkout has uncommitted changes ({', '.join(changed[:3])}"
+                    f"{', ...' if len(changed) > 3 else ''}), so no result could name the "
+                    f"code it ran; commit them (or stash them) first, or pass --allow-dirty "
+                    f"to run anyway and record them.")
+
+
 def together_wanted(choice: str) -> bool:
     if choice == "auto":
         import jax
@@ -276,6 +295,11 @@ def main(argv=None) -> int:
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each finished run's files as it arrives, with the "
                         "sweep's TABLE.md (and the results page's excerpt of it) refreshed")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run even though the checkout has uncommitted changes outside "
+                        "experiments/results/ (each result records them); by default a "
+                        "sweep runs only committed code, so that each result names the "
+                        "commit it ran")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-of", type=parse_shard, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)
@@ -303,6 +327,7 @@ def main(argv=None) -> int:
             plan(sweep, shard_of(sweep.points, args.shard),
                  args.workers if args.pin_cpus else 1)
             return 0
+        check_clean(args.allow_dirty)
         if args.workers > 1:
             return run_workers(args)
         return run(sweep, args.shard, together_wanted(args.together), args.commit,

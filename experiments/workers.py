@@ -45,6 +45,8 @@ def run_workers(args: argparse.Namespace) -> int:
             base += [flag, str(value)]
     if args.commit:
         base.append("--commit")
+    if args.allow_dirty:
+        base.append("--allow-dirty")
     base.append("--worker")  # an interruption is reported once, here
     # One accelerator shared by n processes: none may take most of its memory up front.
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}

@@ -20,6 +20,15 @@ from aa_jax.export import load_adapters, save_adapters
 from aa_jax.model_card import reproduce_command
 
 
+@pytest.fixture(autouse=True)
+def any_checkout(monkeypatch):
+    """The runner's tests run from the checkout as it is (a sweep's refusal of uncommitted
+    changes is tested in test_provenance.py)."""
+    from experiments import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "check_clean", lambda allow_dirty: None)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, aa_run):
     folder = tmp_path_factory.mktemp("exported") / "adapters"

@@ -12,6 +12,7 @@ from aa_jax import cli
 from aa_jax.data import pipeline
 from aa_jax.models.loader import load_pretrained
 from aa_jax.config import TrainConfig
+from aa_jax.provenance import code_record
 from aa_jax.run_setup import setup
 from aa_jax.step import init_state, make_optimizer, make_train_step
 
@@ -165,7 +166,8 @@ def test_given_layers_trains_adapters_where_told_and_results_say_what_ran(
     assert result["selected_layers"] == [1]
     assert [e["activation"] for e in learned["layers"]] == [None, "rational"]
     assert not any("switch_probs" in e for e in learned["layers"])
-    assert result["precision"] == "default" and result["code"] == f"aa_jax {__version__}"
+    assert result["precision"] == "default" and result["code"] == code_record()
+    assert result["code"]["version"] == f"aa_jax {__version__}"
 
 
 def test_matmul_precision_highest_is_recorded(tiny_checkpoint, fake_glue, tmp_path):

@@ -18,8 +18,9 @@ The default degrees are (m, n) = (5, 4).
 
 The package is split by job:
 
-* :mod:`aa_jax.rational.function` -- :func:`rational`, its gradients (those of the PAU
-  kernels) and the checks of versions and degrees;
+* :mod:`aa_jax.rational.function` -- :func:`rational` (and its denominator,
+  :func:`rational_denominator`), its gradients (those of the PAU kernels) and the checks
+  of versions and degrees;
 * :mod:`aa_jax.rational.fit` -- :func:`fit_rational`, the named initialisations
   (:func:`init_coefficients`) and their recorded errors;
 * :mod:`aa_jax.rational.layer` -- the Flax module :class:`Rational`.
@@ -40,6 +41,7 @@ from aa_jax.rational.function import (
     check_degrees,
     check_version,
     rational,
+    rational_denominator,
 )
 from aa_jax.rational.layer import Rational
 
@@ -57,4 +59,5 @@ __all__ = [
     "init_coefficients",
     "measure_fit_error",
     "rational",
+    "rational_denominator",
 ]

@@ -167,3 +167,17 @@ def rational(
     p = _horner(numerator.astype(compute_dtype), xc)
     q = _denominator(xc, denominator.astype(compute_dtype), version)
     return (p / q).astype(out_dtype)
+
+
+def rational_denominator(x: jax.Array, denominator: jax.Array,
+                         version: str = "A") -> jax.Array:
+    """Q(x), the denominator :func:`rational` divides by, elementwise, computed as it
+    computes it (in float32 at least); e.g. to see how close a learned rational comes to
+    a pole (version N) or how far Q rises above its floor."""
+    check_version(version)
+    x = jnp.asarray(x)
+    b = jnp.asarray(denominator)
+    _check_coefficient_shapes(jnp.zeros(1), b, version)  # (any valid numerator)
+    compute_dtype = (jnp.promote_types(x.dtype, jnp.float32)
+                     if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(jnp.float32))
+    return _denominator(x.astype(compute_dtype), b.astype(compute_dtype), version)

@@ -10,6 +10,10 @@ from aa_jax.rational.fit import check_init, init_coefficients
 from aa_jax.rational.function import DEFAULT_DEGREES, check_degrees, check_version, rational
 
 
+# The name a Rational sows the range of its input under (see Rational).
+INPUT_RANGE = "input_range"
+
+
 class Rational(nn.Module):
     """A rational activation with one set of coefficients shared by all units.
 
@@ -19,6 +23,11 @@ class Rational(nn.Module):
 
     ``initialization`` names the starting function (one of INITS); it is not called
     ``init`` so that ``Module.init`` keeps working on a standalone instance.
+
+    Observability: where the ``intermediates`` collection is mutable, every call sows the
+    (min, max) of its input over all elements, <float32>[2], as
+    ``intermediates/input_range`` (one tuple entry per call; stacked over the layers of a
+    scanned run); it reads the input and changes nothing that is computed from it.
     """
 
     version: str = "A"
@@ -40,4 +49,10 @@ class Rational(nn.Module):
 
         numerator = self.param("numerator", coefficient(0))
         denominator = self.param("denominator", coefficient(1))
+        if self.is_mutable_collection("intermediates"):
+            # Behind a barrier, XLA cannot fuse the min and max with the reductions over
+            # x that the gradients take (which could change how those sum).
+            seen = jax.lax.optimization_barrier(jax.lax.stop_gradient(x))
+            self.sow("intermediates", INPUT_RANGE,
+                     jnp.stack([jnp.min(seen), jnp.max(seen)]).astype(jnp.float32))
         return rational(x, numerator, denominator, self.version)

@@ -1,0 +1,163 @@
+"""The rule of the STS-B collapse study, applied to its results.
+
+    uv run python -m experiments.diagnosis            # print the finding
+    uv run python -m experiments.diagnosis --write    # and write DIAGNOSIS.md beside the runs
+
+Reads the finished runs of ``experiments/sweeps/stsb_collapse.json``. The rule, stated
+before the sweep's first result (docs/experiments.md, "Why AA collapses on STS-B"):
+
+* a run has **collapsed** when its test Spearman is below the lowest test Spearman of the
+  5 baseline seeds of its size in the same sweep;
+* a size has **a collapse to explain** when at least 2 of the reference ``aa``'s 5 seeds
+  collapsed;
+* a candidate (a label that changes one thing against ``aa``) is **a cause** at that size
+  when at most 1 of its 5 seeds collapsed; where several pass, each is named; where none
+  does, none of the candidates is the cause.
+
+A size whose baseline, ``aa`` or candidate has not finished all 5 seeds is reported as
+open, and nothing is concluded there. Beside the rule's counts, the page shows what the
+runs' ``metrics.jsonl`` recorded about their rationals at the best epoch (the largest
+|R(x)| over the inputs each layer's rational saw, the widest input range) and the
+rationals' mean gradient norm over training, for the collapsed runs and the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from aa_jax.checkpoint import write_text_atomic
+from experiments.grid import SWEEPS, Sweep, run_name
+from experiments.records import read_results
+
+SPEC = SWEEPS / "stsb_collapse.json"
+REFERENCE, BASELINE = "aa", "baseline"
+SEEDS = 5
+MOST_COLLAPSED = 1  # a cause leaves at most this many of its seeds collapsed
+FEWEST_TO_EXPLAIN = 2  # the reference must collapse on at least this many
+
+
+def spearman(r: dict) -> float:
+    return 100 * r["test"]["spearman"]
+
+
+def rational_summary(run_dir: Path, best_epoch: int) -> dict[str, float]:
+    """From a run's metrics.jsonl: at its best epoch, the largest |R(x)| and the widest
+    input (max |x|) over its layers' rationals; over all epochs, the rationals' mean
+    gradient norm. Empty where the run recorded none (a baseline)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if line.strip()]
+    out: dict[str, float] = {}
+    best = next((e for e in lines if e.get("epoch") == best_epoch), None)
+    rationals = (best or {}).get("rationals") or {}
+    outputs = [max(abs(v["output_min"]), abs(v["output_max"])) for v in rationals.values()
+               if v.get("output_min") is not None and v.get("output_max") is not None]
+    inputs = [max(abs(v["input_min"]), abs(v["input_max"])) for v in rationals.values()
+              if v.get("input_min") is not None and v.get("input_max") is not None]
+    if outputs:
+        out["max |R(x)|"] = max(outputs)
+    if inputs:
+        out["max |x|"] = max(inputs)
+    norms = [e["grad_norms"]["rational"]["mean"] for e in lines
+             if (e.get("grad_norms") or {}).get("rational")]
+    if norms:
+        out["rational grad norm"] = statistics.mean(norms)
+    return out
+
+
+def finding(sweep: Sweep, done: dict) -> list[str]:
+    """The study's page as Markdown lines: per size, each label's seeds, how many
+    collapsed, and the rule's verdict."""
+    by: dict[tuple, list] = {}
+    for p in sweep.points:
+        r = done.get(run_name(p))
+        if r is not None:
+            by.setdefault((p.settings["train_size"], p.label), []).append((p, r))
+    labels = list(dict.fromkeys(p.label for p in sweep.points))
+    candidates = [x for x in labels if x not in (BASELINE, REFERENCE)]
+    lines = []
+    for size in dict.fromkeys(p.settings["train_size"] for p in sweep.points):
+        lines += [f"## {size} examples", ""]
+        base = [spearman(r) for _, r in by.get((size, BASELINE), [])]
+        if len(base) < SEEDS:
+            lines += [f"Open: {len(base)} of the baseline's {SEEDS} seeds have finished; "
+                      "the threshold is not known yet.", ""]
+            continue
+        floor = min(base)
+        lines += [f"Threshold: the baseline's lowest test Spearman, {floor:.2f}.", "",
+                  "| label | seeds | test Spearman per seed | collapsed | max abs R(x), "
+                  "collapsed / others | max abs x | rational grad norm |",
+                  "|---|---|---|---|---|---|---|"]
+        counts = {}
+        for label in labels:
+            runs = by.get((size, label), [])
+            scores = [spearman(r) for _, r in runs]
+            collapsed = [s < floor for s in scores]
+            counts[label] = (sum(collapsed), len(scores))
+            summaries = [rational_summary(sweep.result_dir(p), r["best_epoch"])
+                         for p, r in runs]
+
+            def split(key, summaries=summaries, collapsed=collapsed):
+                parts = []
+                for want in (True, False):
+                    vals = [s[key] for s, c in zip(summaries, collapsed) if c == want and key in s]
+                    parts.append(f"{statistics.mean(vals):.3g}" if vals else "–")
+                return " / ".join(parts)
+
+            lines.append(f"| {label} | {len(scores)} | "
+                         + ", ".join(f"{s:.2f}" for s in scores)
+                         + f" | {sum(collapsed)} of {len(scores)} | {split('max |R(x)|')} | "
+                         f"{split('max |x|')} | {split('rational grad norm')} |")
+        lines.append("")
+        ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
+        if ref_n < SEEDS:
+            lines += [f"Open: {ref_n} of {REFERENCE}'s {SEEDS} seeds have finished.", ""]
+            continue
+        if ref_collapsed < FEWEST_TO_EXPLAIN:
+            lines += [f"No collapse to explain: {ref_collapsed} of {REFERENCE}'s {SEEDS} seeds "
+                      f"fall below the threshold (the rule asks for at least "
+                      f"{FEWEST_TO_EXPLAIN}).", ""]
+            continue
+        causes, open_ = [], []
+        for label in candidates:
+            c, n = counts.get(label, (0, 0))
+            if n < SEEDS:
+                open_.append(f"{label} ({n} of {SEEDS} seeds)")
+            elif c <= MOST_COLLAPSED:
+                causes.append(f"{label} ({c} of {n} collapsed)")
+        tested = [x for x in candidates if counts.get(x, (0, 0))[1] >= SEEDS]
+        verdict = (f"{REFERENCE} collapsed on {ref_collapsed} of {SEEDS} seeds. "
+                   + (f"A cause by the rule: {'; '.join(causes)}. " if causes else
+                      f"None of the candidates tested ({', '.join(tested) or 'none yet'}) "
+                      f"is the cause by the rule. ")
+                   + (f"Still open: {', '.join(open_)}." if open_ else ""))
+        lines += [verdict.strip(), ""]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.diagnosis",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true",
+                        help="write DIAGNOSIS.md into the sweep's results folder")
+    args = parser.parse_args(argv)
+    sweep = Sweep.load(SPEC)
+    done, _ = read_results(sweep)
+    text = "\n".join(["# Why AA collapses on STS-B: the rule applied", "",
+                      "Generated by `uv run python -m experiments.diagnosis --write` from "
+                      "the results of `experiments/sweeps/stsb_collapse.json`; the rule is "
+                      "in the module's docstring and in docs/experiments.md.", "",
+                      *finding(sweep, done)]).rstrip() + "\n"
+    print(text)
+    if args.write:
+        sweep.results.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(sweep.results / "DIAGNOSIS.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
