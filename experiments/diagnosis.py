@@ -7,12 +7,15 @@ Reads the finished runs of ``experiments/sweeps/stsb_collapse.json``. The rule, 
 before the sweep's first result (docs/experiments.md, "Why AA collapses on STS-B"):
 
 * a run has **collapsed** when its test Spearman is below the lowest test Spearman of the
-  5 baseline seeds of its size in the same sweep;
+  5 baseline seeds of its size in the same sweep, or when it diverged (the sweep recorded
+  it as failed with a non-finite loss);
 * a size has **a collapse to explain** when at least 2 of the reference ``aa``'s 5 seeds
   collapsed;
-* a candidate (a label that changes one thing against ``aa``) is **a cause** at that size
-  when at most 1 of its 5 seeds collapsed; where several pass, each is named; where none
-  does, none of the candidates is the cause.
+* a candidate (a label that changes one thing against ``aa``) **passes the rule** at that
+  size when at most 1 of its 5 seeds collapsed; where several pass, each is named; where
+  none does, no candidate passes. With 5 seeds a passing candidate is a cause to confirm,
+  not a proof (a change that does nothing leaves at most 1 of 5 seeds collapsed about a
+  third of the time where ``aa`` collapses on 2 of 5).
 
 A size whose baseline, ``aa`` or candidate has not finished all 5 seeds is reported as
 open, and nothing is concluded there. Beside the rule's counts, the page shows what the
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from aa_jax.checkpoint import write_text_atomic
 from experiments.grid import SWEEPS, Sweep, run_name
-from experiments.records import read_results
+from experiments.records import check_commits, read_results
 
 SPEC = SWEEPS / "stsb_collapse.json"
 REFERENCE, BASELINE = "aa", "baseline"
@@ -69,21 +72,36 @@ def rational_summary(run_dir: Path, best_epoch: int) -> dict[str, float]:
     return out
 
 
-def finding(sweep: Sweep, done: dict) -> list[str]:
+DIVERGED = "Training diverged"  # how a failure record of a non-finite loss begins
+
+
+def diverged(failure: dict) -> bool:
+    return DIVERGED in str(failure.get("error", ""))
+
+
+def finding(sweep: Sweep, done: dict, failed: dict | None = None) -> list[str]:
     """The study's page as Markdown lines: per size, each label's seeds, how many
-    collapsed, and the rule's verdict."""
+    collapsed (a diverged run, from ``failed``, counts as collapsed), and the rule's
+    verdict."""
     by: dict[tuple, list] = {}
+    lost: dict[tuple, int] = {}
     for p in sweep.points:
         r = done.get(run_name(p))
         if r is not None:
             by.setdefault((p.settings["train_size"], p.label), []).append((p, r))
+        elif diverged((failed or {}).get(run_name(p)) or {}):
+            key = (p.settings["train_size"], p.label)
+            lost[key] = lost.get(key, 0) + 1
     labels = list(dict.fromkeys(p.label for p in sweep.points))
     candidates = [x for x in labels if x not in (BASELINE, REFERENCE)]
     lines = []
     for size in dict.fromkeys(p.settings["train_size"] for p in sweep.points):
         lines += [f"## {size} examples", ""]
         base = [spearman(r) for _, r in by.get((size, BASELINE), [])]
-        if len(base) < SEEDS:
+        if lost.get((size, BASELINE)):
+            lines += [f"The baseline diverged on {lost[(size, BASELINE)]} seed(s); the "
+                      "threshold is taken over the seeds that finished.", ""]
+        if len(base) + lost.get((size, BASELINE), 0) < SEEDS or not base:
             lines += [f"Open: {len(base)} of the baseline's {SEEDS} seeds have finished; "
                       "the threshold is not known yet.", ""]
             continue
@@ -97,7 +115,8 @@ def finding(sweep: Sweep, done: dict) -> list[str]:
             runs = by.get((size, label), [])
             scores = [spearman(r) for _, r in runs]
             collapsed = [s < floor for s in scores]
-            counts[label] = (sum(collapsed), len(scores))
+            gone = lost.get((size, label), 0)
+            counts[label] = (sum(collapsed) + gone, len(scores) + gone)
             summaries = [rational_summary(sweep.result_dir(p), r["best_epoch"])
                          for p, r in runs]
 
@@ -108,9 +127,10 @@ def finding(sweep: Sweep, done: dict) -> list[str]:
                     parts.append(f"{statistics.mean(vals):.3g}" if vals else "–")
                 return " / ".join(parts)
 
-            lines.append(f"| {label} | {len(scores)} | "
-                         + ", ".join(f"{s:.2f}" for s in scores)
-                         + f" | {sum(collapsed)} of {len(scores)} | {split('max |R(x)|')} | "
+            lines.append(f"| {label} | {len(scores) + gone} | "
+                         + ", ".join([f"{s:.2f}" for s in scores] + ["diverged"] * gone)
+                         + f" | {counts[label][0]} of {counts[label][1]} | "
+                         f"{split('max |R(x)|')} | "
                          f"{split('max |x|')} | {split('rational grad norm')} |")
         lines.append("")
         ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
@@ -131,9 +151,10 @@ def finding(sweep: Sweep, done: dict) -> list[str]:
                 causes.append(f"{label} ({c} of {n} collapsed)")
         tested = [x for x in candidates if counts.get(x, (0, 0))[1] >= SEEDS]
         verdict = (f"{REFERENCE} collapsed on {ref_collapsed} of {SEEDS} seeds. "
-                   + (f"A cause by the rule: {'; '.join(causes)}. " if causes else
-                      f"None of the candidates tested ({', '.join(tested) or 'none yet'}) "
-                      f"is the cause by the rule. ")
+                   + (f"Passes the rule (a candidate cause, to confirm with more seeds): "
+                      f"{'; '.join(causes)}. " if causes else
+                      f"No candidate tested ({', '.join(tested) or 'none yet'}) passes the "
+                      f"rule. ")
                    + (f"Still open: {', '.join(open_)}." if open_ else ""))
         lines += [verdict.strip(), ""]
     return lines
@@ -146,12 +167,13 @@ def main(argv=None) -> int:
                         help="write DIAGNOSIS.md into the sweep's results folder")
     args = parser.parse_args(argv)
     sweep = Sweep.load(SPEC)
-    done, _ = read_results(sweep)
+    done, failed = read_results(sweep)
+    check_commits(sweep, done)
     text = "\n".join(["# Why AA collapses on STS-B: the rule applied", "",
                       "Generated by `uv run python -m experiments.diagnosis --write` from "
                       "the results of `experiments/sweeps/stsb_collapse.json`; the rule is "
                       "in the module's docstring and in docs/experiments.md.", "",
-                      *finding(sweep, done)]).rstrip() + "\n"
+                      *finding(sweep, done, failed)]).rstrip() + "\n"
     print(text)
     if args.write:
         sweep.results.mkdir(parents=True, exist_ok=True)
