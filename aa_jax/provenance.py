@@ -21,7 +21,7 @@ from aa_jax import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 # Paths a sweep writes while it runs; changes there are results, not code.
-NOT_CODE = ("experiments/results",)
+NOT_CODE = ("experiments/results", "docs/results.md")
 # Paths whose content decides what a run computes: the library and its locked dependencies.
 CODE_PATHS = ("aa_jax", "uv.lock")
 MAX_LISTED = 20
@@ -37,7 +37,8 @@ def git(*args: str, cwd: Path = ROOT) -> str:
 @functools.cache
 def code_record() -> dict:
     """``{"version", "commit", "tree", "clean"[, "changed"]}`` of this process's code; only
-    ``version`` outside a git checkout (an installed package) or where git cannot be run."""
+    ``version`` outside a git checkout (an installed package), and ``git_error`` beside it
+    where git could not tell (no commit yet, git missing or timing out)."""
     return checkout_record(ROOT)
 
 
@@ -48,12 +49,17 @@ def checkout_record(root: Path) -> dict:
         return record
     try:
         commit = git("rev-parse", "HEAD", cwd=root)
-        tree = {path: git("rev-parse", f"HEAD:{path}", cwd=root) for path in CODE_PATHS
-                if (root / path).exists()}
         status = git("status", "--porcelain=v1", "--untracked-files=normal", "--", ".",
                      *(f":(exclude){p}" for p in NOT_CODE), cwd=root)
-    except (OSError, subprocess.SubprocessError):
-        return record
+    except (OSError, subprocess.SubprocessError) as e:
+        stderr = getattr(e, "stderr", None) or str(e)
+        return {**record, "git_error": " ".join(str(stderr).split())[:200]}
+    tree = {}
+    for path in CODE_PATHS:
+        try:  # an untracked path has no id at the commit: it shows as a change below
+            tree[path] = git("rev-parse", f"HEAD:{path}", cwd=root)
+        except (OSError, subprocess.SubprocessError):
+            pass
     changed = sorted({line[3:] for line in status.splitlines() if line.strip()})
     record.update(commit=commit, tree=tree, clean=not changed)
     if changed:

@@ -63,8 +63,9 @@ def kept_layers(sweep: Sweep, done: dict, label: str) -> list[tuple]:
 
 def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -> list[Row]:
     """Per size and task, the layers the ``label`` runs kept: how many, against the
-    paper's share and against random switches' half (binomial test, the layers of a run
-    taken as independent), and how often each layer (Cochran's Q of a layer preference);
+    paper's share (the family-wise t interval of the runs' mean share) and against random
+    switches' half (a one-sample t-test over the runs' shares), and how often each layer
+    (Cochran's Q of a layer preference);
     then per size, whether runs of one task keep more alike layers than as many layers at
     random positions (see :func:`~experiments.significance.layer_agreement`)."""
     rows = []
@@ -78,17 +79,24 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
             for i, layers in enumerate(sets):
                 kept[i, layers] = 1
             counts = kept.sum(1)
-            share = counts.sum() / kept.size
-            paper_says = ("fewer layers kept than the paper's share" if share < paper[0] else
-                          "more layers kept than the paper's share" if share > paper[1] else
-                          "as the paper's share")
-            chance = stats.binomtest(int(counts.sum()), kept.size, 0.5).pvalue
+            shares = counts / depth
+            share = float(shares.mean())
+            # The runs are the independent units (a run's layers are not): a one-sample
+            # t-test of the runs' shares against random switches' 1/2.
+            spread = len(shares) > 1 and np.any(shares != shares[0])
+            chance = stats.ttest_1samp(shares, 0.5).pvalue if spread else math.nan
 
-            def share_verdict(p_holm, m, share=share, paper_says=paper_says):
-                if math.isnan(p_holm):
-                    return paper_says
+            def share_verdict(p_holm, m, shares=shares, spread=spread):
+                if not spread:
+                    return "cannot tell (too few runs or no spread)"
+                mean, se = shares.mean(), shares.std(ddof=1) / math.sqrt(len(shares))
+                half = stats.t.ppf(1 - ALPHA / (2 * max(m, 1)), len(shares) - 1) * se
+                low, high = mean - half, mean + half
+                paper_says = ("fewer layers kept than the paper's share" if high < paper[0]
+                              else "more layers kept than the paper's share" if low > paper[1]
+                              else "cannot tell against the paper's share")
                 return paper_says + "; " + (
-                    f"{'fewer' if share < 0.5 else 'more'} than random switches keep (50%)"
+                    f"{'fewer' if mean < 0.5 else 'more'} than random switches keep (50%)"
                     if p_holm < ALPHA else "cannot tell from random switches' 50%")
 
             rows.append(Row(str(size or "full"), f"{label} on {task}: {len(sets)} runs",
@@ -102,7 +110,7 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
                                 "cannot tell (too few runs or no variation)"
                                 if math.isnan(p_holm) else
                                 "some layers are kept more often than others"
-                                if p_holm < ALPHA else "no layer preference shown")))
+                                if p_holm < ALPHA else "no layer preference detected")))
         agreement = layer_agreement([(t, layers) for t, layers, _ in runs], depth)
         if agreement is not None:
             a = agreement
@@ -158,6 +166,8 @@ def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
         left = f"; {', '.join(avg.left_out)} left out (one pair)" if avg.left_out else ""
 
         def verdict(p_holm, m, avg=avg, gain=gain):
+            if avg.se == 0:
+                return "cannot tell (no spread)"
             low, high = avg.interval(1 - ALPHA / max(m, 1))
             return claim_verdict(expect, avg.mean, p_holm, low, high, gain, avg.detectable())
 

@@ -4,7 +4,9 @@ whether runs may be pooled in one cell."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -107,8 +109,11 @@ def variant(r: dict) -> str:
         precision = f"default on {str(r.get('device', 'cpu')).split(':')[0].strip()}"
     code = r.get("code")
     if isinstance(code, dict):
+        changed = hashlib.sha256(json.dumps(code.get("changed"), sort_keys=True).encode())
         code = describe({k: v for k, v in code.items() if k != "commit"}) + (
-            " with uncommitted changes" if code.get("clean") is False else "")
+            f" with uncommitted changes ({changed.hexdigest()[:8]})"
+            if code.get("clean") is False else "") + (
+            "" if code.get("commit") else ", no commit recorded")
     return precision + (f", {code}" if code else "")
 
 
@@ -143,27 +148,40 @@ def check_mixed(sweep: Sweep, done: dict, allow: bool) -> list[str]:
 
 # -- which commit each run ran ----------------------------------------------------------
 
+COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")  # SHA-1 or SHA-256, in full
+
+
 def code_trees(sweep: Sweep, done: dict) -> dict[tuple, dict[str, str]]:
-    """Per cell (as :func:`mixed_cells` groups them), the recorded code of its runs that
-    name a commit: ``{tree id: commit}``, one commit per distinct ``aa_jax/`` tree and
-    ``uv.lock`` (see :mod:`aa_jax.provenance`)."""
+    """Per task, size and other grid values (the labels compared there pooled), the
+    recorded code of the runs that name a commit: ``{tree ids: commit}``, one commit per
+    distinct ``aa_jax/`` tree and ``uv.lock`` (see :mod:`aa_jax.provenance`). A commit
+    that is not a full hexadecimal id is refused in one sentence (a result file is read
+    as possibly hostile, and the id goes to git)."""
     cells: dict[tuple, dict[str, str]] = {}
     for p in sweep.points:
         code = (done.get(run_name(p)) or {}).get("code")
         if not isinstance(code, dict) or not code.get("commit"):
             continue
+        commit = code["commit"]
+        if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
+            raise UserError(f"{sweep.result_dir(p) / 'result.json'} names the commit "
+                            f"{str(commit)[:50]!r}, which is not a full git commit id; "
+                            f"restore the file with git checkout, or delete its folder so "
+                            f"that the sweep runs it again.")
         rest = tuple(sorted((k, str(v)) for k, v in p.cell.items() if k != "seed"))
-        key = (p.settings.get("task"), p.label, p.settings.get("train_size"), rest)
-        tree = json.dumps(code.get("tree") or {"commit": code["commit"]}, sort_keys=True)
-        cells.setdefault(key, {}).setdefault(tree, str(code["commit"]))
+        key = (p.settings.get("task"), p.settings.get("train_size"), rest)
+        tree = json.dumps(code.get("tree") or {"commit": commit}, sort_keys=True)
+        cells.setdefault(key, {}).setdefault(tree, commit)
     return cells
 
 
 def code_changes(first: str, second: str, repo: Path) -> list[str]:
     """The commits between two commits (either way) that changed the library or the lock
-    (:data:`aa_jax.provenance.CODE_PATHS`); raises UserError where the history lacks one."""
+    (:data:`aa_jax.provenance.CODE_PATHS`), merges included; raises UserError where the
+    history lacks one."""
     try:
-        out = git("log", "--format=%H", f"{first}...{second}", "--", *CODE_PATHS, cwd=repo)
+        out = git("log", "--full-history", "--format=%H", "--end-of-options",
+                  f"{first}...{second}", "--", *CODE_PATHS, cwd=repo)
     except (OSError, subprocess.SubprocessError):
         raise UserError(f"The runs name commits {first[:12]} and {second[:12]}, which this "
                         f"clone's history at {repo} does not hold both of; fetch the full "
@@ -172,22 +190,30 @@ def code_changes(first: str, second: str, repo: Path) -> list[str]:
 
 
 def check_commits(sweep: Sweep, done: dict, repo: Path | None = None) -> None:
-    """Refuses a cell whose runs ran different code: commits whose ``aa_jax/`` tree or
-    ``uv.lock`` differ, unless every commit between them that changed either is in the
-    sweep's ``"same_numerics"`` list (commits stated to change nothing numerical)."""
+    """Refuses a task and size whose runs (of every label, since labels are compared
+    there) ran different code: commits whose ``aa_jax/`` tree or ``uv.lock`` differ,
+    unless every commit between them that changed either is in the sweep's
+    ``"same_numerics"`` list (commits stated to change nothing numerical; at least 7
+    hexadecimal digits each). Trees that differ with no such commit between them are
+    refused too."""
     from aa_jax.provenance import ROOT
 
-    allowed = {str(c) for c in sweep.spec.get("same_numerics", [])}
-    for (task, label, size, _), trees in code_trees(sweep, done).items():
+    allowed = sweep.spec.get("same_numerics", [])
+    if not isinstance(allowed, list) or not all(
+            isinstance(c, str) and re.fullmatch(r"[0-9a-f]{7,64}", c) for c in allowed):
+        raise UserError(f"Sweep {sweep.name}: \"same_numerics\" must be a list of commit "
+                        f"ids of at least 7 hexadecimal digits.")
+    for (task, size, _), trees in code_trees(sweep, done).items():
         commits = list(trees.values())
         for other in commits[1:]:
-            changes = [c for c in code_changes(commits[0], other, repo or ROOT)
-                       if c not in allowed and not any(c.startswith(a) for a in allowed)]
-            if changes:
+            between = code_changes(commits[0], other, repo or ROOT)
+            changes = [c for c in between if not any(c.startswith(a) for a in allowed)]
+            if changes or not between:
+                named = (f"{len(changes)} commit(s) changed aa_jax/ or uv.lock "
+                         f"({', '.join(c[:12] for c in changes[:3])})" if changes else
+                         "their aa_jax/ or uv.lock differ")
                 raise UserError(
-                    f"Sweep {sweep.name}: the cell {task} {label} {size} pools runs of "
-                    f"commits {commits[0][:12]} and {other[:12]}, between which "
-                    f"{len(changes)} commit(s) changed aa_jax/ or uv.lock "
-                    f"({', '.join(c[:12] for c in changes[:3])}); rerun the cell on one "
-                    f"commit, or list those commits under \"same_numerics\" in the sweep "
-                    f"file if they change nothing numerical.")
+                    f"Sweep {sweep.name}: {task} at {size} pools runs of commits "
+                    f"{commits[0][:12]} and {other[:12]}, between which {named}; rerun "
+                    f"them on one commit, or list those commits under \"same_numerics\" "
+                    f"in the sweep file if they change nothing numerical.")

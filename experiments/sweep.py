@@ -246,9 +246,11 @@ def check_clean(allow_dirty: bool) -> None:
     if code.get("clean") is True or allow_dirty:
         return
     if "clean" not in code:
-        raise UserError(f"The code at {ROOT} is not a git checkout (or git cannot be run), "
-                        f"so no result could name the commit it ran; run the sweep from a "
-                        f"clone, or pass --allow-dirty to run anyway.")
+        why = (f"git could not read its commit ({code['git_error']})" if code.get("git_error")
+               else "it is not a git checkout")
+        raise UserError(f"The code at {ROOT} cannot be recorded by commit: {why}; run the "
+                        f"sweep from a clone with a commit, or pass --allow-dirty to run "
+                        f"anyway.")
     changed = code["changed"]
     raise UserError(f"The checkout has uncommitted changes ({', '.join(changed[:3])}"
                     f"{', ...' if len(changed) > 3 else ''}), so no result could name the "

@@ -65,6 +65,21 @@ def test_outside_a_checkout_only_the_version_is_recorded(tmp_path):
     assert provenance.checkout_record(tmp_path) == {"version": f"aa_jax {__version__}"}
 
 
+def test_a_checkout_without_a_commit_says_why(tmp_path):
+    (tmp_path / "aa_jax").mkdir()
+    git(tmp_path, "init", "-q")
+    record = provenance.checkout_record(tmp_path)
+    assert set(record) == {"version", "git_error"} and record["git_error"]
+
+
+def test_an_untracked_lock_is_a_change_not_a_lost_record(checkout):
+    commit_file(checkout, "aa_jax/model.py", "x = 1\n", "code")
+    git(checkout, "rm", "-q", "--cached", "uv.lock")
+    git(checkout, "commit", "-q", "-m", "untrack")
+    record = provenance.checkout_record(checkout)
+    assert set(record["tree"]) == {"aa_jax"} and record["changed"] == ["uv.lock"]
+
+
 def test_this_process_records_this_checkout():
     record = provenance.code_record()
     if (provenance.ROOT / ".git").exists():
@@ -89,7 +104,11 @@ def test_a_sweep_refuses_uncommitted_code_unless_told(monkeypatch, tmp_path, cap
     assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
     sweep.check_clean(allow_dirty=True)  # told: runs (and each result records it)
     monkeypatch.setattr(provenance, "code_record", lambda: {"version": "aa_jax 9"})
-    with pytest.raises(UserError, match="is not a git checkout"):
+    with pytest.raises(UserError, match="it is not a git checkout"):
+        sweep.check_clean(allow_dirty=False)
+    monkeypatch.setattr(provenance, "code_record",
+                        lambda: {"version": "aa_jax 9", "git_error": "bad HEAD"})
+    with pytest.raises(UserError, match=r"git could not read its commit \(bad HEAD\)"):
         sweep.check_clean(allow_dirty=False)
     monkeypatch.setattr(provenance, "code_record", lambda: {**dirty, "clean": True})
     sweep.check_clean(allow_dirty=False)
@@ -118,13 +137,34 @@ def test_the_aggregator_refuses_a_cell_that_mixes_library_code(tmp_path, checkou
     records.check_commits(s, done, checkout)
     # A commit between them changed aa_jax/: refused, naming it.
     s, done = _mixed(tmp_path, checkout, {42: first, 92: results, 111: changed})
-    with pytest.raises(UserError, match=f"rte aa 100 pools runs of commits {first[:12]} and "
+    with pytest.raises(UserError, match=f"rte at 100 pools runs of commits {first[:12]} and "
                        f"{changed[:12]}, between which 1 commit.*{changed[:12]}"):
         records.check_commits(s, done, checkout)
     # Unless the sweep states that commit changes nothing numerical.
     s, done = _mixed(tmp_path, checkout, {42: first, 111: changed},
                      same_numerics=[changed[:12]])
     records.check_commits(s, done, checkout)
+    # Labels compared at one task and size are one code too: a baseline on the changed
+    # commit against AA on the first is refused.
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"base": {"train_size": 100, "task": "rte"},
+                                "grid": {"seed": [42], "method": ["aa", "baseline"]}}))
+    two = grid.Sweep.load(path, results=tmp_path / "r2")
+    _, one = _mixed(tmp_path, checkout, {42: first})
+    _, other = _mixed(tmp_path, checkout, {42: changed})
+    pair = {"rte-aa-100-42": one["rte-aa-100-42"],
+            "rte-baseline-100-42": other["rte-aa-100-42"]}
+    with pytest.raises(UserError, match="rte at 100 pools runs of commits"):
+        records.check_commits(two, pair, checkout)
+    # A recorded commit goes to git only as a full hexadecimal id: no option smuggled in.
+    s, done = _mixed(tmp_path, checkout, {42: first, 111: changed})
+    done["rte-aa-100-111"]["code"]["commit"] = f"--output={tmp_path / 'written'}"
+    with pytest.raises(UserError, match="is not a full git commit id"):
+        records.check_commits(s, done, checkout)
+    assert not list(tmp_path.glob("written*"))
+    s, done = _mixed(tmp_path, checkout, {42: first, 111: changed}, same_numerics=["a"])
+    with pytest.raises(UserError, match="at least 7 hexadecimal digits"):
+        records.check_commits(s, done, checkout)
     # A commit this history lacks is named, not guessed at.
     s, done = _mixed(tmp_path, checkout, {42: first, 111: changed})
     done["rte-aa-100-111"]["code"]["commit"] = "f" * 40
