@@ -1,0 +1,67 @@
+"""The STS-B collapse study's rule (experiments/diagnosis.py) on synthetic results."""
+
+from __future__ import annotations
+
+import json
+
+from experiments import diagnosis, grid
+
+SEEDS = [42, 92, 111, 245, 651]
+
+
+def study(tmp_path, scores: dict[str, list]):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({
+        "base": {"task": "stsb", "train_size": 500},
+        "methods": {"aa_x": {"method": "aa"}, "aa_y": {"method": "aa"},
+                    "aa_z": {"method": "aa"}},
+        "grid": {"method": list(scores), "seed": SEEDS}}))
+    sweep = grid.Sweep.load(path, results=tmp_path / "results")
+    done, failed = {}, {}
+    for label, values in scores.items():
+        for seed, value in zip(SEEDS, values):
+            name = f"stsb-{label}-500-{seed}"
+            if value is None:
+                failed[name] = {"error": "UserError: Training diverged at step 40 (epoch 4)"}
+                continue
+            run = sweep.results / name
+            run.mkdir(parents=True)
+            record = {"epoch": 3, "grad_norms": {"rational": {"mean": 2.0, "max": 3.0}},
+                      "rationals": {"0": {"input_min": -1.0, "input_max": 4.0,
+                                          "output_min": -7.0, "output_max": 1.0}}}
+            (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+            done[name] = {"test": {"spearman": value / 100}, "best_epoch": 3}
+    return sweep, done, failed
+
+
+def test_the_rule_names_the_candidates_that_pass_and_counts_divergence(tmp_path):
+    sweep, done, failed = study(tmp_path, {
+        "baseline": [60, 65, 70, 72, 75],
+        "aa": [20, 30, 70, 72, 74],          # 2 of 5 below the baseline's 60: to explain
+        "aa_x": [55, 70, 71, 72, 73],        # 1 of 5: passes
+        "aa_y": [10, 20, 70, 71, 72],        # 2 of 5: does not
+        "aa_z": [None, 59, 70, 71, 72]})     # diverged + 1 below: 2 of 5, does not
+    text = "\n".join(diagnosis.finding(sweep, done, failed))
+    assert "Threshold: the baseline's lowest test Spearman, 60.00." in text
+    assert "| aa_z | 5 | 59.00, 70.00, 71.00, 72.00, diverged | 2 of 5 |" in text
+    assert ("aa collapsed on 2 of 5 seeds. Passes the rule (a candidate cause, to confirm "
+            "with more seeds): aa_x (1 of 5 collapsed).") in text
+    assert "| aa | 5 | 20.00, 30.00, 70.00, 72.00, 74.00 | 2 of 5 | 7 / 7 | 4 / 4 | 2 / 2 |" in text
+
+
+def test_no_collapse_or_unfinished_seeds_conclude_nothing(tmp_path):
+    sweep, done, failed = study(tmp_path, {
+        "baseline": [60, 65, 70, 72, 75], "aa": [59, 70, 71, 72, 73],
+        "aa_x": [50, 50, 50, 50, 50]})
+    assert "No collapse to explain: 1 of aa's 5 seeds" in "\n".join(
+        diagnosis.finding(sweep, done, failed))
+    sweep, done, failed = study(tmp_path / "b", {
+        "baseline": [60, 65, 70, 72, 75], "aa": [20, 30, 70, 72, 74],
+        "aa_x": [70, 71, 72, 73]})
+    text = "\n".join(diagnosis.finding(sweep, done, failed))
+    assert "No candidate tested (none yet) passes the rule. Still open: aa_x (4 of 5 seeds)." \
+        in text
+    sweep, done, failed = study(tmp_path / "c", {"baseline": [60, 65, 70], "aa": [20, 30]})
+    assert "Open: 3 of the baseline's 5 seeds have finished" in "\n".join(
+        diagnosis.finding(sweep, done, failed))
