@@ -18,7 +18,10 @@ before the sweep's first result (docs/experiments.md, "Why AA collapses on STS-B
   third of the time where ``aa`` collapses on 2 of 5).
 
 A size whose baseline, ``aa`` or candidate has not finished all 5 seeds is reported as
-open, and nothing is concluded there. Beside the rule's counts, the page shows what the
+open, and nothing is concluded there. Where a size has 10 seeds (the grid added at 500
+examples, seeds 11, 22, 33, 44, 55), the rule is applied again over all 10 with the
+thresholds scaled: at least 4 of ``aa``'s 10 collapsed to explain, at most 2 of a
+candidate's 10 to pass. Beside the rule's counts, the page shows what the
 runs' ``metrics.jsonl`` recorded about their rationals at the best epoch (the largest
 |R(x)| over the inputs each layer's rational saw, the widest input range) and the
 rationals' mean gradient norm over training, for the collapsed runs and the others.
@@ -80,84 +83,94 @@ def diverged(failure: dict) -> bool:
 
 
 def finding(sweep: Sweep, done: dict, failed: dict | None = None) -> list[str]:
-    """The study's page as Markdown lines: per size, each label's seeds, how many
-    collapsed (a diverged run, from ``failed``, counts as collapsed), and the rule's
-    verdict."""
-    by: dict[tuple, list] = {}
-    lost: dict[tuple, int] = {}
+    """The study's page as Markdown lines: per size, the rule on the first 5 seeds, then,
+    where the size has 10, on all 10 (thresholds scaled: at least 4 of ``aa``'s 10 to
+    explain, at most 2 of a candidate's 10 to pass)."""
+    lines = []
+    for size in dict.fromkeys(p.settings["train_size"] for p in sweep.points):
+        seeds = list(dict.fromkeys(p.settings["seed"] for p in sweep.points
+                                   if p.settings["train_size"] == size))
+        for chosen in ([seeds[:SEEDS], seeds] if len(seeds) > SEEDS else [seeds]):
+            lines += [f"## {size} examples, seeds {', '.join(map(str, chosen))}", ""]
+            lines += rule_at(sweep, done, failed or {}, size, chosen)
+    return lines
+
+
+def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> list[str]:
+    """The rule at one size over the runs of ``seeds`` (a diverged run counts as
+    collapsed), as Markdown lines."""
+    n_seeds = len(seeds)
+    explain = math.ceil(FEWEST_TO_EXPLAIN * n_seeds / SEEDS)
+    most = MOST_COLLAPSED * n_seeds // SEEDS
+    by: dict[str, list] = {}
+    lost: dict[str, int] = {}
     for p in sweep.points:
+        if p.settings["train_size"] != size or p.settings["seed"] not in seeds:
+            continue
         r = done.get(run_name(p))
         if r is not None:
-            by.setdefault((p.settings["train_size"], p.label), []).append((p, r))
-        elif diverged((failed or {}).get(run_name(p)) or {}):
-            key = (p.settings["train_size"], p.label)
-            lost[key] = lost.get(key, 0) + 1
+            by.setdefault(p.label, []).append((p, r))
+        elif diverged(failed.get(run_name(p)) or {}):
+            lost[p.label] = lost.get(p.label, 0) + 1
     labels = list(dict.fromkeys(p.label for p in sweep.points))
     candidates = [x for x in labels if x not in (BASELINE, REFERENCE)]
     lines = []
-    for size in dict.fromkeys(p.settings["train_size"] for p in sweep.points):
-        lines += [f"## {size} examples", ""]
-        base = [spearman(r) for _, r in by.get((size, BASELINE), [])]
-        if lost.get((size, BASELINE)):
-            lines += [f"The baseline diverged on {lost[(size, BASELINE)]} seed(s); the "
-                      "threshold is taken over the seeds that finished.", ""]
-        if len(base) + lost.get((size, BASELINE), 0) < SEEDS or not base:
-            lines += [f"Open: {len(base)} of the baseline's {SEEDS} seeds have finished; "
-                      "the threshold is not known yet.", ""]
-            continue
-        floor = min(base)
-        lines += [f"Threshold: the baseline's lowest test Spearman, {floor:.2f}.", "",
-                  "| label | seeds | test Spearman per seed | collapsed | max abs R(x), "
-                  "collapsed / others | max abs x | rational grad norm |",
-                  "|---|---|---|---|---|---|---|"]
-        counts = {}
-        for label in labels:
-            runs = by.get((size, label), [])
-            scores = [spearman(r) for _, r in runs]
-            collapsed = [s < floor for s in scores]
-            gone = lost.get((size, label), 0)
-            counts[label] = (sum(collapsed) + gone, len(scores) + gone)
-            summaries = [rational_summary(sweep.result_dir(p), r["best_epoch"])
-                         for p, r in runs]
+    base = [spearman(r) for _, r in by.get(BASELINE, [])]
+    if lost.get(BASELINE):
+        lines += [f"The baseline diverged on {lost[BASELINE]} seed(s); the threshold is "
+                  "taken over the seeds that finished.", ""]
+    if len(base) + lost.get(BASELINE, 0) < n_seeds or not base:
+        return lines + [f"Open: {len(base)} of the baseline's {n_seeds} seeds have finished; "
+                        "the threshold is not known yet.", ""]
+    floor = min(base)
+    lines += [f"Threshold: the baseline's lowest test Spearman, {floor:.2f}.", "",
+              "| label | seeds | test Spearman per seed | collapsed | max abs R(x), "
+              "collapsed / others | max abs x | rational grad norm |",
+              "|---|---|---|---|---|---|---|"]
+    counts = {}
+    for label in labels:
+        runs = by.get(label, [])
+        scores = [spearman(r) for _, r in runs]
+        collapsed = [v < floor for v in scores]
+        gone = lost.get(label, 0)
+        counts[label] = (sum(collapsed) + gone, len(scores) + gone)
+        summaries = [rational_summary(sweep.result_dir(p), r["best_epoch"]) for p, r in runs]
 
-            def split(key, summaries=summaries, collapsed=collapsed):
-                parts = []
-                for want in (True, False):
-                    vals = [s[key] for s, c in zip(summaries, collapsed) if c == want and key in s]
-                    parts.append(f"{statistics.mean(vals):.3g}" if vals else "–")
-                return " / ".join(parts)
+        def split(key, summaries=summaries, collapsed=collapsed):
+            parts = []
+            for want in (True, False):
+                vals = [x[key] for x, c in zip(summaries, collapsed) if c == want and key in x]
+                parts.append(f"{statistics.mean(vals):.3g}" if vals else "–")
+            return " / ".join(parts)
 
-            lines.append(f"| {label} | {len(scores) + gone} | "
-                         + ", ".join([f"{s:.2f}" for s in scores] + ["diverged"] * gone)
-                         + f" | {counts[label][0]} of {counts[label][1]} | "
-                         f"{split('max |R(x)|')} | "
-                         f"{split('max |x|')} | {split('rational grad norm')} |")
-        lines.append("")
-        ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
-        if ref_n < SEEDS:
-            lines += [f"Open: {ref_n} of {REFERENCE}'s {SEEDS} seeds have finished.", ""]
-            continue
-        if ref_collapsed < FEWEST_TO_EXPLAIN:
-            lines += [f"No collapse to explain: {ref_collapsed} of {REFERENCE}'s {SEEDS} seeds "
-                      f"fall below the threshold (the rule asks for at least "
-                      f"{FEWEST_TO_EXPLAIN}).", ""]
-            continue
-        causes, open_ = [], []
-        for label in candidates:
-            c, n = counts.get(label, (0, 0))
-            if n < SEEDS:
-                open_.append(f"{label} ({n} of {SEEDS} seeds)")
-            elif c <= MOST_COLLAPSED:
-                causes.append(f"{label} ({c} of {n} collapsed)")
-        tested = [x for x in candidates if counts.get(x, (0, 0))[1] >= SEEDS]
-        verdict = (f"{REFERENCE} collapsed on {ref_collapsed} of {SEEDS} seeds. "
-                   + (f"Passes the rule (a candidate cause, to confirm with more seeds): "
-                      f"{'; '.join(causes)}. " if causes else
-                      f"No candidate tested ({', '.join(tested) or 'none yet'}) passes the "
-                      f"rule. ")
-                   + (f"Still open: {', '.join(open_)}." if open_ else ""))
-        lines += [verdict.strip(), ""]
-    return lines
+        lines.append(f"| {label} | {len(scores) + gone} | "
+                     + ", ".join([f"{v:.2f}" for v in scores] + ["diverged"] * gone)
+                     + f" | {counts[label][0]} of {counts[label][1]} | "
+                     f"{split('max |R(x)|')} | {split('max |x|')} | "
+                     f"{split('rational grad norm')} |")
+    lines.append("")
+    ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
+    if ref_n < n_seeds:
+        return lines + [f"Open: {ref_n} of {REFERENCE}'s {n_seeds} seeds have finished.", ""]
+    if ref_collapsed < explain:
+        return lines + [f"No collapse to explain: {ref_collapsed} of {REFERENCE}'s {n_seeds} "
+                        f"seeds fall below the threshold (the rule asks for at least "
+                        f"{explain}).", ""]
+    causes, open_ = [], []
+    for label in candidates:
+        c, n = counts.get(label, (0, 0))
+        if n < n_seeds:
+            open_.append(f"{label} ({n} of {n_seeds} seeds)")
+        elif c <= most:
+            causes.append(f"{label} ({c} of {n} collapsed)")
+    tested = [x for x in candidates if counts.get(x, (0, 0))[1] >= n_seeds]
+    verdict = (f"{REFERENCE} collapsed on {ref_collapsed} of {n_seeds} seeds. "
+               + (f"Passes the rule (a candidate cause, to confirm with more seeds): "
+                  f"{'; '.join(causes)}. " if causes else
+                  f"No candidate tested ({', '.join(tested) or 'none yet'}) passes the "
+                  f"rule. ")
+               + (f"Still open: {', '.join(open_)}." if open_ else ""))
+    return lines + [verdict.strip(), ""]
 
 
 def main(argv=None) -> int:

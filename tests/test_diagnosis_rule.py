@@ -9,18 +9,18 @@ from experiments import diagnosis, grid
 SEEDS = [42, 92, 111, 245, 651]
 
 
-def study(tmp_path, scores: dict[str, list]):
+def study(tmp_path, scores: dict[str, list], seeds=SEEDS):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "study.json"
     path.write_text(json.dumps({
         "base": {"task": "stsb", "train_size": 500},
         "methods": {"aa_x": {"method": "aa"}, "aa_y": {"method": "aa"},
                     "aa_z": {"method": "aa"}},
-        "grid": {"method": list(scores), "seed": SEEDS}}))
+        "grid": {"method": list(scores), "seed": seeds}}))
     sweep = grid.Sweep.load(path, results=tmp_path / "results")
     done, failed = {}, {}
     for label, values in scores.items():
-        for seed, value in zip(SEEDS, values):
+        for seed, value in zip(seeds, values):
             name = f"stsb-{label}-500-{seed}"
             if value is None:
                 failed[name] = {"error": "UserError: Training diverged at step 40 (epoch 4)"}
@@ -43,6 +43,7 @@ def test_the_rule_names_the_candidates_that_pass_and_counts_divergence(tmp_path)
         "aa_y": [10, 20, 70, 71, 72],        # 2 of 5: does not
         "aa_z": [None, 59, 70, 71, 72]})     # diverged + 1 below: 2 of 5, does not
     text = "\n".join(diagnosis.finding(sweep, done, failed))
+    assert "## 500 examples, seeds 42, 92, 111, 245, 651" in text
     assert "Threshold: the baseline's lowest test Spearman, 60.00." in text
     assert "| aa_z | 5 | 59.00, 70.00, 71.00, 72.00, diverged | 2 of 5 |" in text
     assert ("aa collapsed on 2 of 5 seeds. Passes the rule (a candidate cause, to confirm "
@@ -65,3 +66,15 @@ def test_no_collapse_or_unfinished_seeds_conclude_nothing(tmp_path):
     sweep, done, failed = study(tmp_path / "c", {"baseline": [60, 65, 70], "aa": [20, 30]})
     assert "Open: 3 of the baseline's 5 seeds have finished" in "\n".join(
         diagnosis.finding(sweep, done, failed))
+
+
+def test_ten_seeds_scale_the_thresholds(tmp_path):
+    ten = SEEDS + [11, 22, 33, 44, 55]
+    sweep, done, failed = study(tmp_path, {
+        "baseline": [60, 65, 70, 72, 75, 61, 62, 63, 64, 66],
+        "aa": [70, 71, 72, 73, 74, 10, 20, 30, 40, 75],   # 0 of the first 5; 4 of 10
+        "aa_x": [70, 71, 72, 73, 74, 10, 20, 70, 71, 72]}, seeds=ten)  # 2 of 10: passes
+    text = "\n".join(diagnosis.finding(sweep, done, failed))
+    first, both = text.split("## 500 examples, seeds 42, 92, 111, 245, 651, 11")
+    assert "No collapse to explain: 0 of aa's 5 seeds" in first
+    assert "aa collapsed on 4 of 10 seeds. Passes the rule" in both and "aa_x (2 of 10" in both
