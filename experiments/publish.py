@@ -27,10 +27,17 @@ COPIED = ("config.json", "metrics.jsonl", "architecture.json", "result.json")  #
 
 
 def published_config(sweep: Sweep, text: str) -> str:
-    """A run's config.json as the results folder keeps it: an architecture taken from a
+    """A run's config.json as the results folder keeps it: without the absolute paths of
+    its inputs on the machine that ran it (``resolved``'s ``*_abs``; the checksums stay),
+    and an architecture taken from a
     run in ``<repo>/experiments/results/`` is named relative to ``<repo>``, as a clone
     finds it, whichever folder the sweep ran from (training reads it relative to there)."""
     config = json.loads(text)
+    resolved = config.get("resolved")
+    if isinstance(resolved, dict) and any(k.endswith("_abs") for k in resolved):
+        # where the inputs lay on the machine that ran it
+        config["resolved"] = {k: v for k, v in resolved.items() if not k.endswith("_abs")}
+        text = json.dumps(config, indent=2) + "\n"
     arch = config.get("architecture")
     root = sweep.results.resolve().parent
     if not arch or root.name != "results" or root.parent.name != "experiments":

@@ -170,3 +170,16 @@ def test_the_aggregator_refuses_a_cell_that_mixes_library_code(tmp_path, checkou
     done["rte-aa-100-111"]["code"]["commit"] = "f" * 40
     with pytest.raises(UserError, match="does not hold both"):
         records.check_commits(s, done, checkout)
+
+
+def test_a_published_config_holds_no_path_of_the_machine_that_ran_it(tmp_path):
+    from experiments import publish
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"base": {"train_size": 24}, "grid": {"seed": [1]}}))
+    s = grid.Sweep.load(path, results=tmp_path / "r")
+    text = json.dumps({"task": "rte", "resolved": {"glue_dir_abs": "/home/me/glue",
+                                                   "data_abs": ["/home/me/x.csv"],
+                                                   "glue_sha256": "ab"}})
+    published = json.loads(publish.published_config(s, text))
+    assert published["resolved"] == {"glue_sha256": "ab"}
