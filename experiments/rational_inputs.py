@@ -26,7 +26,7 @@ from aa_jax.checkpoint import write_json_atomic
 from aa_jax.data import pipeline
 from aa_jax.export import static_architecture, static_params
 from aa_jax.learned import read_learned
-from aa_jax.models.bert import BertForSequenceClassification
+from aa_jax.models.head import model_inputs
 from aa_jax.run_setup import load_run
 from aa_jax.params import layer_span, merge, unstack_layers
 
@@ -41,23 +41,26 @@ def rational_inputs(run_dir: Path, pretrained=None) -> dict:
         params = static_params(params, arch, selected)
         arch = static_architecture(arch, selected)
     # Unrolled, so that each layer's intermediates come under its own name.
-    model = BertForSequenceClassification(exp.pretrained.config, exp.task.num_labels, arch,
-                                          pooling=exp.pooling, scan=False)
+    model = exp.pretrained.family.classifier(exp.pretrained.config, exp.task.num_labels,
+                                             arch, pooling=exp.pooling, scan=False)
     params = merge(unstack_layers(params), unstack_layers(exp.frozen))
 
     # The weights are arguments, not constants: as constants every run compiled a program
     # of its own (about 80 MB for MiniLM).
     @jax.jit
     def downs(params, batch):
-        _, state = model.apply({"params": params}, batch["input_ids"],
-                               batch["token_type_ids"], batch["attention_mask"],
+        _, state = model.apply({"params": params}, **model_inputs(model, batch),
                                deterministic=True,
                                capture_intermediates=lambda m, _: m.name == "down")
         found = {}
         flat = jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}))[0]
         for path, value in flat:
-            keys = [getattr(k, "key", "") for k in path]
-            layer = next(span[0][0] for k in keys if (span := layer_span(str(k))))
+            keys = [str(k.key) for k in path if hasattr(k, "key")]
+            # Only the down projection's output: the rationals sow their input's range
+            # into the same collection (aa_jax.diagnostics).
+            if keys[-2:] != ["down", "__call__"]:
+                continue
+            layer = next(span[0][0] for k in keys if (span := layer_span(k)))
             found[layer] = value
         return found
 
