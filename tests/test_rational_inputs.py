@@ -21,7 +21,8 @@ from experiments.rational_inputs import EDGES, rational_inputs
 REFERENCE = Path(__file__).parent / "reference"
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta", "mpnet"])
+@pytest.fixture(scope="module", params=["bert", pytest.param("roberta", marks=pytest.mark.slow),
+                                        pytest.param("mpnet", marks=pytest.mark.slow)])
 def rational_run(request, tmp_path_factory, tiny_checkpoint, fake_glue):
     """A 1-epoch run with a rational adapter in every layer, per family."""
     model = tiny_checkpoint if request.param == "bert" else REFERENCE / f"tiny-{request.param}"
