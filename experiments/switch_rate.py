@@ -2,9 +2,10 @@
 
     uv run python experiments/switch_rate.py            # print the evidence table
     uv run python experiments/switch_rate.py --write    # and write EVIDENCE.md beside the runs
+    uv run python experiments/switch_rate.py experiments/sweeps/pilot/<other pilot>.json
 
-Reads ``metrics.jsonl`` of every finished run of ``experiments/sweeps/pilot/switch_rate.json``
-(never ``result.json``: no dev or test score enters the choice). For each switch rate it
+Reads ``metrics.jsonl`` of every finished run of a switch-rate pilot (by default
+``experiments/sweeps/pilot/switch_rate.json``, paper_v2's; each label one switch rate) (never ``result.json``: no dev or test score enters the choice). For each switch rate it
 counts, at the end of the first quarter of training (epoch ``ceil(epochs / 4)``), the
 switches that have committed: p(adapter) below 0.01 or above 0.99. The rule picks the
 largest rate whose runs have all finished and at which at most half of all their switches
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from aa_jax.checkpoint import write_text_atomic
+from aa_jax.errors import UserError
 from experiments.grid import SWEEPS, Sweep
 
 SPEC = SWEEPS / "pilot" / "switch_rate.json"
@@ -36,10 +38,18 @@ def committed_share(probs: list[float]) -> tuple[int, int]:
 
 def run_evidence(run_dir: Path, epochs: int) -> dict:
     """The switches of one run after its first epoch and at the end of its first quarter."""
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     quarter = math.ceil(epochs / 4)
-    by_epoch = {r["epoch"]: list(r.get("switch_probs", {}).values()) for r in history}
-    return {"first": committed_share(by_epoch[1]), "quarter": committed_share(by_epoch[quarter]),
+    path = run_dir / "metrics.jsonl"
+    try:
+        history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        by_epoch = {r["epoch"]: [float(v) for v in r.get("switch_probs", {}).values()]
+                    for r in history}
+        first, at_quarter = by_epoch[1], by_epoch[quarter]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise UserError(f"{path} does not hold the switch probabilities of epochs 1 and "
+                        f"{quarter}; restore it with git checkout, or delete {run_dir} so "
+                        f"that the pilot runs it again.") from None
+    return {"first": committed_share(first), "quarter": committed_share(at_quarter),
             "quarter_epoch": quarter}
 
 
@@ -47,7 +57,10 @@ def evidence(sweep: Sweep) -> tuple[list[str], str | None]:
     """The evidence table's lines and the rate the rule picks (None while undecided)."""
     rates: dict[str, dict] = {}
     for p in sweep.points:
-        rate = p.settings["switch_learning_rate"]
+        rate = p.settings.get("switch_learning_rate")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise UserError(f"Label {p.label} of {sweep.name} sets no numeric "
+                            f"switch_learning_rate; a switch-rate pilot gives each label one.")
         entry = rates.setdefault(p.label, {"rate": rate, "runs": 0, "done": 0,
                                            "first": [0, 0], "quarter": [0, 0]})
         entry["runs"] += 1
@@ -83,14 +96,21 @@ def evidence(sweep: Sweep) -> tuple[list[str], str | None]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", nargs="?", default=str(SPEC),
+                        help="the pilot's sweep file (default: paper_v2's)")
     parser.add_argument("--write", action="store_true", help="write EVIDENCE.md")
     args = parser.parse_args(argv)
-    sweep = Sweep.load(SPEC)
-    lines, chosen = evidence(sweep)
+    try:
+        sweep = Sweep.load(args.sweep)
+        lines, chosen = evidence(sweep)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
     rule = ("The rule picks " + (f"{chosen}." if chosen else
                                  "no rate yet: the largest rate still to decide has runs "
                                  "to finish (or no rate meets it)."))
-    text = "\n".join(["# The switch-rate pilot", "", sweep.spec["description"], "", *lines,
+    text = "\n".join(["# The switch-rate pilot", "", str(sweep.spec.get("description", "")),
+                      "", *lines,
                       "", f"committed: p(adapter) below {COMMITTED[0]} or above "
                       f"{COMMITTED[1]}, counted over every switch of every finished run. "
                       + rule, ""])
