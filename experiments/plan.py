@@ -18,7 +18,8 @@ def estimate(sweep: Sweep, points: list[Point], cpus: int | None = None
     device: its training time (the median of runs of the same task, size and method, else
     the same task and size, else the same task scaled by size) and its set-up and test
     evaluation (the median of the same task and size, else the same task; results older
-    than ``setup_and_test_seconds`` did not record it). None where nothing measured fits.
+    than ``setup_and_test_seconds`` did not record it), always of the same model (a
+    12-layer MPNet run costs several MiniLM runs). None where nothing measured fits.
     With ``cpus``, runs that recorded that many CPUs come first, the others where none of
     them fits."""
     import jax
@@ -46,7 +47,8 @@ def estimate(sweep: Sweep, points: list[Point], cpus: int | None = None
                 break
         for _, other in pools:
             setup = next((statistics.median(other[key]) for key in
-                          ((s["task"], s["train_size"]), (s["task"],)) if key in other), None)
+                          ((s["model"], s["task"], s["train_size"]), (s["model"], s["task"]))
+                          if key in other), None)
             if setup is not None:
                 break
         out.append((p, train, setup))
@@ -55,26 +57,28 @@ def estimate(sweep: Sweep, points: list[Point], cpus: int | None = None
 
 def _measured(runs: list[tuple[dict, int]]) -> tuple[dict, dict]:
     """Training seconds per epoch (per example for a task alone) and set-up seconds of
-    ``runs``, listed by (task, size, method), (task, size) and (task,)."""
+    ``runs``, listed by (model, task, size, method), (model, task, size) and (model, task)."""
     measured: dict[tuple, list[float]] = {}
     other: dict[tuple, list[float]] = {}
     for r, epochs in runs:
         per_epoch = r["train_seconds"] / epochs
-        for key in ((r["task"], r["train_size"], r["method"]), (r["task"], r["train_size"]),
-                    (r["task"],)):
+        m = r.get("model")
+        for key in ((m, r["task"], r["train_size"], r["method"]), (m, r["task"], r["train_size"]),
+                    (m, r["task"])):
             measured.setdefault(key, []).append(per_epoch / (r["train_size"] or 1)
-                                                if len(key) == 1 else per_epoch)
+                                                if len(key) == 2 else per_epoch)
         if "setup_and_test_seconds" in r:
-            for key in ((r["task"], r["train_size"]), (r["task"],)):
+            for key in ((m, r["task"], r["train_size"]), (m, r["task"])):
                 other.setdefault(key, []).append(r["setup_and_test_seconds"])
     return measured, other
 
 
 def _train_seconds(measured: dict, s: dict) -> float | None:
-    for key in ((s["task"], s["train_size"], s["method"]), (s["task"], s["train_size"])):
+    m = s["model"]
+    for key in ((m, s["task"], s["train_size"], s["method"]), (m, s["task"], s["train_size"])):
         if key in measured:
             return s["epochs"] * statistics.median(measured[key])
-    per_example = measured.get((s["task"],))
+    per_example = measured.get((m, s["task"]))
     return (s["epochs"] * statistics.median(per_example) * (s["train_size"] or 0)
             if per_example and s["train_size"] else None)
 

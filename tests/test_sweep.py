@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from scipy import stats
 import pytest
 
 import lock_holder
+from aa_jax.config import TrainConfig
 from aa_jax.errors import UserError
 from experiments import (aggregate, claims, grid, page, plan, publish, records, significance,
                          sweep, tables, workers)
@@ -353,13 +355,15 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_che
 def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monkeypatch,
                                                                    capsys):
     results = tmp_path / "results"
+    model = TrainConfig().model
     measured = [("rte", 100, "baseline", 20.0, 30.0), ("rte", 100, "aa", 40.0, None),
                 ("cola", 300, "baseline", 60.0, 10.0), ("cola", 300, "aa", 60.0, 20.0)]
     for task, size, method, train, setup in measured:
         run = results / "old" / f"{task}-{method}-{size}"
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"epochs": 2}))
-        record = {"task": task, "train_size": size, "method": method, "train_seconds": train}
+        record = {"task": task, "train_size": size, "method": method, "train_seconds": train,
+                  "model": model}
         if setup is not None:  # results older than the field have no set-up time
             record["setup_and_test_seconds"] = setup
         (run / "result.json").write_text(json.dumps(record))
@@ -376,6 +380,22 @@ def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monk
     assert got[("rte", 300)] == (pytest.approx(4 * 0.15 * 300), 30.0)  # the task's setup
     assert got[("cola", 300)] == (120.0, 15.0) and got[("cola", 100)] == (40.0, 15.0)
     assert got[("mrpc", 100)] == (None, None)
+    # Another model's runs price only that model's points.
+    run = results / "other" / "rte-aa-100-mpnet"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"epochs": 2}))
+    (run / "result.json").write_text(json.dumps(
+        {"task": "rte", "train_size": 100, "method": "aa", "train_seconds": 400.0,
+         "model": "mpnet", "setup_and_test_seconds": 90.0}))
+    got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
+           for p, train, setup in plan.estimate(s, s.points)}
+    assert got[("rte", 100)] == (80.0, 30.0)
+    deep = grid.Sweep.load(spec(tmp_path, grid=cells, base={"epochs": 4, "model": "mpnet"}),
+                           results=tmp_path / "deep")
+    got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
+           for p, train, setup in plan.estimate(deep, deep.points)}
+    assert got[("rte", 100)] == (800.0, 90.0) and got[("cola", 300)] == (None, None)
+    shutil.rmtree(run)
     plan.plan(s, s.points)
     out = capsys.readouterr().out
     assert "2 runs have no measured training time" in out  # mrpc
@@ -387,7 +407,7 @@ def test_plan_estimates_training_and_setup_from_the_finished_runs(tmp_path, monk
     (run / "config.json").write_text(json.dumps({"epochs": 2}))
     (run / "result.json").write_text(json.dumps(
         {"task": "rte", "train_size": 100, "method": "aa", "train_seconds": 60.0, "cpus": 1,
-         "setup_and_test_seconds": 50.0}))
+         "setup_and_test_seconds": 50.0, "model": model}))
     got = {(p.settings["task"], p.settings["train_size"]): (train, setup)
            for p, train, setup in plan.estimate(s, s.points, cpus=1)}
     assert got[("rte", 100)] == (120.0, 50.0)  # the one-CPU run alone
