@@ -25,8 +25,10 @@ Wilcoxon signed-rank test.
 
 The paper's claims: each of a sweep's ``claims`` names a paired comparison and the direction
 the paper reports (``higher``, ``lower``, ``equal``, or ``not lower``), or the label whose
-kept layers or stored adapter weights it is about; per size, the measured difference, its
-tests and a verdict.
+kept layers (``layers_kept`` with the paper's ``paper_fraction``, or with ``against``:
+``{"sweep": <another sweep>, "label": <its label>}``, the share of layers kept against
+that sweep's label's, per task and size) or stored adapter weights it is about; per size,
+the measured difference, its tests and a verdict.
 
 The documentation's results page (docs/results.md) quotes a sweep's status line, Table 2 and the claims between
 two markers (:func:`~experiments.page.readme_start`, :data:`~experiments.page.README_END`)

@@ -1,6 +1,6 @@
 """The paper's claims, each checked against a sweep's results: a paired comparison with
-the direction the paper reports, the layers an AA label keeps, or the adapter weights a
-label stores against another's (a sweep's ``claims``; see :mod:`experiments.aggregate`)."""
+the direction the paper reports, the layers an AA label keeps (against the paper's share,
+or against another sweep's label), or the adapter weights a label stores against another's (a sweep's ``claims``; see :mod:`experiments.aggregate`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from aa_jax.errors import UserError
-from experiments.grid import Sweep, run_name
+from experiments.grid import Sweep, named_sweep, run_name
 from experiments.significance import (ALPHA, TaskAverage, claim_verdict, cochran_q,
                                       detectable, fmt_p, holm, interval, layer_agreement,
                                       task_average, tests)
@@ -126,6 +126,64 @@ def layers_kept_rows(sweep: Sweep, done: dict, label: str, paper: list[float]) -
     return rows
 
 
+def shares_by_task(sweep: Sweep, done: dict, label: str) -> dict[tuple, np.ndarray]:
+    """``{(size, task): the share of its layers each finished ``label`` run kept}``."""
+    out: dict[tuple, list[float]] = {}
+    for size, (task, layers, depth) in kept_layers(sweep, done, label):
+        out.setdefault((size, task), []).append(len(layers) / depth)
+    return {key: np.array(v) for key, v in out.items()}
+
+
+def layers_against_rows(sweep: Sweep, done: dict, label: str, against: dict) -> list[Row]:
+    """Per size and task that both sweeps ran, the share of its layers the ``label`` runs
+    kept against the share the other sweep's label kept (``against``: ``{"sweep",
+    "label"}``; e.g. AA's layers out of MPNet's 12 against its layers out of MiniLM's 6):
+    the difference of the runs' mean shares with Welch's t interval and test (the runs of
+    the two sweeps are independent; in the table's family)."""
+    from experiments.records import read_results
+
+    other = named_sweep(sweep, against.get("sweep"), "claim")
+    other_label = against.get("label")
+    if other_label not in {p.label for p in other.points}:
+        raise UserError(f"Sweep {sweep.name}: the claim compares with label {other_label!r}, "
+                        f"which sweep {other.name} does not have.")
+    theirs = shares_by_task(other, read_results(other)[0], other_label)
+    rows = []
+    for (size, task), a in sorted(shares_by_task(sweep, done, label).items(),
+                                  key=lambda kv: (10**9 if kv[0][0] is None else kv[0][0],
+                                                  kv[0][1])):
+        b = theirs.get((size, task))
+        if b is None:
+            continue
+        diff = 100 * (a.mean() - b.mean())
+        spread = len(a) > 1 and len(b) > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0)
+        low = high = p = math.nan
+        if spread:
+            va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+            se = math.sqrt(va + vb)
+            df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+            p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+            half = 100 * stats.t.ppf(1 - ALPHA / 2, df) * se
+            low, high = diff - half, diff + half
+
+        def verdict(p_holm, m, diff=diff, spread=spread):
+            if not spread:
+                return "cannot tell (too few runs or no spread)"
+            if p_holm < ALPHA:
+                return (f"{'more' if diff > 0 else 'fewer'} of its layers kept than in "
+                        f"{other.name}")
+            return f"cannot tell from {other.name}'s share"
+
+        rows.append(Row(str(size or "full"),
+                        f"{label} on {task}: {len(a)} runs against {other.name}'s "
+                        f"{other_label}: {len(b)}",
+                        f"{100 * a.mean():.0f}% against {100 * b.mean():.0f}% of the layers "
+                        f"({diff:+.1f} points)",
+                        "–" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]", p,
+                        verdict=verdict, family=True))
+    return rows
+
+
 def weights_rows(sweep: Sweep, done: dict, label: str, other: str) -> list[Row]:
     """Per size, the adapter weights the ``label`` runs store against the ``other`` runs."""
     rows = []
@@ -191,6 +249,8 @@ def paired_claim_rows(sweep: Sweep, done: dict, a: str, b: str, expect: str,
 def claim_rows(sweep: Sweep, done: dict, claim: dict, learns: dict) -> list[Row]:
     """The rows of one of the sweep's ``claims``: the layers an AA label keeps, the adapter
     weights a label stores against another's, or a paired comparison."""
+    if "against" in claim:
+        return layers_against_rows(sweep, done, claim["layers_kept"], claim["against"])
     if "layers_kept" in claim:
         return layers_kept_rows(sweep, done, claim["layers_kept"], claim["paper_fraction"])
     if "weights" in claim:
@@ -204,9 +264,14 @@ def check_claims(sweep: Sweep) -> list[dict]:
     labels = {p.label for p in sweep.points}
     claims = sweep.spec.get("claims", [])
     for claim in claims:
-        kind = ("layers_kept" if "layers_kept" in claim else "weights" if "weights" in claim
-                else "paired")
-        need = {"layers_kept": ("claim", "layers_kept", "paper_fraction"),
+        if not isinstance(claim, dict):
+            raise UserError(f"Sweep {sweep.name}: the claim {claim!r} is not an object; see "
+                            f"experiments/aggregate.py.")
+        kind = ("layers_against" if "against" in claim else
+                "layers_kept" if "layers_kept" in claim else
+                "weights" if "weights" in claim else "paired")
+        need = {"layers_against": ("claim", "layers_kept", "against"),
+                "layers_kept": ("claim", "layers_kept", "paper_fraction"),
                 "weights": ("claim", "weights", "b"),
                 "paired": ("claim", "a", "b", "expect")}[kind]
         missing = [k for k in need if k not in claim]
@@ -218,6 +283,10 @@ def check_claims(sweep: Sweep) -> list[dict]:
             raise UserError(f"Sweep {sweep.name}: the claim {claim.get('claim')!r} names a "
                             f"method label the grid does not have; use one of "
                             f"{', '.join(sorted(labels))}.")
+        if kind == "layers_against" and not isinstance(claim["against"], dict):
+            raise UserError(f"Sweep {sweep.name}: the claim {claim['claim']!r} compares with "
+                            f"{claim['against']!r}; give {{\"sweep\": <sweep name>, "
+                            f"\"label\": <its label>}}.")
         if kind == "paired" and claim["expect"] not in EXPECTS:
             raise UserError(f"Sweep {sweep.name}: the claim {claim['claim']!r} expects "
                             f"{claim['expect']!r}; use one of {', '.join(EXPECTS)}.")

@@ -211,17 +211,22 @@ def learned(run_dir: Path) -> dict:
     return read_json(run_dir / "architecture.json", "learned architecture")
 
 
+def named_sweep(sweep: Sweep, other, entry: str) -> Sweep:
+    """The sweep that ``sweep``'s ``entry`` names (``sweep`` itself where it names itself):
+    only the name of a sweep file in ``experiments/sweeps/``, never a path."""
+    if not isinstance(other, str) or not _RUN_NAME.fullmatch(other) or ".." in other:
+        raise UserError(f"Sweep {sweep.name}: the {entry}'s sweep {other!r} is not the "
+                        f"name of a sweep file in {SWEEPS}.")
+    return sweep if other == sweep.name else Sweep.load(SWEEPS / f"{other}.json",
+                                                        results=RESULTS / other)
+
+
 def transfer_source(sweep: Sweep) -> Path:
     """The AA run whose architecture every transferred point uses (the paper's rule)."""
     entry = sweep.spec.get("transfer")
     if not isinstance(entry, dict):
         raise UserError(f"Sweep {sweep.name} uses @transfer but has no 'transfer' entry.")
-    other = entry.get("sweep", sweep.name)
-    if not isinstance(other, str) or not _RUN_NAME.fullmatch(other) or ".." in other:
-        raise UserError(f"Sweep {sweep.name}: the transfer entry's sweep {other!r} is not the "
-                        f"name of a sweep file in {SWEEPS}.")
-    source = sweep if other == sweep.name else Sweep.load(
-        SWEEPS / f"{other}.json", results=RESULTS / other)
+    source = named_sweep(sweep, entry.get("sweep", sweep.name), "transfer entry")
     learned_label = source.role("learned")
     candidates = [p for p in source.points if p.label == learned_label
                   and p.settings.get("train_size") == entry.get("train_size", 100)

@@ -1273,6 +1273,52 @@ def test_the_switch_rate_rule_reads_only_switch_dynamics(tmp_path, monkeypatch):
     assert switch_rate.evidence(s)[1] == "aa_s0.15"
 
 
+def test_a_deeper_sweeps_layer_share_is_tested_against_another_sweeps(tmp_path,
+                                                                        monkeypatch):
+    """MPNet's share of 12 layers against MiniLM's of 6: Welch's t over the two sweeps'
+    runs, per task and size both ran; the other sweep is named, never given as a path."""
+    sweeps, results = tmp_path / "sweeps", tmp_path / "results"
+    sweeps.mkdir()
+    monkeypatch.setattr(grid, "SWEEPS", sweeps)
+    monkeypatch.setattr(grid, "RESULTS", results)
+    seeds = [42, 92, 111, 245]
+    for name in ("shallow", "deep"):
+        (sweeps / f"{name}.json").write_text(json.dumps(
+            {"roles": ROLES, "base": {"train_size": 100},
+             "grid": {"seed": seeds, "task": ["rte", "cola"], "method": ["aa"]}}))
+    shallow = grid.Sweep.load(sweeps / "shallow.json")
+    deep = grid.Sweep.load(sweeps / "deep.json")
+    kept = {"shallow": ([0, 1, 2], [0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3, 4]),  # 3,4,3,5 of 6
+            "deep": ([0, 1, 2], [5, 6, 7, 8], [1, 2], [3, 4, 5])}  # 3,4,2,3 of 12
+    for sweep in (shallow, deep):
+        depth = 6 if sweep is shallow else 12
+        for task in ("rte",) + (("cola",) if sweep is deep else ()):
+            for seed, layers in zip(seeds, kept[sweep.name]):
+                finish(sweep.results / f"{task}-aa-100-{seed}", task, layers, depth)
+    done = {d.name: {"test": {"accuracy": 0.5}} for d in deep.results.iterdir()}
+    claim = {"claim": "deeper, fewer", "layers_kept": "aa",
+             "against": {"sweep": "shallow", "label": "aa"}}
+    assert claims.check_claims(dataclasses.replace(deep, spec={**deep.spec,
+                                                               "claims": [claim]}))
+    rows = claims.claim_rows(deep, done, claim, {})
+    assert len(rows) == 1  # cola: the other sweep has no runs to compare with
+    a, b = np.array([3, 4, 2, 3]) / 12, np.array([3, 4, 3, 5]) / 6
+    assert rows[0].p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue,
+                                      rel=1e-12)
+    assert rows[0].result == "25% against 62% of the layers (-37.5 points)"
+    assert rows[0].family and rows[0].verdict(0.001, 5) == \
+        "fewer of its layers kept than in shallow"
+    assert rows[0].verdict(0.2, 5) == "cannot tell from shallow's share"
+    for against, message in (({"sweep": "../shallow", "label": "aa"}, "not the name"),
+                             ({"sweep": "shallow", "label": "nope"}, "does not have"),
+                             ({"sweep": "missing", "label": "aa"}, "Cannot read")):
+        with pytest.raises(UserError, match=message):
+            claims.claim_rows(deep, done, {**claim, "against": against}, {})
+    with pytest.raises(UserError, match="give"):
+        claims.check_claims(dataclasses.replace(
+            deep, spec={**deep.spec, "claims": [{**claim, "against": "shallow"}]}))
+
+
 def test_the_share_of_layers_kept_is_tested_over_runs(tmp_path):
     """The runs, not their layers, are the independent units: a one-sample t-test of the
     runs' shares against 1/2, and "fewer than the paper's share" only where the
