@@ -101,6 +101,15 @@ def publish(sweep: Sweep, point: Point) -> Path:
     return dst
 
 
+def records_inputs(sweep: Sweep, point: Point) -> bool:
+    """Whether the sweep records the rational inputs of ``point``'s run: where it runs the
+    method of the sweep's ``learned`` label (AA, and AA with one setting changed, as the
+    STS-B study's labels do)."""
+    learned = sweep.role("learned")
+    methods = {p.settings.get("method") for p in sweep.points if p.label == learned}
+    return point.settings.get("method") in methods
+
+
 def record_inputs(sweep: Sweep, point: Point, backbone) -> None:
     """Figure 3's input distributions of an AA run (see rational_inputs.py); a failure
     here is reported and leaves the run as it is."""

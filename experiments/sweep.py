@@ -48,7 +48,7 @@ from aa_jax.errors import StorageError, UserError, check_writable
 from experiments.grid import REPO, Point, Sweep, Waiting, resolve, run_name, shard_of
 from experiments.plan import plan
 from experiments.publish import (commit_results, publish, publishing, record_failure,
-                                 record_inputs)
+                                 record_inputs, records_inputs)
 from experiments.workers import pin_from_environment, run_workers
 
 
@@ -217,7 +217,7 @@ def _run_held(sweep: Sweep, todo: list[Point], shard: tuple[int, int], together:
                 waiting.pop(run_name(p), None)
                 with publishing(sweep):
                     dst = publish(sweep, p)
-                    if p.label == sweep.role("learned"):
+                    if records_inputs(sweep, p):
                         record_inputs(sweep, p, backbones[config.model])
                     test = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
                     print(f"    {dst.name}: test {test}; layers {result['selected_layers']}; "

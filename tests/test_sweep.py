@@ -550,6 +550,16 @@ def test_rationals_figure_draws_each_seeds_function_and_the_kept_layers_inputs(
     assert legend[:2] == ["first seed, layer kept", "first seed, layer left out"]
 
 
+def test_rational_inputs_are_recorded_for_the_learned_labels_method():
+    """AA and the STS-B study's AA variants record what enters their rationals; the
+    methods built on AA's layers do not."""
+    study = grid.Sweep.load(grid.SWEEPS / "stsb_collapse.json")
+    recorded = {p.label for p in study.points if publish.records_inputs(study, p)}
+    assert recorded == {"aa", "aa_rational_lr", "aa_relu_init", "aa_warmup", "aa_version_b"}
+    v2 = grid.Sweep.load(grid.SWEEPS / "paper_v2.json")
+    assert {p.label for p in v2.points if publish.records_inputs(v2, p)} == {"aa"}
+
+
 def test_the_committed_tables_are_regenerated_byte_for_byte():
     assert aggregate.main(["--check"]) == 0  # docs/results.md's excerpt included
 
