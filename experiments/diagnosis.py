@@ -23,8 +23,11 @@ examples, seeds 11, 22, 33, 44, 55), the rule is applied again over all 10 with 
 thresholds scaled: at least 4 of ``aa``'s 10 collapsed to explain, at most 2 of a
 candidate's 10 to pass. Beside the rule's counts, the page shows what the
 runs' ``metrics.jsonl`` recorded about their rationals at the best epoch (the largest
-|R(x)| over the inputs each layer's rational saw, the widest input range) and the
-rationals' mean gradient norm over training, for the collapsed runs and the others.
+|R(x)| over the inputs each layer's rational saw, the widest input range), the
+rationals' mean gradient norm over training, and the first epoch whose mean training
+loss fell below half the variance of STS-B's training labels (predicting their mean
+costs the variance; a run that stays near it has not started to fit), for the collapsed
+runs and the others. None of these enters the rule.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ SPEC = SWEEPS / "stsb_collapse.json"
 REFERENCE, BASELINE = "aa", "baseline"
 SEEDS = 5
 MOST_COLLAPSED = 1  # a cause leaves at most this many of its seeds collapsed
+# The variance of STS-B's training labels (all 5,749 of GLUE's train split, 0-5 scale):
+# the squared error of predicting their mean.
+LABEL_VARIANCE = 2.1441
 FEWEST_TO_EXPLAIN = 2  # the reference must collapse on at least this many
 
 
@@ -54,7 +60,9 @@ def spearman(r: dict) -> float:
 def rational_summary(run_dir: Path, best_epoch: int) -> dict[str, float]:
     """From a run's metrics.jsonl: at its best epoch, the largest |R(x)| and the widest
     input (max |x|) over its layers' rationals; over all epochs, the rationals' mean
-    gradient norm. Empty where the run recorded none (a baseline)."""
+    gradient norm; the first epoch whose mean training loss fell below half
+    ``LABEL_VARIANCE`` (every run). Rational entries are absent where the run recorded
+    none (a baseline)."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if line.strip()]
     out: dict[str, float] = {}
@@ -72,6 +80,10 @@ def rational_summary(run_dir: Path, best_epoch: int) -> dict[str, float]:
              if (e.get("grad_norms") or {}).get("rational")]
     if norms:
         out["rational grad norm"] = statistics.mean(norms)
+    fitting = [e["epoch"] for e in lines if isinstance(e.get("loss"), (int, float))
+               and isinstance(e.get("epoch"), int) and e["loss"] < LABEL_VARIANCE / 2]
+    if fitting:
+        out["fits from epoch"] = min(fitting)
     return out
 
 
@@ -125,8 +137,9 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
     floor = min(base)
     lines += [f"Threshold: the baseline's lowest test Spearman, {floor:.2f}.", "",
               "| label | seeds | test Spearman per seed | collapsed | max abs R(x), "
-              "collapsed / others | max abs x | rational grad norm |",
-              "|---|---|---|---|---|---|---|"]
+              "collapsed / others | max abs x | rational grad norm | loss below half the "
+              "label variance from epoch |",
+              "|---|---|---|---|---|---|---|---|"]
     counts = {}
     for label in labels:
         runs = by.get(label, [])
@@ -147,7 +160,7 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
                      + ", ".join([f"{v:.2f}" for v in scores] + ["diverged"] * gone)
                      + f" | {counts[label][0]} of {counts[label][1]} | "
                      f"{split('max |R(x)|')} | {split('max |x|')} | "
-                     f"{split('rational grad norm')} |")
+                     f"{split('rational grad norm')} | {split('fits from epoch')} |")
     lines.append("")
     ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
     if ref_n < n_seeds:

@@ -27,7 +27,8 @@ def study(tmp_path, scores: dict[str, list], seeds=SEEDS):
                 continue
             run = sweep.results / name
             run.mkdir(parents=True)
-            record = {"epoch": 3, "grad_norms": {"rational": {"mean": 2.0, "max": 3.0}},
+            record = {"epoch": 3, "loss": 1.0,
+                      "grad_norms": {"rational": {"mean": 2.0, "max": 3.0}},
                       "rationals": {"0": {"input_min": -1.0, "input_max": 4.0,
                                           "output_min": -7.0, "output_max": 1.0}}}
             (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
@@ -48,7 +49,19 @@ def test_the_rule_names_the_candidates_that_pass_and_counts_divergence(tmp_path)
     assert "| aa_z | 5 | 59.00, 70.00, 71.00, 72.00, diverged | 2 of 5 |" in text
     assert ("aa collapsed on 2 of 5 seeds. Passes the rule (a candidate cause, to confirm "
             "with more seeds): aa_x (1 of 5 collapsed).") in text
-    assert "| aa | 5 | 20.00, 30.00, 70.00, 72.00, 74.00 | 2 of 5 | 7 / 7 | 4 / 4 | 2 / 2 |" in text
+    assert ("| aa | 5 | 20.00, 30.00, 70.00, 72.00, 74.00 | 2 of 5 | 7 / 7 | 4 / 4 | 2 / 2 "
+            "| 3 / 3 |") in text
+
+
+def test_the_epoch_a_run_starts_to_fit_is_read_from_its_losses(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    losses = [3.4, 2.1, 2.05, 1.2, 1.05, 0.4]  # half of 2.1441 is 1.072: epoch 5
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "loss": x}) + "\n" for e, x in enumerate(losses, 1)))
+    assert diagnosis.rational_summary(run, 5) == {"fits from epoch": 5}
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 2.0}) + "\n")
+    assert diagnosis.rational_summary(run, 1) == {}  # never fits: no entry
 
 
 def test_no_collapse_or_unfinished_seeds_conclude_nothing(tmp_path):
