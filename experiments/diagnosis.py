@@ -173,7 +173,8 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
     for label in candidates:
         c, n = counts.get(label, (0, 0))
         if n < n_seeds:
-            open_.append(f"{label} ({n} of {n_seeds} seeds)")
+            open_.append(f"{label} ({n} of {n_seeds} seeds" + (
+                f"; {c} collapsed already, so it cannot pass)" if c > most else ")"))
         elif c <= most:
             causes.append(f"{label} ({c} of {n} collapsed)")
     tested = [x for x in candidates if counts.get(x, (0, 0))[1] >= n_seeds]

@@ -91,3 +91,10 @@ def test_ten_seeds_scale_the_thresholds(tmp_path):
     first, both = text.split("## 500 examples, seeds 42, 92, 111, 245, 651, 11")
     assert "No collapse to explain: 0 of aa's 5 seeds" in first
     assert "aa collapsed on 4 of 10 seeds. Passes the rule" in both and "aa_x (2 of 10" in both
+    sweep, done, failed = study(tmp_path / "b", {
+        "baseline": [60, 65, 70, 72, 75, 61, 62, 63, 64, 66],
+        "aa": [70, 71, 72, 73, 74, 10, 20, 30, 40, 75],
+        "aa_x": [10, 20, 30, 73, 74], "aa_y": [10, 71, 72, 73, 74]}, seeds=ten)
+    both = "\n".join(diagnosis.finding(sweep, done, failed)).split("651, 11")[1]
+    assert ("Still open: aa_x (5 of 10 seeds; 3 collapsed already, so it cannot pass), "
+            "aa_y (5 of 10 seeds).") in both
