@@ -1,6 +1,7 @@
 """The paper's claims, each checked against a sweep's results: a paired comparison with
 the direction the paper reports, the layers an AA label keeps (against the paper's share,
-or against another sweep's label), or the adapter weights a label stores against another's (a sweep's ``claims``; see :mod:`experiments.aggregate`)."""
+or against another sweep's label), or the adapter weights a label stores against
+another's (a sweep's ``claims``; see :mod:`experiments.aggregate`)."""
 
 from __future__ import annotations
 
@@ -149,38 +150,35 @@ def layers_against_rows(sweep: Sweep, done: dict, label: str, against: dict) -> 
                         f"which sweep {other.name} does not have.")
     theirs = shares_by_task(other, read_results(other)[0], other_label)
     rows = []
-    for (size, task), a in sorted(shares_by_task(sweep, done, label).items(),
-                                  key=lambda kv: (10**9 if kv[0][0] is None else kv[0][0],
-                                                  kv[0][1])):
-        b = theirs.get((size, task))
-        if b is None:
-            continue
-        diff = 100 * (a.mean() - b.mean())
-        spread = len(a) > 1 and len(b) > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0)
-        low = high = p = math.nan
-        if spread:
-            va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-            se = math.sqrt(va + vb)
-            df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-            p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-            half = 100 * stats.t.ppf(1 - ALPHA / 2, df) * se
-            low, high = diff - half, diff + half
+    mine = shares_by_task(sweep, done, label)
+    for size, tasks in by_size(mine):  # smallest size first, as the other claims
+        for task in tasks:
+            a, b = mine[size, task], theirs.get((size, task))
+            if b is None:
+                continue
+            diff = 100 * (a.mean() - b.mean())
+            spread = len(a) > 1 and len(b) > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0)
+            low = high = p = math.nan
+            if spread:
+                welch = stats.ttest_ind(a, b, equal_var=False)
+                p = float(welch.pvalue)
+                low, high = (100 * float(x) for x in welch.confidence_interval(1 - ALPHA))
 
-        def verdict(p_holm, m, diff=diff, spread=spread):
-            if not spread:
-                return "cannot tell (too few runs or no spread)"
-            if p_holm < ALPHA:
-                return (f"{'more' if diff > 0 else 'fewer'} of its layers kept than in "
-                        f"{other.name}")
-            return f"cannot tell from {other.name}'s share"
+            def verdict(p_holm, m, diff=diff, spread=spread):
+                if not spread:
+                    return "cannot tell (too few runs or no spread)"
+                if p_holm < ALPHA:
+                    return (f"{'more' if diff > 0 else 'fewer'} of its layers kept than in "
+                            f"{other.name}")
+                return f"cannot tell from {other.name}'s share"
 
-        rows.append(Row(str(size or "full"),
-                        f"{label} on {task}: {len(a)} runs against {other.name}'s "
-                        f"{other_label}: {len(b)}",
-                        f"{100 * a.mean():.0f}% against {100 * b.mean():.0f}% of the layers "
-                        f"({diff:+.1f} points)",
-                        "–" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]", p,
-                        verdict=verdict, family=True))
+            rows.append(Row(str(size or "full"),
+                            f"{label} on {task}: {len(a)} runs against {other.name}'s "
+                            f"{other_label}: {len(b)}",
+                            f"{100 * a.mean():.0f}% against {100 * b.mean():.0f}% of the layers "
+                            f"({diff:+.1f} points)",
+                            "–" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]", p,
+                            verdict=verdict, family=True))
     return rows
 
 

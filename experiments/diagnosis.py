@@ -47,10 +47,10 @@ SPEC = SWEEPS / "stsb_collapse.json"
 REFERENCE, BASELINE = "aa", "baseline"
 SEEDS = 5
 MOST_COLLAPSED = 1  # a cause leaves at most this many of its seeds collapsed
+FEWEST_TO_EXPLAIN = 2  # the reference must collapse on at least this many
 # The variance of STS-B's training labels (all 5,749 of GLUE's train split, 0-5 scale):
 # the squared error of predicting their mean.
 LABEL_VARIANCE = 2.1441
-FEWEST_TO_EXPLAIN = 2  # the reference must collapse on at least this many
 
 
 def spearman(r: dict) -> float:

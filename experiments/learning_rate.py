@@ -19,10 +19,10 @@ import math
 import sys
 from pathlib import Path
 
-from aa_jax.checkpoint import write_text_atomic
 from aa_jax.errors import UserError
 from experiments.grid import Sweep, run_name
 from experiments.records import read_results
+from experiments.switch_rate import show_evidence
 
 TIE = 0.5  # points of the dev score, in percent
 
@@ -97,22 +97,13 @@ def main(argv=None) -> int:
     parser.add_argument("sweep", help="the pilot's sweep file")
     parser.add_argument("--write", action="store_true", help="write EVIDENCE.md")
     args = parser.parse_args(argv)
-    try:
-        sweep = Sweep.load(Path(args.sweep))
-        lines, chosen = evidence(sweep)
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return 2
-    rule = (f"The rule picks learning rate {chosen:g}." if chosen is not None else
-            "The rule picks no rate yet: the pilot has runs to finish.")
-    text = "\n".join([f"# The learning-rate pilot {sweep.name}", "", str(sweep.spec.get("description", "")),
-                      "", *lines, "", f"Dev scores in percent, on each run's selection "
-                      f"metric; a tie within {TIE} points goes to the smaller rate. " + rule,
-                      ""])
-    print(text)
-    if args.write:
-        write_text_atomic(sweep.results / "EVIDENCE.md", text)
-    return 0
+    title = f"The learning-rate pilot {Path(args.sweep).stem}"
+    return show_evidence(args.sweep, evidence, title, lambda chosen: (
+        f"Dev scores in percent, on each run's selection metric; a tie within {TIE} points "
+        "goes to the smaller rate. " + (f"The rule picks learning rate {chosen:g}."
+                                        if chosen is not None else
+                                        "The rule picks no rate yet: the pilot has runs "
+                                        "to finish.")), args.write)
 
 
 if __name__ == "__main__":

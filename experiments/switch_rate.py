@@ -5,7 +5,8 @@
     uv run python experiments/switch_rate.py experiments/sweeps/pilot/<other pilot>.json
 
 Reads ``metrics.jsonl`` of every finished run of a switch-rate pilot (by default
-``experiments/sweeps/pilot/switch_rate.json``, paper_v2's; each label one switch rate) (never ``result.json``: no dev or test score enters the choice). For each switch rate it
+``experiments/sweeps/pilot/switch_rate.json``, paper_v2's; each label one switch rate),
+never ``result.json``: no dev or test score enters the choice. For each switch rate it
 counts, at the end of the first quarter of training (epoch ``ceil(epochs / 4)``), the
 switches that have committed: p(adapter) below 0.01 or above 0.99. The rule picks the
 largest rate whose runs have all finished and at which at most half of all their switches
@@ -94,30 +95,35 @@ def evidence(sweep: Sweep) -> tuple[list[str], str | None]:
     return lines, chosen
 
 
+def show_evidence(path, evidence, title: str, footer, write: bool) -> int:
+    """A pilot's rule applied to the sweep at ``path``: ``evidence(sweep)`` gives the table's
+    lines and the choice, ``footer(choice)`` the sentence under them; printed, and written
+    to EVIDENCE.md beside the results with ``write``. 2 with one sentence on bad input."""
+    try:
+        sweep = Sweep.load(path)
+        lines, chosen = evidence(sweep)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
+    text = "\n".join([f"# {title}", "", str(sweep.spec.get("description", "")), "", *lines,
+                      "", footer(chosen), ""])
+    print(text)
+    if write:
+        write_text_atomic(sweep.results / "EVIDENCE.md", text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", nargs="?", default=str(SPEC),
                         help="the pilot's sweep file (default: paper_v2's)")
     parser.add_argument("--write", action="store_true", help="write EVIDENCE.md")
     args = parser.parse_args(argv)
-    try:
-        sweep = Sweep.load(args.sweep)
-        lines, chosen = evidence(sweep)
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return 2
-    rule = ("The rule picks " + (f"{chosen}." if chosen else
-                                 "no rate yet: the largest rate still to decide has runs "
-                                 "to finish (or no rate meets it)."))
-    text = "\n".join(["# The switch-rate pilot", "", str(sweep.spec.get("description", "")),
-                      "", *lines,
-                      "", f"committed: p(adapter) below {COMMITTED[0]} or above "
-                      f"{COMMITTED[1]}, counted over every switch of every finished run. "
-                      + rule, ""])
-    print(text)
-    if args.write:
-        write_text_atomic(sweep.results / "EVIDENCE.md", text)
-    return 0
+    return show_evidence(args.sweep, evidence, "The switch-rate pilot", lambda chosen: (
+        f"committed: p(adapter) below {COMMITTED[0]} or above {COMMITTED[1]}, counted over "
+        "every switch of every finished run. The rule picks "
+        + (f"{chosen}." if chosen else "no rate yet: the largest rate still to decide has "
+           "runs to finish (or no rate meets it).")), args.write)
 
 
 if __name__ == "__main__":
