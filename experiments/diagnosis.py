@@ -27,7 +27,9 @@ runs' ``metrics.jsonl`` recorded about their rationals at the best epoch (the la
 rationals' mean gradient norm over training, and the first epoch whose mean training
 loss fell below half the variance of STS-B's training labels (predicting their mean
 costs the variance; a run that stays near it has not started to fit), for the collapsed
-runs and the others. None of these enters the rule.
+runs and the others, and each label's mean test Spearman against ``aa``'s (the difference
+with Welch's 95% interval, unadjusted: a description of how far a label moved the scores,
+not a test of the rule). None of these enters the rule.
 """
 
 from __future__ import annotations
@@ -140,10 +142,10 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
               "collapsed / others | max abs x | rational grad norm | loss below half the "
               "label variance from epoch |",
               "|---|---|---|---|---|---|---|---|"]
-    counts = {}
+    counts, all_scores = {}, {}
     for label in labels:
         runs = by.get(label, [])
-        scores = [spearman(r) for _, r in runs]
+        scores = all_scores[label] = [spearman(r) for _, r in runs]
         collapsed = [v < floor for v in scores]
         gone = lost.get(label, 0)
         counts[label] = (sum(collapsed) + gone, len(scores) + gone)
@@ -161,7 +163,7 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
                      + f" | {counts[label][0]} of {counts[label][1]} | "
                      f"{split('max |R(x)|')} | {split('max |x|')} | "
                      f"{split('rational grad norm')} | {split('fits from epoch')} |")
-    lines.append("")
+    lines += ["", *mean_differences(all_scores), ""]
     ref_collapsed, ref_n = counts.get(REFERENCE, (0, 0))
     if ref_n < n_seeds:
         return lines + [f"Open: {ref_n} of {REFERENCE}'s {n_seeds} seeds have finished.", ""]
@@ -185,6 +187,32 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
                   f"rule. ")
                + (f"Still open: {', '.join(open_)}." if open_ else ""))
     return lines + [verdict.strip(), ""]
+
+
+def mean_differences(scores: dict[str, list[float]]) -> list[str]:
+    """One sentence: each label's mean test Spearman minus ``aa``'s with Welch's 95%
+    interval (described, not the rule; diverged runs have no score and are left out)."""
+    from scipy import stats
+
+    ref = scores.get(REFERENCE, [])
+    parts = []
+    for label, mine in scores.items():
+        if label == REFERENCE or len(mine) < 2 or len(ref) < 2:
+            continue
+        diff = statistics.mean(mine) - statistics.mean(ref)
+        # Welch-Satterthwaite by its formula (scipy's ttest_ind warns on a constant sample).
+        a, b = (statistics.variance(x) / len(x) for x in (mine, ref))
+        if a + b == 0:
+            parts.append(f"{label} {diff:+.2f} (no spread in either)")
+            continue
+        df = (a + b) ** 2 / (a ** 2 / (len(mine) - 1) + b ** 2 / (len(ref) - 1))
+        half = stats.t.ppf(0.975, df) * math.sqrt(a + b)
+        parts.append(f"{label} {diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]")
+    if not parts:
+        return []
+    return [f"Described, not the rule: mean test Spearman minus {REFERENCE}'s "
+            f"({statistics.mean(ref):.2f}), with Welch's 95% interval (unadjusted): "
+            + "; ".join(parts) + "."]
 
 
 def main(argv=None) -> int:

@@ -98,3 +98,20 @@ def test_ten_seeds_scale_the_thresholds(tmp_path):
     both = "\n".join(diagnosis.finding(sweep, done, failed)).split("651, 11")[1]
     assert ("Still open: aa_x (5 of 10 seeds; 3 collapsed already, so it cannot pass), "
             "aa_y (5 of 10 seeds).") in both
+
+
+def test_mean_differences_against_aa_are_welch_intervals_by_hand():
+    # aa: mean 20, sample variance 100; aa_x: mean 50, variance 25; 5 runs each.
+    # Welch: se^2 = 100/5 + 25/5 = 25, df = 25^2 / ((20^2 + 5^2) / 4) = 2500/425 * 4.
+    from scipy import stats
+
+    aa = [10.0, 20.0, 30.0, 10.0, 30.0]  # deviations ±10, 0: variance 400/4 = 100
+    x = [45.0, 50.0, 55.0, 45.0, 55.0]  # deviations ±5, 0: variance 100/4 = 25
+    df = 25.0 ** 2 / ((20.0 ** 2 + 5.0 ** 2) / 4)
+    half = stats.t.ppf(0.975, df) * 5.0
+    line, = diagnosis.mean_differences({"aa": aa, "aa_x": x, "aa_y": [1.0]})
+    assert f"aa_x +30.00 [{30 - half:+.2f}, {30 + half:+.2f}]" in line
+    assert "aa's (20.00)" in line and "aa_y" not in line  # one run: no interval
+    assert diagnosis.mean_differences({"aa": [1.0], "aa_x": x}) == []
+    assert "aa_x +1.00 (no spread in either)" in diagnosis.mean_differences(
+        {"aa": [3.0, 3.0], "aa_x": [4.0, 4.0]})[0]
