@@ -44,7 +44,7 @@ def page(sweep: Sweep, done: dict, failed: dict, majority: dict,
     if majors:
         parts += ["Majority class of each test set: " + "; ".join(
             f"{t} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())
-            for t, m in majors.items()) + ".", ""]
+            for t, m in sorted(majors.items())) + ".", ""]  # not the cache's order
     rows = [r for c in comparisons(sweep) for r in paired(sweep, done, c, learns)]
     if rows:
         head = ["comparison", "n", "tasks", "pairs", "mean diff", "std", "t-test p",
