@@ -18,7 +18,7 @@ from aa_jax.errors import UserError
 from experiments.grid import Sweep, named_sweep, run_name
 from experiments.significance import (ALPHA, TaskAverage, claim_verdict, cochran_q,
                                       detectable, fmt_p, holm, interval, layer_agreement,
-                                      task_average, tests)
+                                      task_average, tests, welch)
 from experiments.tables import group_title, pair_groups
 
 EXPECTS = ("higher", "lower", "equal", "not lower")
@@ -157,12 +157,9 @@ def layers_against_rows(sweep: Sweep, done: dict, label: str, against: dict) -> 
             if b is None:
                 continue
             diff = 100 * (a.mean() - b.mean())
-            spread = len(a) > 1 and len(b) > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0)
-            low = high = p = math.nan
-            if spread:
-                welch = stats.ttest_ind(a, b, equal_var=False)
-                p = float(welch.pvalue)
-                low, high = (100 * float(x) for x in welch.confidence_interval(1 - ALPHA))
+            _, low, high, p = welch(a, b)
+            low, high = 100 * low, 100 * high
+            spread = not math.isnan(p)
 
             def verdict(p_holm, m, diff=diff, spread=spread):
                 if not spread:

@@ -44,6 +44,7 @@ from pathlib import Path
 from aa_jax.checkpoint import write_text_atomic
 from experiments.grid import SWEEPS, Sweep, run_name
 from experiments.records import check_commits, read_results
+from experiments.significance import welch
 
 SPEC = SWEEPS / "stsb_collapse.json"
 REFERENCE, BASELINE = "aa", "baseline"
@@ -192,22 +193,14 @@ def rule_at(sweep: Sweep, done: dict, failed: dict, size, seeds: list[int]) -> l
 def mean_differences(scores: dict[str, list[float]]) -> list[str]:
     """One sentence: each label's mean test Spearman minus ``aa``'s with Welch's 95%
     interval (described, not the rule; diverged runs have no score and are left out)."""
-    from scipy import stats
-
     ref = scores.get(REFERENCE, [])
     parts = []
     for label, mine in scores.items():
         if label == REFERENCE or len(mine) < 2 or len(ref) < 2:
             continue
-        diff = statistics.mean(mine) - statistics.mean(ref)
-        # Welch-Satterthwaite by its formula (scipy's ttest_ind warns on a constant sample).
-        a, b = (statistics.variance(x) / len(x) for x in (mine, ref))
-        if a + b == 0:
-            parts.append(f"{label} {diff:+.2f} (no spread in either)")
-            continue
-        df = (a + b) ** 2 / (a ** 2 / (len(mine) - 1) + b ** 2 / (len(ref) - 1))
-        half = stats.t.ppf(0.975, df) * math.sqrt(a + b)
-        parts.append(f"{label} {diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]")
+        diff, low, high, _ = welch(mine, ref)
+        parts.append(f"{label} {diff:+.2f} (no spread in either)" if math.isnan(low) else
+                     f"{label} {diff:+.2f} [{low:+.2f}, {high:+.2f}]")
     if not parts:
         return []
     return [f"Described, not the rule: mean test Spearman minus {REFERENCE}'s "

@@ -127,6 +127,24 @@ def task_average(per_task: dict[str, np.ndarray]) -> TaskAverage:
     return TaskAverage(mean, se, df, p, len(used), pairs, left_out)
 
 
+def welch(a, b, level: float = 1 - ALPHA) -> tuple[float, float, float, float]:
+    """``mean(a) - mean(b)`` of two independent samples with Welch's two-sided ``level``
+    t interval and test p-value (Welch-Satterthwaite degrees of freedom, by the formula:
+    scipy's ``ttest_ind`` warns where a sample is constant): ``(diff, low, high, p)``, the
+    last three nan where either sample has fewer than two values or neither has spread."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan, math.nan
+    va, vb = (float(x.var(ddof=1)) / len(x) for x in (a, b))  # s^2 / n
+    if not va + vb > 0:
+        return diff, math.nan, math.nan, math.nan
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(1 - (1 - level) / 2, df)) * se
+    return diff, diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df))
+
+
 def claim_verdict(expect: str, mean: float, p: float, low: float = math.nan,
                   high: float = math.nan, paper: float | None = None,
                   smallest: float = math.nan) -> str:

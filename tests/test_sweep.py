@@ -802,6 +802,24 @@ def test_the_difference_of_task_averages_and_its_interval():
     assert significance.interval(sst2) == pytest.approx(one.interval())
 
 
+def test_welch_matches_scipys_unequal_variance_test_and_refuses_no_spread():
+    from scipy import stats
+
+    a, b = np.array([3.0, 4.0, 2.0, 3.0]) / 12, np.array([3.0, 4.0, 3.0, 5.0, 9.0]) / 6
+    diff, low, high, p = significance.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert diff == pytest.approx(a.mean() - b.mean(), rel=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (low, high) == pytest.approx(tuple(ref.confidence_interval(0.95)), rel=1e-9)
+    assert significance.welch(b, a, level=0.99)[1] < -high  # wider, and mirrored
+    # A constant sample against a varied one keeps an interval; no spread, or one run, not.
+    assert not math.isnan(significance.welch([1.0, 1.0], [2.0, 3.0])[3])
+    for x, y in (([1.0, 1.0], [2.0, 2.0]), ([1.0], [2.0, 3.0])):
+        diff, *rest = significance.welch(x, y)
+        assert diff == pytest.approx(np.mean(x) - np.mean(y))
+        assert all(math.isnan(v) for v in rest)
+
+
 def test_excludes_needs_the_family_wise_interval(tmp_path):
     """Synthetic pairs whose 95% interval lies below the paper's +4.24 while the
     family-wise interval of a table of 10 tests does not: the claim cannot tell."""
