@@ -156,9 +156,8 @@ def layers_against_rows(sweep: Sweep, done: dict, label: str, against: dict) -> 
             a, b = mine[size, task], theirs.get((size, task))
             if b is None:
                 continue
-            diff = 100 * (a.mean() - b.mean())
-            _, low, high, p = welch(a, b)
-            low, high = 100 * low, 100 * high
+            *points, p = welch(a, b)
+            diff, low, high = (100 * x for x in points)
             spread = not math.isnan(p)
 
             def verdict(p_holm, m, diff=diff, spread=spread):
